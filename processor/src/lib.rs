@@ -1,0 +1,1 @@
+//! The decision engine: credit ledger, policies, event-sourced state and decision emission.

@@ -1,0 +1,1 @@
+//! The HTTP data plane: applies decisions, picks flavours, proxies, emits telemetry.

@@ -1,0 +1,64 @@
+//! Shared Kafka plumbing: every component talks to the broker through these pieces.
+//!
+//! * [`topics`] — topic names (with a prefix), partition counts, cleanup policies;
+//! * [`config`] — librdkafka client configuration from flags/env, with reasons;
+//! * [`admin`] — idempotent topic creation;
+//! * [`producer`] — the idempotent producer that encodes records;
+//! * [`lag`] — consumer-lag gauges that follow partition ownership.
+
+pub mod admin;
+pub mod config;
+pub mod lag;
+pub mod producer;
+pub mod topics;
+
+pub use config::KafkaArgs;
+pub use lag::{LagContext, LagMetrics};
+pub use producer::{Delivered, RecordProducer};
+pub use topics::{Topic, TopicLayout};
+
+/// Errors of the Kafka plumbing.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// librdkafka refused or failed an operation.
+    #[error("kafka {operation} failed: {source}")]
+    Kafka {
+        /// What we were doing, e.g. "create producer" or "produce to schedule.decisions".
+        operation: String,
+        /// The client error.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// A record could not be encoded.
+    #[error(transparent)]
+    Codec(#[from] crate::CodecError),
+    /// A topic exists with settings we cannot use.
+    #[error("topic {topic} exists with {found}, expected {expected}")]
+    TopicMismatch {
+        /// Topic name.
+        topic: String,
+        /// What the broker has.
+        found: String,
+        /// What carbonflow needs.
+        expected: String,
+    },
+    /// A flag value is malformed.
+    #[error("invalid {flag} value {value:?}: {expected}")]
+    InvalidOption {
+        /// Flag name.
+        flag: &'static str,
+        /// Value given.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+}
+
+impl BusError {
+    pub(crate) fn kafka(operation: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+        Self::Kafka {
+            operation: operation.into(),
+            source,
+        }
+    }
+}

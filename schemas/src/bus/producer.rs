@@ -1,0 +1,95 @@
+//! The producer every component writes records with.
+//!
+//! Why one helper: every record is encoded the same way (single-object Avro), keyed the
+//! same way (schedule id or zone), and awaited the same way — a write counts as done only
+//! once the broker has acknowledged it, which is what lets callers advance their own
+//! positions afterwards (offsets stored only after the output is delivered).
+
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use super::{BusError, KafkaArgs};
+use crate::codec::{AvroRecord, encode};
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Partition written to.
+    pub partition: i32,
+    /// Offset of the record.
+    pub offset: i64,
+}
+
+/// An idempotent producer of carbonflow records.
+#[derive(Clone)]
+pub struct RecordProducer {
+    inner: FutureProducer,
+}
+
+impl RecordProducer {
+    /// Connect with the idempotent producer settings of [`KafkaArgs::producer_config`].
+    pub fn new(args: &KafkaArgs, client_id: &str) -> Result<Self, BusError> {
+        let inner = args
+            .producer_config(client_id)?
+            .create()
+            .map_err(|e| BusError::kafka("create producer", e))?;
+        Ok(Self { inner })
+    }
+
+    /// Encode and send `record` to `topic` with `key`; `partition` pins the partition
+    /// (used by the processor to keep outputs next to their inputs). Resolves once the
+    /// broker acknowledged the write.
+    pub async fn send<T: AvroRecord>(
+        &self,
+        topic: &str,
+        key: &str,
+        partition: Option<i32>,
+        record: &T,
+    ) -> Result<Delivered, BusError> {
+        let payload = encode(record)?;
+        self.send_bytes(topic, key.as_bytes(), partition, &payload, None)
+            .await
+    }
+
+    /// Send pre-encoded bytes (dead letters, copies). `timestamp_ms` sets the record's
+    /// timestamp; `None` lets the client stamp it.
+    pub async fn send_bytes(
+        &self,
+        topic: &str,
+        key: &[u8],
+        partition: Option<i32>,
+        payload: &[u8],
+        timestamp_ms: Option<i64>,
+    ) -> Result<Delivered, BusError> {
+        let mut rec = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
+        if let Some(ts) = timestamp_ms {
+            rec = rec.timestamp(ts);
+        }
+        // Timeout::Never: wait for queue space rather than fail; delivery itself is bounded
+        // by librdkafka's message.timeout.ms.
+        match self.inner.send(rec, Timeout::Never).await {
+            Ok(d) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Err((e, _)) => Err(BusError::kafka(format!("produce to {topic}"), e)),
+        }
+    }
+
+    /// Wait up to `timeout` for every queued record to be delivered (at shutdown).
+    pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
+        self.inner
+            .flush(timeout)
+            .map_err(|e| BusError::kafka("flush producer", e))
+    }
+
+    /// The underlying client, for callers that need librdkafka directly.
+    pub fn client(&self) -> &FutureProducer {
+        &self.inner
+    }
+}

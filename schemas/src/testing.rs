@@ -1,0 +1,375 @@
+//! Shared fixture for integration tests that need the broker.
+//!
+//! [`broker`] reaches the broker at `CARBONFLOW_TEST_BROKERS` (default `127.0.0.1:9092`),
+//! starting the local one with `deploy/local/broker.sh start` when nothing answers. If it
+//! still cannot be reached the test fails: a broker-backed test never skips silently.
+//! [`fresh_layout`] gives each test its own topic prefix, so tests run in parallel.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::bus::admin::ensure_topics;
+use crate::bus::{KafkaArgs, TopicLayout};
+
+/// Repository root (the workspace directory).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn answers(addr: &str) -> bool {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+}
+
+/// Bootstrap address of a running broker; starts the local one if needed, panics if
+/// it cannot be reached.
+pub fn broker() -> &'static str {
+    static BROKER: OnceLock<String> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        let addr =
+            std::env::var("CARBONFLOW_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        if answers(&addr) {
+            return addr;
+        }
+        let script = repo_root().join("deploy/local/broker.sh");
+        let port = addr.rsplit(':').next().unwrap_or("9092").to_string();
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .env("CARBONFLOW_BROKER_PORT", &port)
+            .status();
+        match status {
+            Ok(s) if s.success() && answers(&addr) => addr,
+            other => panic!(
+                "no Kafka broker answers at {addr} and `{} start` could not start one ({other:?}). \
+                 Run `deploy/local/test.sh` (installs and starts the local broker) or set \
+                 CARBONFLOW_TEST_BROKERS to a reachable broker.",
+                script.display()
+            ),
+        }
+    })
+}
+
+/// A topic prefix no other test (or earlier run) uses.
+pub fn unique_prefix(test: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "t.{test}.{}.{nanos}.{}.",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Kafka settings for a fresh set of topics (created) named after `test`.
+pub async fn fresh_layout(test: &str, schedule_partitions: i32) -> KafkaArgs {
+    let mut args = KafkaArgs::for_brokers(broker());
+    args.topic_prefix = unique_prefix(test);
+    args.schedule_partitions = schedule_partitions;
+    let layout: TopicLayout = args.layout();
+    ensure_topics(&args, &layout, 1)
+        .await
+        .unwrap_or_else(|e| panic!("creating test topics with prefix {}: {e}", layout.prefix));
+    args
+}
+
+/// One fully populated sample of every record type (every optional field set), so
+/// round-trip tests compare every field.
+pub mod samples {
+    use crate::records::*;
+
+    /// A forecast with demand.
+    pub fn forecast() -> Forecast {
+        Forecast {
+            zone: "GB".into(),
+            issuer: "scenario:rising".into(),
+            issued_at_ms: 1_763_467_200_000,
+            points: vec![
+                ForecastPoint {
+                    start_ms: 1_763_467_200_000,
+                    end_ms: 1_763_469_000_000,
+                    g_per_kwh: 180.0,
+                    index: Some("moderate".into()),
+                },
+                ForecastPoint {
+                    start_ms: 1_763_469_000_000,
+                    end_ms: 1_763_470_800_000,
+                    g_per_kwh: 200.5,
+                    index: None,
+                },
+            ],
+            demand: Some(vec![DemandPoint {
+                start_ms: 1_763_467_200_000,
+                end_ms: 1_763_469_000_000,
+                requests_per_second: 100.0,
+            }]),
+        }
+    }
+
+    /// The reference's default flavour triple as a config.
+    pub fn schedule_config() -> ScheduleConfig {
+        let flavour = |name: &str, precision: f64, energy: f64| Flavour {
+            name: name.into(),
+            precision,
+            relative_energy: energy,
+            enabled: true,
+            upstream_url: format!("http://127.0.0.1:8080/{name}"),
+            upstream_header: None,
+            annotations: vec![Annotation {
+                key: "tier".into(),
+                value: name.into(),
+            }],
+        };
+        let mut p30 = flavour("precision-30", 0.3, 0.3);
+        p30.upstream_header = Some("x-carbonrouter".into());
+        ScheduleConfig {
+            schedule: "default/demo".into(),
+            config_version: 3,
+            published_at_ms: 1_763_467_200_000,
+            policy: "credit-greedy".into(),
+            zone: "GB".into(),
+            target_error: 0.15,
+            credit_min: -1.0,
+            credit_max: 1.0,
+            credit_sensitivity: 0.33,
+            credit_window_seconds: 300,
+            valid_for_seconds: 60,
+            discovery_interval_seconds: 60,
+            carbon_timeout_seconds: 2.0,
+            carbon_cache_ttl_seconds: 5.0,
+            throttle_min: 0.05,
+            throttle_intensity_floor: 150.0,
+            throttle_intensity_ceiling: 350.0,
+            throttle_green_blend: 0.6,
+            throttle_green_override_threshold: 0.99,
+            evaluator: "router".into(),
+            precision_feed: PrecisionFeed::Commanded,
+            on_expiry: ExpiryBehaviour::KeepLastWeights,
+            components: vec![
+                ComponentBounds {
+                    component: "router".into(),
+                    min_replicas: Some(1),
+                    max_replicas: Some(15),
+                },
+                ComponentBounds {
+                    component: "target".into(),
+                    min_replicas: None,
+                    max_replicas: Some(12),
+                },
+            ],
+            flavours: vec![
+                flavour("precision-100", 1.0, 1.0),
+                flavour("precision-50", 0.5, 0.6),
+                p30,
+            ],
+            fallbacks: vec![FallbackRule {
+                when_status: vec!["timeout".into(), "5xx".into()],
+                to: "precision-100".into(),
+            }],
+        }
+    }
+
+    /// A manual override.
+    pub fn manual_override() -> ManualOverride {
+        ManualOverride {
+            schedule: "default/demo".into(),
+            issued_at_ms: 1_763_467_260_000,
+            ttl_seconds: 120,
+            weights: vec![
+                FlavourWeight {
+                    flavour: "precision-100".into(),
+                    weight: 70.0,
+                },
+                FlavourWeight {
+                    flavour: "precision-30".into(),
+                    weight: 30.0,
+                },
+            ],
+            reason: Some("load test".into()),
+        }
+    }
+
+    /// A deletion.
+    pub fn schedule_deletion() -> ScheduleDeletion {
+        ScheduleDeletion {
+            schedule: "default/old".into(),
+            issued_at_ms: 1_763_467_300_000,
+        }
+    }
+
+    /// A telemetry bucket.
+    pub fn telemetry_bucket() -> TelemetryBucket {
+        TelemetryBucket {
+            router_id: "router-0".into(),
+            schedule: "default/demo".into(),
+            bucket_start_ms: 1_763_467_201_000,
+            bucket_length_ms: 1000,
+            decision_version: Some(7),
+            counts: vec![
+                OutcomeCount {
+                    flavour: "precision-100".into(),
+                    outcome: Outcome::Success,
+                    count: 42,
+                },
+                OutcomeCount {
+                    flavour: "precision-30".into(),
+                    outcome: Outcome::Timeout,
+                    count: 1,
+                },
+                OutcomeCount {
+                    flavour: "precision-50".into(),
+                    outcome: Outcome::Fallback,
+                    count: 2,
+                },
+            ],
+            latency: LatencyHistogram {
+                upper_bounds_ms: vec![1.0, 5.0, 25.0],
+                counts: vec![10, 30, 4, 1],
+                sum_ms: 321.5,
+            },
+        }
+    }
+
+    /// The reference's worked decision (section 1.6) with provenance.
+    pub fn schedule_decision() -> ScheduleDecision {
+        let df = |name: &str, p: i32, wp: i32, w: f64, e: f64| DecisionFlavour {
+            name: name.into(),
+            precision_percent: p,
+            weight_percent: wp,
+            weight: w,
+            relative_energy: e,
+            enabled: true,
+            upstream_url: format!("http://127.0.0.1:8080/{name}"),
+            upstream_header: None,
+        };
+        ScheduleDecision {
+            schedule: "default/demo".into(),
+            version: 8,
+            decided_at_ms: 1_763_467_807_000,
+            valid_until_ms: 1_763_467_867_000,
+            policy: "credit-greedy".into(),
+            manual: false,
+            avg_precision: 0.6486111111111111,
+            flavours: vec![
+                df("precision-100", 100, 42, 0.425, 1.0),
+                df("precision-50", 50, 26, 0.25555555555555554, 0.6),
+                df("precision-30", 30, 32, 0.3194444444444444, 0.3),
+            ],
+            credits: Credits {
+                balance: -0.06645833333333333,
+                velocity: -0.06645833333333333,
+                target: 0.15,
+                min: -1.0,
+                max: 1.0,
+                allowance: Some(0.575),
+            },
+            diagnostics: vec![
+                Diagnostic {
+                    name: "allowance".into(),
+                    value: Some(0.575),
+                },
+                Diagnostic {
+                    name: "carbon_ratio".into(),
+                    value: None,
+                },
+            ],
+            processing: Processing {
+                throttle: 0.6367083333333333,
+                credits_ratio: 0.46677083333333336,
+                intensity_ratio: 0.75,
+                ceilings: vec![ReplicaCeiling {
+                    component: "router".into(),
+                    replicas: 10,
+                }],
+            },
+            fallbacks: vec![FallbackRule {
+                when_status: vec!["503".into()],
+                to: "precision-100".into(),
+            }],
+            on_expiry: ExpiryBehaviour::HighestPrecision,
+            provenance: Provenance {
+                cause: "forecast".into(),
+                input: InputPosition {
+                    topic: "carbon.forecasts".into(),
+                    partition: 0,
+                    offset: 12,
+                },
+                config_version: 3,
+                forecast: Some(ForecastUsed {
+                    issuer: "scenario:rising".into(),
+                    issued_at_ms: 1_763_467_200_000,
+                    intensity_now: Some(180.0),
+                    intensity_next: Some(200.0),
+                    slots: vec![180.0, 200.0, 220.0],
+                }),
+                ledger_before: LedgerState {
+                    balance: 0.0,
+                    velocity: 0.0,
+                },
+                ledger_after: LedgerState {
+                    balance: -0.06645833333333333,
+                    velocity: -0.06645833333333333,
+                },
+                telemetry_window: Some(TelemetryWindow {
+                    start_ms: 1_763_467_800_000,
+                    end_ms: 1_763_467_805_000,
+                    requests: 300,
+                    realised_precision: 0.72,
+                }),
+            },
+        }
+    }
+
+    /// A tick.
+    pub fn tick() -> Tick {
+        Tick {
+            at_ms: 1_763_467_200_500,
+            source: "ticker@test".into(),
+        }
+    }
+
+    /// A rejection.
+    pub fn config_rejection() -> ConfigRejection {
+        ConfigRejection {
+            schedule: "default/demo".into(),
+            config_version: 4,
+            rejected_at_ms: 1_763_467_200_000,
+            input: InputPosition {
+                topic: "schedule.config".into(),
+                partition: 2,
+                offset: 9,
+            },
+            reasons: vec![FieldProblem {
+                field: "credit_min".into(),
+                rule: "must be below credit_max (1)".into(),
+            }],
+        }
+    }
+
+    /// A dead letter.
+    pub fn dead_letter() -> DeadLetter {
+        DeadLetter {
+            topic: "request.telemetry".into(),
+            partition: 1,
+            offset: 77,
+            key: Some(b"default/demo".to_vec()),
+            payload: Some(vec![0xC3, 0x01, 0xFF, 0x00]),
+            reason: "record is 4 bytes long".into(),
+            error_kind: "too_short".into(),
+            consumer: "processor-0".into(),
+            at_ms: 1_763_467_200_000,
+        }
+    }
+}
