@@ -1,0 +1,188 @@
+//! From inputs to a decision: the one pure function both the pipeline and
+//! `processor decide` call.
+//!
+//! Order of work (reference section 8.1's evaluation, minus the clock): policy (or manual
+//! override) → ledger update with the commanded precision when the schedule uses the
+//! commanded feed → throttle and ceilings from the post-update balance → integer
+//! percentages → validity → the decision record with its provenance.
+
+use carbonflow_schemas::records::{
+    Credits, DecisionFlavour, Diagnostic, ForecastUsed, InputPosition, LedgerState, ManualOverride,
+    PrecisionFeed, Provenance, ScheduleConfig, ScheduleDecision, TelemetryWindow,
+};
+
+use crate::forecast::ForecastSnapshot;
+use crate::ledger::{CreditLedger, LedgerParams};
+use crate::policy::{
+    CreditView, PolicyError, PolicyInput, PolicyMemory, PolicyResult, avg_precision, normalise,
+    policy_named,
+};
+use crate::throttle::scaling_directive;
+use crate::weights::integer_percentages;
+
+/// Ledger parameters of a config.
+pub fn ledger_params(config: &ScheduleConfig) -> LedgerParams {
+    LedgerParams {
+        target_error: config.target_error,
+        sensitivity: config.credit_sensitivity,
+        min: config.credit_min,
+        max: config.credit_max,
+        window_seconds: config.credit_window_seconds,
+    }
+}
+
+/// Everything a decision depends on besides the mutable state.
+#[derive(Debug, Clone)]
+pub struct DecisionContext<'a> {
+    /// Validated config in force.
+    pub config: &'a ScheduleConfig,
+    /// Forecast view at `at_ms`.
+    pub forecast: &'a ForecastSnapshot,
+    /// Forecast provenance (issuer, issue time), if a forecast exists.
+    pub forecast_used: Option<ForecastUsed>,
+    /// Active manual override, if any.
+    pub manual: Option<&'a ManualOverride>,
+    /// Event time of the causing input, epoch ms.
+    pub at_ms: i64,
+    /// Version this decision gets.
+    pub version: i64,
+    /// What caused it.
+    pub cause: &'a str,
+    /// Position of the causing input.
+    pub input: InputPosition,
+    /// Telemetry window accounted just before, if any.
+    pub telemetry_window: Option<TelemetryWindow>,
+}
+
+/// Decide, updating `ledger` (commanded feed) and `memory` (policy state).
+pub fn decide(
+    ctx: &DecisionContext<'_>,
+    ledger: &mut CreditLedger,
+    memory: &mut PolicyMemory,
+) -> Result<ScheduleDecision, PolicyError> {
+    let config = ctx.config;
+    let before = LedgerState {
+        balance: ledger.balance(),
+        velocity: ledger.velocity(),
+    };
+    let result = match ctx.manual {
+        Some(m) => manual_result(m, config),
+        None => {
+            // Validation guarantees the name is known; an unknown one would have been
+            // rejected before it could reach here.
+            let policy = policy_named(&config.policy).unwrap_or(&crate::policy::CreditGreedy);
+            let input = PolicyInput {
+                schedule: &config.schedule,
+                version: ctx.version,
+                flavours: &config.flavours,
+                forecast: ctx.forecast,
+                credit: CreditView {
+                    balance: ledger.balance(),
+                    min: config.credit_min,
+                    max: config.credit_max,
+                    target_error: config.target_error,
+                },
+            };
+            policy.evaluate(&input, memory)?
+        }
+    };
+    if config.precision_feed == PrecisionFeed::Commanded {
+        ledger.update(&ledger_params(config), result.avg_precision, ctx.at_ms);
+    }
+    let processing = scaling_directive(ledger.balance(), config, ctx.forecast);
+    let percentages = integer_percentages(&result.weights);
+    let flavours = config
+        .flavours
+        .iter()
+        .map(|f| DecisionFlavour {
+            name: f.name.clone(),
+            precision_percent: (f.precision.clamp(0.0, 1.0) * 100.0).round_ties_even() as i32,
+            weight_percent: percentages
+                .iter()
+                .find(|(n, _)| *n == f.name)
+                .map_or(0, |(_, p)| *p),
+            weight: result
+                .weights
+                .iter()
+                .find(|(n, _)| *n == f.name)
+                .map_or(0.0, |(_, w)| *w),
+            relative_energy: f.relative_energy,
+            enabled: f.enabled,
+            upstream_url: f.upstream_url.clone(),
+            upstream_header: f.upstream_header.clone(),
+        })
+        .collect();
+    let after = LedgerState {
+        balance: ledger.balance(),
+        velocity: ledger.velocity(),
+    };
+    Ok(ScheduleDecision {
+        schedule: config.schedule.clone(),
+        version: ctx.version,
+        decided_at_ms: ctx.at_ms,
+        valid_until_ms: valid_until(ctx, config),
+        policy: if ctx.manual.is_some() {
+            "manual".into()
+        } else {
+            config.policy.clone()
+        },
+        manual: ctx.manual.is_some(),
+        avg_precision: result.avg_precision,
+        flavours,
+        credits: Credits {
+            balance: after.balance,
+            velocity: after.velocity,
+            target: config.target_error,
+            min: config.credit_min,
+            max: config.credit_max,
+            allowance: result.diagnostic("allowance"),
+        },
+        diagnostics: result
+            .diagnostics
+            .iter()
+            .map(|(n, v)| Diagnostic {
+                name: n.clone(),
+                value: *v,
+            })
+            .collect(),
+        processing,
+        fallbacks: config.fallbacks.clone(),
+        on_expiry: config.on_expiry,
+        provenance: Provenance {
+            cause: ctx.cause.to_string(),
+            input: ctx.input.clone(),
+            config_version: config.config_version,
+            forecast: ctx.forecast_used.clone(),
+            ledger_before: before,
+            ledger_after: after,
+            telemetry_window: ctx.telemetry_window.clone(),
+        },
+    })
+}
+
+/// `min(at + valid_for, end of the current forecast slot)`, in whole seconds like the
+/// reference's `validUntil` (sub-seconds truncated). An override ends when it expires.
+fn valid_until(ctx: &DecisionContext<'_>, config: &ScheduleConfig) -> i64 {
+    let mut until = ctx.at_ms + config.valid_for_seconds * 1000;
+    if let Some(end) = ctx.forecast.current_slot_end_ms.filter(|e| *e > ctx.at_ms) {
+        until = until.min(end);
+    }
+    if let Some(m) = ctx.manual {
+        until = until.min(m.issued_at_ms + m.ttl_seconds * 1000);
+    }
+    until.div_euclid(1000) * 1000
+}
+
+fn manual_result(m: &ManualOverride, config: &ScheduleConfig) -> PolicyResult {
+    let mut weights: Vec<(String, f64)> = m
+        .weights
+        .iter()
+        .map(|w| (w.flavour.clone(), w.weight.max(0.0)))
+        .collect();
+    normalise(&mut weights);
+    PolicyResult {
+        avg_precision: avg_precision(&weights, &config.flavours),
+        weights,
+        diagnostics: vec![],
+    }
+}

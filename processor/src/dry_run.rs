@@ -1,0 +1,348 @@
+//! `processor decide`: one JSON document in, the decision the pipeline would emit out.
+//!
+//! Input (every key optional; defaults are the reference engine's):
+//!
+//! ```json
+//! {"config": {"policy": "credit-greedy", "targetError": 0.15, "creditMin": -1, "creditMax": 1,
+//!             "creditSensitivity": 0.33, "creditWindow": 300, "validFor": 60,
+//!             "throttleMin": 0.05, "throttleIntensityFloor": 150, "throttleIntensityCeiling": 350,
+//!             "precisionFeed": "commanded",
+//!             "flavours": [{"name": "precision-100", "precision": 1.0, "carbonIntensity": 1.0}, ...],
+//!             "components": {"router": {"minReplicas": 1, "maxReplicas": 15}}},
+//!  "forecast": {"now": 180, "next": 200, "slots": [180, 200, 220], "slotEnd": "2025-11-18T12:30:00Z"},
+//!  "ledger": {"balance": 0.0, "history": [[1763467807000, -0.05]]},
+//!  "memory": {"cumulativeCarbon": 0.0, "evaluationCount": 0},
+//!  "at": "2025-11-18T12:10:07Z", "version": 1}
+//! ```
+//!
+//! Output: the reference's schedule contract (section 1.6, keys sorted) plus `version` and
+//! `exactWeights`; `memory` holds the policy memory after the decision.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use carbonflow_schemas::records::{
+    ComponentBounds, ExpiryBehaviour, Flavour, InputPosition, PrecisionFeed, ScheduleConfig,
+    ScheduleDecision,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::decide::{DecisionContext, decide};
+use crate::forecast::ForecastSnapshot;
+use crate::ledger::CreditLedger;
+use crate::policy::PolicyMemory;
+use crate::validate::validate;
+
+/// Why a dry run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DryRunError {
+    /// The document is not valid JSON of the expected shape.
+    #[error("input is not a valid decide document: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// A time is not RFC 3339.
+    #[error("{field} must be an RFC 3339 UTC time like 2025-11-18T12:10:07Z, got {value:?}")]
+    Time {
+        /// Key.
+        field: &'static str,
+        /// Value.
+        value: String,
+    },
+    /// The config breaks a rule.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// The policy cannot decide.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct Document {
+    config: ConfigDoc,
+    forecast: Option<ForecastDoc>,
+    ledger: LedgerDoc,
+    memory: MemoryDoc,
+    at: Option<String>,
+    version: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct ConfigDoc {
+    schedule: String,
+    policy: String,
+    target_error: f64,
+    credit_min: f64,
+    credit_max: f64,
+    credit_sensitivity: f64,
+    credit_window: i64,
+    valid_for: i64,
+    throttle_min: f64,
+    throttle_intensity_floor: f64,
+    throttle_intensity_ceiling: f64,
+    throttle_green_blend: f64,
+    throttle_green_override_threshold: f64,
+    precision_feed: PrecisionFeedDoc,
+    flavours: Vec<FlavourDoc>,
+    components: BTreeMap<String, BoundsDoc>,
+}
+
+impl Default for ConfigDoc {
+    fn default() -> Self {
+        Self {
+            schedule: "default/default".into(),
+            policy: "credit-greedy".into(),
+            target_error: 0.15,
+            credit_min: -1.0,
+            credit_max: 1.0,
+            credit_sensitivity: 0.33,
+            credit_window: 300,
+            valid_for: 60,
+            throttle_min: 0.05,
+            throttle_intensity_floor: 150.0,
+            throttle_intensity_ceiling: 350.0,
+            throttle_green_blend: 0.6,
+            throttle_green_override_threshold: 0.99,
+            precision_feed: PrecisionFeedDoc::Telemetry,
+            flavours: [
+                ("precision-100", 1.0, 1.0),
+                ("precision-50", 0.5, 0.6),
+                ("precision-30", 0.3, 0.3),
+            ]
+            .into_iter()
+            .map(|(n, p, e)| FlavourDoc {
+                name: n.into(),
+                precision: p,
+                carbon_intensity: e,
+                enabled: true,
+            })
+            .collect(),
+            components: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum PrecisionFeedDoc {
+    Telemetry,
+    Commanded,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FlavourDoc {
+    name: String,
+    precision: f64,
+    #[serde(alias = "relativeEnergy", default)]
+    carbon_intensity: f64,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BoundsDoc {
+    min_replicas: Option<i32>,
+    max_replicas: Option<i32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct ForecastDoc {
+    now: Option<f64>,
+    next: Option<f64>,
+    slots: Vec<f64>,
+    slot_end: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct LedgerDoc {
+    balance: f64,
+    history: Vec<(i64, f64)>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct MemoryDoc {
+    cumulative_carbon: f64,
+    evaluation_count: i64,
+}
+
+fn parse_time(field: &'static str, value: &str) -> Result<i64, DryRunError> {
+    let t = humantime::parse_rfc3339_weak(value).map_err(|_| DryRunError::Time {
+        field,
+        value: value.into(),
+    })?;
+    let d = t
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| DryRunError::Time {
+            field,
+            value: value.into(),
+        })?;
+    Ok(d.as_millis() as i64)
+}
+
+/// RFC 3339 UTC with whole seconds, as the reference writes `validUntil`.
+pub fn format_time(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Run the dry run on a JSON document; returns the output document.
+pub fn run(input: &str) -> Result<Value, DryRunError> {
+    let doc: Document = serde_json::from_str(input)?;
+    let at_ms = match &doc.at {
+        Some(a) => parse_time("at", a)?,
+        None => 0,
+    };
+    let c = doc.config;
+    let config = ScheduleConfig {
+        schedule: c.schedule,
+        config_version: 1,
+        published_at_ms: at_ms,
+        policy: c.policy,
+        zone: "dry-run".into(),
+        target_error: c.target_error,
+        credit_min: c.credit_min,
+        credit_max: c.credit_max,
+        credit_sensitivity: c.credit_sensitivity,
+        credit_window_seconds: c.credit_window,
+        valid_for_seconds: c.valid_for,
+        discovery_interval_seconds: 60,
+        carbon_timeout_seconds: 2.0,
+        carbon_cache_ttl_seconds: 5.0,
+        throttle_min: c.throttle_min,
+        throttle_intensity_floor: c.throttle_intensity_floor,
+        throttle_intensity_ceiling: c.throttle_intensity_ceiling,
+        throttle_green_blend: c.throttle_green_blend,
+        throttle_green_override_threshold: c.throttle_green_override_threshold,
+        evaluator: "router".into(),
+        precision_feed: match c.precision_feed {
+            PrecisionFeedDoc::Telemetry => PrecisionFeed::Telemetry,
+            PrecisionFeedDoc::Commanded => PrecisionFeed::Commanded,
+        },
+        on_expiry: ExpiryBehaviour::HighestPrecision,
+        components: c
+            .components
+            .into_iter()
+            .map(|(component, b)| ComponentBounds {
+                component,
+                min_replicas: b.min_replicas,
+                max_replicas: b.max_replicas,
+            })
+            .collect(),
+        flavours: c
+            .flavours
+            .into_iter()
+            .map(|f| Flavour {
+                name: f.name,
+                precision: f.precision,
+                relative_energy: f.carbon_intensity,
+                enabled: f.enabled,
+                upstream_url: "http://dry-run".into(),
+                upstream_header: None,
+                annotations: vec![],
+            })
+            .collect(),
+        fallbacks: vec![],
+    };
+    let config = validate(&config).map_err(|problems| {
+        DryRunError::Config(
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.rule))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    let mut forecast = ForecastSnapshot::default();
+    if let Some(f) = doc.forecast {
+        forecast = ForecastSnapshot::from_values(f.now, f.next, f.slots);
+        if let Some(end) = f.slot_end {
+            forecast.current_slot_end_ms = Some(parse_time("forecast.slotEnd", &end)?);
+        }
+    }
+    let mut ledger = CreditLedger::with_history(doc.ledger.balance, doc.ledger.history);
+    let mut memory = PolicyMemory {
+        cumulative_carbon: doc.memory.cumulative_carbon,
+        evaluation_count: doc.memory.evaluation_count,
+    };
+    let ctx = DecisionContext {
+        config: &config,
+        forecast: &forecast,
+        forecast_used: None,
+        manual: None,
+        at_ms,
+        version: doc.version.unwrap_or(1),
+        cause: "dry-run",
+        input: InputPosition {
+            topic: "stdin".into(),
+            partition: 0,
+            offset: 0,
+        },
+        telemetry_window: None,
+    };
+    let decision = decide(&ctx, &mut ledger, &mut memory)?;
+    let mut out = reference_contract(&decision);
+    out["memory"] = json!({"cumulativeCarbon": memory.cumulative_carbon, "evaluationCount": memory.evaluation_count});
+    Ok(out)
+}
+
+/// The reference engine's schedule JSON (section 1.6) for a decision, plus `version` and
+/// `exactWeights`. Keys come out sorted (serde_json's map), as Flask sorts them.
+pub fn reference_contract(d: &ScheduleDecision) -> Value {
+    let flavour_weights: BTreeMap<&str, i32> = d
+        .flavours
+        .iter()
+        .filter(|f| f.weight > 0.0)
+        .map(|f| (f.name.as_str(), f.weight_percent))
+        .collect();
+    let exact: BTreeMap<&str, f64> = d
+        .flavours
+        .iter()
+        .map(|f| (f.name.as_str(), f.weight))
+        .collect();
+    let diagnostics: BTreeMap<&str, Option<f64>> = d
+        .diagnostics
+        .iter()
+        .map(|x| (x.name.as_str(), x.value))
+        .collect();
+    let ceilings: BTreeMap<&str, i32> = d
+        .processing
+        .ceilings
+        .iter()
+        .map(|c| (c.component.as_str(), c.replicas))
+        .collect();
+    let mut credits = json!({
+        "balance": d.credits.balance, "velocity": d.credits.velocity, "target": d.credits.target,
+        "min": d.credits.min, "max": d.credits.max,
+    });
+    if let Some(a) = d.credits.allowance {
+        credits["allowance"] = json!(a);
+    }
+    json!({
+        "avgPrecision": d.avg_precision,
+        "credits": credits,
+        "diagnostics": diagnostics,
+        "flavourWeights": flavour_weights,
+        "exactWeights": exact,
+        "flavours": d.flavours.iter().map(|f| json!({
+            "name": f.name, "precision": f.precision_percent, "weight": f.weight_percent,
+            "carbonIntensity": f.relative_energy, "enabled": f.enabled,
+        })).collect::<Vec<_>>(),
+        "policy": {"name": d.policy},
+        "processing": {
+            "throttle": d.processing.throttle, "creditsRatio": d.processing.credits_ratio,
+            "intensityRatio": d.processing.intensity_ratio, "ceilings": ceilings,
+        },
+        "validUntil": format_time(d.valid_until_ms),
+        "version": d.version,
+    })
+}

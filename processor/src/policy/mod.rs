@@ -1,0 +1,220 @@
+//! Scheduling policies: one trait, one file per policy.
+//!
+//! A policy turns the enabled flavours, the forecast and the ledger into weights that sum
+//! to 1, the commanded average precision, and diagnostics. Policies are pure: no clock, no
+//! I/O; the only state (forecast-aware-global's emissions memory) is passed in and out as
+//! [`PolicyMemory`] so it is journaled like everything else.
+
+mod credit_greedy;
+mod forecast_aware;
+mod forecast_aware_global;
+mod p100;
+mod precision_tier;
+mod random;
+mod round_robin;
+
+use carbonflow_schemas::records::Flavour;
+use serde::{Deserialize, Serialize};
+
+use crate::forecast::ForecastSnapshot;
+
+pub use credit_greedy::CreditGreedy;
+pub use forecast_aware::ForecastAware;
+pub use forecast_aware_global::ForecastAwareGlobal;
+pub use p100::P100;
+pub use precision_tier::PrecisionTier;
+pub use random::Random;
+pub use round_robin::RoundRobin;
+
+/// Names of every policy, as accepted in configs.
+pub const POLICY_NAMES: [&str; 7] = [
+    "credit-greedy",
+    "forecast-aware",
+    "forecast-aware-global",
+    "precision-tier",
+    "p100",
+    "random",
+    "round-robin",
+];
+
+/// The policy registered under `name`.
+pub fn policy_named(name: &str) -> Option<&'static dyn Policy> {
+    Some(match name {
+        "credit-greedy" => &CreditGreedy,
+        "forecast-aware" => &ForecastAware,
+        "forecast-aware-global" => &ForecastAwareGlobal,
+        "precision-tier" => &PrecisionTier,
+        "p100" => &P100,
+        "random" => &Random,
+        "round-robin" => &RoundRobin,
+        _ => return None,
+    })
+}
+
+/// Ledger figures a policy reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CreditView {
+    /// Balance before this decision's update.
+    pub balance: f64,
+    /// Lower bound.
+    pub min: f64,
+    /// Upper bound.
+    pub max: f64,
+    /// Target error of the schedule.
+    pub target_error: f64,
+}
+
+impl CreditView {
+    /// `(balance − min) / span`, with span 0 read as 1 (reference 3.1 step 2).
+    pub fn normalised(&self) -> f64 {
+        let span = self.max - self.min;
+        let span = if span == 0.0 { 1.0 } else { span };
+        (self.balance - self.min) / span
+    }
+}
+
+/// What a policy evaluates.
+#[derive(Debug, Clone)]
+pub struct PolicyInput<'a> {
+    /// Schedule id (seeds `random`).
+    pub schedule: &'a str,
+    /// Version the decision will carry (seeds `random`).
+    pub version: i64,
+    /// Every configured flavour, in registry order (policies drop disabled ones).
+    pub flavours: &'a [Flavour],
+    /// Forecast view at the decision's event time.
+    pub forecast: &'a ForecastSnapshot,
+    /// Ledger.
+    pub credit: CreditView,
+}
+
+/// Policy state that survives between decisions (forecast-aware-global's memory).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyMemory {
+    /// Σ over decisions of Σ_f w_f · energy_f · intensity_now.
+    pub cumulative_carbon: f64,
+    /// Number of decisions counted.
+    pub evaluation_count: i64,
+}
+
+/// Weights (in the policy's own order, which decides rounding ties), average precision and
+/// diagnostics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyResult {
+    /// `(flavour name, weight)`, summing to 1.
+    pub weights: Vec<(String, f64)>,
+    /// Σ w · precision.
+    pub avg_precision: f64,
+    /// Named diagnostics (None = unknown).
+    pub diagnostics: Vec<(String, Option<f64>)>,
+}
+
+impl PolicyResult {
+    /// Value of a diagnostic.
+    pub fn diagnostic(&self, name: &str) -> Option<f64> {
+        self.diagnostics
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| *v)
+    }
+}
+
+/// Why a policy could not decide.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    /// Every flavour is disabled.
+    #[error("schedule {schedule} has no enabled flavour: at least one flavour must be enabled")]
+    NoEnabledFlavour {
+        /// Schedule id.
+        schedule: String,
+    },
+}
+
+/// A scheduling policy.
+pub trait Policy: Sync {
+    /// Registered name.
+    fn name(&self) -> &'static str;
+
+    /// Decide weights; `memory` is read and updated (most policies leave it alone).
+    fn evaluate(
+        &self,
+        input: &PolicyInput<'_>,
+        memory: &mut PolicyMemory,
+    ) -> Result<PolicyResult, PolicyError>;
+}
+
+/// Enabled flavours sorted by precision, highest first (stable for equal precisions).
+pub(crate) fn enabled_by_precision<'a>(
+    input: &PolicyInput<'a>,
+) -> Result<Vec<&'a Flavour>, PolicyError> {
+    let mut enabled: Vec<&Flavour> = input.flavours.iter().filter(|f| f.enabled).collect();
+    if enabled.is_empty() {
+        return Err(PolicyError::NoEnabledFlavour {
+            schedule: input.schedule.to_string(),
+        });
+    }
+    enabled.sort_by(|a, b| b.precision.total_cmp(&a.precision));
+    Ok(enabled)
+}
+
+/// Scale weights to sum 1 (a zero sum is left as is).
+pub(crate) fn normalise(weights: &mut [(String, f64)]) {
+    let total: f64 = weights.iter().map(|(_, w)| w).sum();
+    if total > 0.0 {
+        for (_, w) in weights.iter_mut() {
+            *w /= total;
+        }
+    }
+}
+
+/// Σ w · precision over `weights`.
+pub(crate) fn avg_precision(weights: &[(String, f64)], flavours: &[Flavour]) -> f64 {
+    weights
+        .iter()
+        .map(|(name, w)| {
+            w * flavours
+                .iter()
+                .find(|f| &f.name == name)
+                .map_or(1.0, |f| f.precision)
+        })
+        .sum()
+}
+
+/// Carbon score of a greener flavour relative to the baseline (reference 3.1 step 6).
+pub(crate) fn carbon_score(baseline: &Flavour, f: &Flavour) -> f64 {
+    let gain = baseline.relative_energy - f.relative_energy;
+    let gain = if gain > 0.0 { gain } else { 1e-6 };
+    (gain.max(1e-6) / (1.0 - f.precision).max(1e-6)).max(1e-6)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use carbonflow_schemas::records::Flavour;
+
+    /// The reference's default triple (precision-100/50/30, energy 1.0/0.6/0.3).
+    pub fn default_flavours() -> Vec<Flavour> {
+        [
+            ("precision-100", 1.0, 1.0),
+            ("precision-50", 0.5, 0.6),
+            ("precision-30", 0.3, 0.3),
+        ]
+        .into_iter()
+        .map(|(n, p, e)| Flavour {
+            name: n.into(),
+            precision: p,
+            relative_energy: e,
+            enabled: true,
+            upstream_url: "http://127.0.0.1:1".into(),
+            upstream_header: None,
+            annotations: vec![],
+        })
+        .collect()
+    }
+
+    pub fn weight(r: &super::PolicyResult, name: &str) -> f64 {
+        r.weights
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |(_, w)| *w)
+    }
+}

@@ -1,0 +1,313 @@
+//! Schedule config validation (deliberate difference: the reference accepts anything).
+//!
+//! Every problem is reported, each naming the field and the rule it breaks; the caller
+//! keeps the previous config in force when any is found.
+
+use std::collections::HashSet;
+
+use carbonflow_schemas::records::{FieldProblem, ScheduleConfig};
+
+use crate::policy::POLICY_NAMES;
+
+/// Fallback conditions routers understand besides exact status codes.
+pub const FALLBACK_CONDITIONS: [&str; 4] = ["timeout", "connect_error", "5xx", "4xx"];
+
+/// Check `config`; on success return it with precisions given as percentages (> 1)
+/// converted to fractions, as the reference accepts them.
+pub fn validate(config: &ScheduleConfig) -> Result<ScheduleConfig, Vec<FieldProblem>> {
+    let mut c = config.clone();
+    let mut problems = Vec::new();
+    let mut bad = |field: &str, rule: String| {
+        problems.push(FieldProblem {
+            field: field.to_string(),
+            rule,
+        })
+    };
+
+    match c.schedule.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {}
+        _ => bad(
+            "schedule",
+            format!("must be namespace/name, got {:?}", c.schedule),
+        ),
+    }
+    if !POLICY_NAMES.contains(&c.policy.as_str()) {
+        bad(
+            "policy",
+            format!(
+                "must be one of {}, got {:?}",
+                POLICY_NAMES.join(", "),
+                c.policy
+            ),
+        );
+    }
+    if c.zone.trim().is_empty() {
+        bad("zone", "must name the forecast zone, e.g. GB".into());
+    }
+    let finite = [
+        ("target_error", c.target_error),
+        ("credit_min", c.credit_min),
+        ("credit_max", c.credit_max),
+        ("credit_sensitivity", c.credit_sensitivity),
+        ("throttle_min", c.throttle_min),
+        ("throttle_intensity_floor", c.throttle_intensity_floor),
+        ("throttle_intensity_ceiling", c.throttle_intensity_ceiling),
+        ("throttle_green_blend", c.throttle_green_blend),
+        (
+            "throttle_green_override_threshold",
+            c.throttle_green_override_threshold,
+        ),
+    ];
+    for (field, v) in finite {
+        if !v.is_finite() {
+            bad(field, format!("must be a finite number, got {v}"));
+        }
+    }
+    if !(0.0..1.0).contains(&c.target_error) {
+        bad(
+            "target_error",
+            format!("must be in [0, 1), got {}", c.target_error),
+        );
+    }
+    if c.credit_min >= c.credit_max {
+        bad(
+            "credit_min",
+            format!(
+                "must be below credit_max ({}), got {}",
+                c.credit_max, c.credit_min
+            ),
+        );
+    }
+    if c.credit_sensitivity <= 0.0 {
+        bad(
+            "credit_sensitivity",
+            format!("must be > 0, got {}", c.credit_sensitivity),
+        );
+    }
+    if c.credit_window_seconds <= 0 {
+        bad(
+            "credit_window_seconds",
+            format!("must be > 0 seconds, got {}", c.credit_window_seconds),
+        );
+    }
+    if c.valid_for_seconds <= 0 {
+        bad(
+            "valid_for_seconds",
+            format!("must be > 0 seconds, got {}", c.valid_for_seconds),
+        );
+    }
+    for (field, v) in [
+        ("throttle_min", c.throttle_min),
+        ("throttle_green_blend", c.throttle_green_blend),
+        (
+            "throttle_green_override_threshold",
+            c.throttle_green_override_threshold,
+        ),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            bad(field, format!("must be in [0, 1], got {v}"));
+        }
+    }
+    if c.throttle_intensity_floor >= c.throttle_intensity_ceiling {
+        bad(
+            "throttle_intensity_floor",
+            format!(
+                "must be below throttle_intensity_ceiling ({}), got {}",
+                c.throttle_intensity_ceiling, c.throttle_intensity_floor
+            ),
+        );
+    }
+    if c.evaluator != "router" {
+        bad(
+            "evaluator",
+            format!(
+                "must be router (the only evaluator carbonflow has), got {:?}",
+                c.evaluator
+            ),
+        );
+    }
+    for (i, b) in c.components.iter().enumerate() {
+        if b.min_replicas.is_some_and(|m| m < 0) || b.max_replicas.is_some_and(|m| m < 0) {
+            bad(
+                &format!("components[{i}]"),
+                "replica bounds must be ≥ 0".into(),
+            );
+        }
+        if let (Some(min), Some(max)) = (b.min_replicas, b.max_replicas)
+            && min > max
+        {
+            bad(
+                &format!("components[{i}].min_replicas"),
+                format!("must be ≤ max_replicas ({max}), got {min}"),
+            );
+        }
+    }
+    if c.flavours.is_empty() || !c.flavours.iter().any(|f| f.enabled) {
+        bad("flavours", "at least one flavour must be enabled".into());
+    }
+    let mut names = HashSet::new();
+    for (i, f) in c.flavours.iter_mut().enumerate() {
+        if f.name.trim().is_empty() {
+            bad(&format!("flavours[{i}].name"), "must not be empty".into());
+        } else if !names.insert(f.name.clone()) {
+            bad(
+                &format!("flavours[{i}].name"),
+                format!("must be unique, {:?} appears twice", f.name),
+            );
+        }
+        // Percentages are accepted as the reference does: 30 means 0.30.
+        if f.precision > 1.0 {
+            f.precision /= 100.0;
+        }
+        if !(f.precision > 0.0 && f.precision <= 1.0) {
+            bad(
+                &format!("flavours[{i}].precision"),
+                format!(
+                    "must be in (0, 1] (or a percentage in (1, 100]), got {}",
+                    f.precision
+                ),
+            );
+        }
+        if !(f.relative_energy.is_finite() && f.relative_energy >= 0.0) {
+            bad(
+                &format!("flavours[{i}].relative_energy"),
+                format!("must be ≥ 0, got {}", f.relative_energy),
+            );
+        }
+        if !(f.upstream_url.starts_with("http://") || f.upstream_url.starts_with("https://")) {
+            bad(
+                &format!("flavours[{i}].upstream_url"),
+                format!("must be an http(s) URL, got {:?}", f.upstream_url),
+            );
+        }
+    }
+    for (i, r) in c.fallbacks.iter().enumerate() {
+        if !names.contains(&r.to) {
+            bad(
+                &format!("fallbacks[{i}].to"),
+                format!("must name a configured flavour, got {:?}", r.to),
+            );
+        }
+        if r.when_status.is_empty() {
+            bad(
+                &format!("fallbacks[{i}].when_status"),
+                "must list at least one condition".into(),
+            );
+        }
+        for s in &r.when_status {
+            let code = s.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
+            if !code && !FALLBACK_CONDITIONS.contains(&s.as_str()) {
+                bad(
+                    &format!("fallbacks[{i}].when_status"),
+                    format!(
+                        "{s:?} is not a condition: use {} or a status code 100-599",
+                        FALLBACK_CONDITIONS.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(c)
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use carbonflow_schemas::records::FallbackRule;
+    use carbonflow_schemas::testing::samples;
+
+    use super::*;
+
+    fn fields(c: &ScheduleConfig) -> Vec<String> {
+        validate(c)
+            .expect_err("must be refused")
+            .into_iter()
+            .map(|p| p.field)
+            .collect()
+    }
+
+    #[test]
+    fn the_sample_config_is_valid_and_percentages_become_fractions() {
+        let mut c = samples::schedule_config();
+        c.flavours[2].precision = 30.0;
+        let v = validate(&c).expect("valid");
+        assert_eq!(v.flavours[2].precision, 0.3);
+    }
+
+    type Breakage = Box<dyn Fn(&mut ScheduleConfig)>;
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let base = samples::schedule_config();
+        let cases: Vec<(&str, Breakage)> = vec![
+            ("schedule", Box::new(|c| c.schedule = "no-namespace".into())),
+            ("policy", Box::new(|c| c.policy = "greedy".into())),
+            ("zone", Box::new(|c| c.zone = " ".into())),
+            ("target_error", Box::new(|c| c.target_error = 1.5)),
+            ("credit_min", Box::new(|c| c.credit_min = 2.0)),
+            (
+                "credit_sensitivity",
+                Box::new(|c| c.credit_sensitivity = 0.0),
+            ),
+            (
+                "credit_window_seconds",
+                Box::new(|c| c.credit_window_seconds = 0),
+            ),
+            ("valid_for_seconds", Box::new(|c| c.valid_for_seconds = -1)),
+            ("throttle_min", Box::new(|c| c.throttle_min = 1.5)),
+            (
+                "throttle_intensity_floor",
+                Box::new(|c| c.throttle_intensity_floor = 400.0),
+            ),
+            (
+                "flavours",
+                Box::new(|c| c.flavours.iter_mut().for_each(|f| f.enabled = false)),
+            ),
+            (
+                "flavours[1].name",
+                Box::new(|c| c.flavours[1].name = "precision-100".into()),
+            ),
+            (
+                "flavours[0].precision",
+                Box::new(|c| c.flavours[0].precision = 0.0),
+            ),
+            (
+                "flavours[0].precision",
+                Box::new(|c| c.flavours[0].precision = 250.0),
+            ),
+            (
+                "flavours[0].upstream_url",
+                Box::new(|c| c.flavours[0].upstream_url = "ftp://x".into()),
+            ),
+            (
+                "fallbacks[0].to",
+                Box::new(|c| c.fallbacks[0].to = "nope".into()),
+            ),
+            (
+                "fallbacks[0].when_status",
+                Box::new(|c| {
+                    c.fallbacks = vec![FallbackRule {
+                        when_status: vec!["teapot".into()],
+                        to: "precision-100".into(),
+                    }]
+                }),
+            ),
+            (
+                "components[0].min_replicas",
+                Box::new(|c| c.components[0].min_replicas = Some(99)),
+            ),
+        ];
+        for (field, break_it) in cases {
+            let mut c = base.clone();
+            break_it(&mut c);
+            assert!(
+                fields(&c).iter().any(|f| f == field),
+                "{field} not named in {:?}",
+                fields(&c)
+            );
+        }
+    }
+}
