@@ -71,27 +71,18 @@ impl Policy for CreditGreedy {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{default_flavours, weight};
+    use super::super::tests::{evaluate, percentages, weight};
     use super::*;
 
     fn run(now: f64, balance: f64) -> PolicyResult {
-        let flavours = default_flavours();
         let forecast = ForecastSnapshot::from_values(Some(now), Some(now), vec![now]);
-        let input = PolicyInput {
-            schedule: "ns/s",
-            version: 1,
-            flavours: &flavours,
-            forecast: &forecast,
-            credit: CreditView {
-                balance,
-                min: -1.0,
-                max: 1.0,
-                target_error: 0.15,
-            },
-        };
-        CreditGreedy
-            .evaluate(&input, &mut PolicyMemory::default())
-            .expect("decides")
+        evaluate(
+            &CreditGreedy,
+            forecast,
+            balance,
+            1,
+            &mut PolicyMemory::default(),
+        )
     }
 
     #[test]
@@ -110,22 +101,9 @@ mod tests {
 
     #[test]
     fn reference_examples_at_60_and_300g() {
-        let pct = |r: &PolicyResult| crate::weights::integer_percentages(&r.weights);
         // Reference section 3.1: now=60 → 85/7/8; now=300 → 5/42/53.
-        assert_eq!(
-            pct(&run(60.0, 0.0))
-                .iter()
-                .map(|(_, p)| *p)
-                .collect::<Vec<_>>(),
-            vec![85, 7, 8]
-        );
-        assert_eq!(
-            pct(&run(300.0, 0.0))
-                .iter()
-                .map(|(_, p)| *p)
-                .collect::<Vec<_>>(),
-            vec![5, 42, 53]
-        );
+        assert_eq!(percentages(&run(60.0, 0.0)), vec![85, 7, 8]);
+        assert_eq!(percentages(&run(300.0, 0.0)), vec![5, 42, 53]);
     }
 
     #[test]

@@ -61,19 +61,12 @@ impl Policy for ForecastAware {
                 }
             }
         }
-        normalise(weights);
-        result.avg_precision = avg_precision(weights, input.flavours);
-        let baseline_weight = weights
+        result.renormalise(input.flavours);
+        let baseline_weight = result
+            .weights
             .iter()
             .find(|(n, _)| *n == baseline)
             .map(|(_, w)| *w);
-        if let Some(d) = result
-            .diagnostics
-            .iter_mut()
-            .find(|(n, _)| n == "avg_precision")
-        {
-            d.1 = Some(result.avg_precision);
-        }
         result.diagnostics.extend([
             ("trend".to_string(), Some(trend)),
             ("adjustment".to_string(), Some(adjustment)),
@@ -85,61 +78,29 @@ impl Policy for ForecastAware {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{default_flavours, weight};
+    use super::super::tests::{evaluate, percentages, weight};
     use super::*;
+
+    fn run(policy: &dyn Policy, now: f64, next: f64) -> PolicyResult {
+        let forecast = ForecastSnapshot::from_values(Some(now), Some(next), vec![now, next]);
+        evaluate(policy, forecast, 0.0, 1, &mut PolicyMemory::default())
+    }
 
     #[test]
     fn reference_worked_example_rising_180_to_200() {
-        let flavours = default_flavours();
-        let forecast = ForecastSnapshot::from_values(Some(180.0), Some(200.0), vec![180.0, 200.0]);
-        let input = PolicyInput {
-            schedule: "ns/s",
-            version: 1,
-            flavours: &flavours,
-            forecast: &forecast,
-            credit: CreditView {
-                balance: 0.0,
-                min: -1.0,
-                max: 1.0,
-                target_error: 0.15,
-            },
-        };
-        let r = ForecastAware
-            .evaluate(&input, &mut PolicyMemory::default())
-            .expect("decides");
+        let r = run(&ForecastAware, 180.0, 200.0);
         assert!((r.diagnostic("adjustment").expect("set") + 0.25 * 20.0 / 180.0).abs() < 1e-12);
         assert!((weight(&r, "precision-100") - 0.4528).abs() < 1e-4);
         assert!((weight(&r, "precision-50") - 0.2432).abs() < 1e-4);
         assert!((weight(&r, "precision-30") - 0.3040).abs() < 1e-4);
-        let pct: Vec<i32> = crate::weights::integer_percentages(&r.weights)
-            .iter()
-            .map(|(_, p)| *p)
-            .collect();
-        assert_eq!(pct, vec![46, 24, 30]);
+        assert_eq!(percentages(&r), vec![46, 24, 30]);
     }
 
     #[test]
     fn small_trend_leaves_credit_greedy_unchanged() {
-        let flavours = default_flavours();
-        let forecast = ForecastSnapshot::from_values(Some(180.0), Some(190.0), vec![]);
-        let input = PolicyInput {
-            schedule: "ns/s",
-            version: 1,
-            flavours: &flavours,
-            forecast: &forecast,
-            credit: CreditView {
-                balance: 0.0,
-                min: -1.0,
-                max: 1.0,
-                target_error: 0.15,
-            },
-        };
-        let a = ForecastAware
-            .evaluate(&input, &mut PolicyMemory::default())
-            .expect("decides");
-        let b = CreditGreedy
-            .evaluate(&input, &mut PolicyMemory::default())
-            .expect("decides");
-        assert_eq!(a, b);
+        assert_eq!(
+            run(&ForecastAware, 180.0, 190.0),
+            run(&CreditGreedy, 180.0, 190.0)
+        );
     }
 }

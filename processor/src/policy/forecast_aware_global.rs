@@ -219,14 +219,7 @@ impl Policy for ForecastAwareGlobal {
             }
             normalise(weights);
         }
-        result.avg_precision = avg_precision(weights, input.flavours);
-        if let Some(d) = result
-            .diagnostics
-            .iter_mut()
-            .find(|(n, _)| n == "avg_precision")
-        {
-            d.1 = Some(result.avg_precision);
-        }
+        result.refresh_avg_precision(input.flavours);
         result.diagnostics.extend([
             ("carbon_adjustment".to_string(), Some(c)),
             ("lookahead_adjustment".to_string(), Some(l)),
@@ -265,36 +258,14 @@ impl Policy for ForecastAwareGlobal {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::default_flavours;
+    use super::super::tests::{evaluate, percentages as pct};
     use super::*;
 
     fn run(now: f64, next: f64, slots: Vec<f64>) -> (PolicyResult, PolicyMemory) {
-        let flavours = default_flavours();
-        let forecast = ForecastSnapshot::from_values(Some(now), Some(next), slots);
-        let input = PolicyInput {
-            schedule: "ns/s",
-            version: 1,
-            flavours: &flavours,
-            forecast: &forecast,
-            credit: CreditView {
-                balance: 0.0,
-                min: -1.0,
-                max: 1.0,
-                target_error: 0.15,
-            },
-        };
         let mut memory = PolicyMemory::default();
-        let r = ForecastAwareGlobal
-            .evaluate(&input, &mut memory)
-            .expect("decides");
+        let forecast = ForecastSnapshot::from_values(Some(now), Some(next), slots);
+        let r = evaluate(&ForecastAwareGlobal, forecast, 0.0, 1, &mut memory);
         (r, memory)
-    }
-
-    fn pct(r: &PolicyResult) -> Vec<i32> {
-        crate::weights::integer_percentages(&r.weights)
-            .iter()
-            .map(|(_, p)| *p)
-            .collect()
     }
 
     #[test]

@@ -110,6 +110,25 @@ pub struct PolicyResult {
 }
 
 impl PolicyResult {
+    /// Re-normalise after an adjustment and recompute the average precision, keeping the
+    /// `avg_precision` diagnostic (if any) in step.
+    pub(crate) fn renormalise(&mut self, flavours: &[Flavour]) {
+        normalise(&mut self.weights);
+        self.refresh_avg_precision(flavours);
+    }
+
+    /// Recompute the average precision (and its diagnostic) from the current weights.
+    pub(crate) fn refresh_avg_precision(&mut self, flavours: &[Flavour]) {
+        self.avg_precision = avg_precision(&self.weights, flavours);
+        if let Some(d) = self
+            .diagnostics
+            .iter_mut()
+            .find(|(n, _)| n == "avg_precision")
+        {
+            d.1 = Some(self.avg_precision);
+        }
+    }
+
     /// Value of a diagnostic.
     pub fn diagnostic(&self, name: &str) -> Option<f64> {
         self.diagnostics
@@ -209,6 +228,38 @@ pub(crate) mod tests {
             annotations: vec![],
         })
         .collect()
+    }
+
+    /// Evaluate `policy` on the default flavours with credit bounds ±1 and target 0.15.
+    pub fn evaluate(
+        policy: &dyn super::Policy,
+        forecast: super::ForecastSnapshot,
+        balance: f64,
+        version: i64,
+        memory: &mut super::PolicyMemory,
+    ) -> super::PolicyResult {
+        let flavours = default_flavours();
+        let input = super::PolicyInput {
+            schedule: "ns/s",
+            version,
+            flavours: &flavours,
+            forecast: &forecast,
+            credit: super::CreditView {
+                balance,
+                min: -1.0,
+                max: 1.0,
+                target_error: 0.15,
+            },
+        };
+        policy.evaluate(&input, memory).expect("policy decides")
+    }
+
+    /// Integer percentages of a result, in policy order.
+    pub fn percentages(r: &super::PolicyResult) -> Vec<i32> {
+        crate::weights::integer_percentages(&r.weights)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
     }
 
     pub fn weight(r: &super::PolicyResult, name: &str) -> f64 {

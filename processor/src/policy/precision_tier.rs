@@ -124,27 +124,17 @@ impl Policy for PrecisionTier {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{default_flavours, weight};
+    use super::super::tests::{evaluate, weight};
     use super::*;
 
     fn run(balance: f64) -> PolicyResult {
-        let flavours = default_flavours();
-        let forecast = ForecastSnapshot::default();
-        let input = PolicyInput {
-            schedule: "ns/s",
-            version: 1,
-            flavours: &flavours,
-            forecast: &forecast,
-            credit: CreditView {
-                balance,
-                min: -1.0,
-                max: 1.0,
-                target_error: 0.15,
-            },
-        };
-        PrecisionTier
-            .evaluate(&input, &mut PolicyMemory::default())
-            .expect("decides")
+        evaluate(
+            &PrecisionTier,
+            ForecastSnapshot::default(),
+            balance,
+            1,
+            &mut PolicyMemory::default(),
+        )
     }
 
     #[test]

@@ -57,35 +57,21 @@ impl Policy for Random {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::default_flavours;
+    use super::super::tests::evaluate;
     use super::*;
 
     #[test]
     fn same_schedule_and_version_draw_the_same_weights() {
-        let flavours = default_flavours();
-        let forecast = ForecastSnapshot::default();
-        let input = |version| PolicyInput {
-            schedule: "ns/s",
-            version,
-            flavours: &flavours,
-            forecast: &forecast,
-            credit: CreditView {
-                balance: 0.0,
-                min: -1.0,
-                max: 1.0,
-                target_error: 0.15,
-            },
+        let draw = |version| {
+            evaluate(
+                &Random,
+                ForecastSnapshot::default(),
+                0.0,
+                version,
+                &mut PolicyMemory::default(),
+            )
         };
-        let a = Random
-            .evaluate(&input(7), &mut PolicyMemory::default())
-            .expect("a");
-        let b = Random
-            .evaluate(&input(7), &mut PolicyMemory::default())
-            .expect("b");
-        let c = Random
-            .evaluate(&input(8), &mut PolicyMemory::default())
-            .expect("c");
-        assert_eq!(a, b);
-        assert_ne!(a.weights, c.weights);
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7).weights, draw(8).weights);
     }
 }
