@@ -15,7 +15,7 @@ use crate::forecast::ForecastSnapshot;
 use crate::ledger::{CreditLedger, LedgerParams};
 use crate::policy::{
     CreditView, PolicyError, PolicyInput, PolicyMemory, PolicyResult, avg_precision, normalise,
-    policy_named,
+    policy_named, policy_names,
 };
 use crate::throttle::scaling_directive;
 use crate::weights::integer_percentages;
@@ -68,9 +68,12 @@ pub fn decide(
     let result = match ctx.manual {
         Some(m) => manual_result(m, config),
         None => {
-            // Validation guarantees the name is known; an unknown one would have been
-            // rejected before it could reach here.
-            let policy = policy_named(&config.policy).unwrap_or(&crate::policy::CreditGreedy);
+            let policy =
+                policy_named(&config.policy).ok_or_else(|| PolicyError::UnknownPolicy {
+                    schedule: config.schedule.clone(),
+                    policy: config.policy.clone(),
+                    known: policy_names().join(", "),
+                })?;
             let input = PolicyInput {
                 schedule: &config.schedule,
                 version: ctx.version,

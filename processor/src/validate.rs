@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use carbonflow_schemas::records::{FieldProblem, ScheduleConfig};
 
-use crate::policy::POLICY_NAMES;
+use crate::policy::{policy_named, policy_names};
 
 /// Fallback conditions routers understand besides exact status codes.
 pub const FALLBACK_CONDITIONS: [&str; 4] = ["timeout", "connect_error", "5xx", "4xx"];
@@ -31,12 +31,12 @@ pub fn validate(config: &ScheduleConfig) -> Result<ScheduleConfig, Vec<FieldProb
             format!("must be namespace/name, got {:?}", c.schedule),
         ),
     }
-    if !POLICY_NAMES.contains(&c.policy.as_str()) {
+    if policy_named(&c.policy).is_none() {
         bad(
             "policy",
             format!(
                 "must be one of {}, got {:?}",
-                POLICY_NAMES.join(", "),
+                policy_names().join(", "),
                 c.policy
             ),
         );

@@ -4,9 +4,7 @@
 use carbonflow_processor::decide::ledger_params;
 use carbonflow_processor::forecast::ForecastSnapshot;
 use carbonflow_processor::ledger::CreditLedger;
-use carbonflow_processor::policy::{
-    CreditView, POLICY_NAMES, PolicyInput, PolicyMemory, policy_named,
-};
+use carbonflow_processor::policy::{CreditView, POLICIES, PolicyInput, PolicyMemory};
 use carbonflow_processor::weights::integer_percentages;
 use carbonflow_schemas::records::Flavour;
 use carbonflow_schemas::testing::samples;
@@ -42,7 +40,7 @@ proptest! {
     #[test]
     fn every_policy_yields_a_distribution(
         flavours in flavours(),
-        policy in 0usize..POLICY_NAMES.len(),
+        policy in 0usize..POLICIES.len(),
         now in proptest::option::of(1.0f64..600.0),
         next in proptest::option::of(1.0f64..600.0),
         slots in proptest::collection::vec(1.0f64..600.0, 0..12),
@@ -62,7 +60,7 @@ proptest! {
             credit: CreditView { balance, min, max, target_error: 0.15 },
         };
         let mut memory = PolicyMemory { cumulative_carbon: 150.0 * count as f64, evaluation_count: count };
-        let policy = policy_named(POLICY_NAMES[policy]).expect("registered");
+        let policy = POLICIES[policy];
         let r = policy.evaluate(&input, &mut memory).expect("decides");
         prop_assert!(r.weights.iter().all(|(_, w)| *w >= 0.0 && w.is_finite()), "{:?}", r.weights);
         let sum: f64 = r.weights.iter().map(|(_, w)| w).sum();

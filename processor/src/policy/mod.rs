@@ -26,29 +26,25 @@ pub use precision_tier::PrecisionTier;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 
-/// Names of every policy, as accepted in configs.
-pub const POLICY_NAMES: [&str; 7] = [
-    "credit-greedy",
-    "forecast-aware",
-    "forecast-aware-global",
-    "precision-tier",
-    "p100",
-    "random",
-    "round-robin",
+/// Every policy, once: names, lookup and validation all derive from this list.
+pub const POLICIES: [&dyn Policy; 7] = [
+    &CreditGreedy,
+    &ForecastAware,
+    &ForecastAwareGlobal,
+    &PrecisionTier,
+    &P100,
+    &Random,
+    &RoundRobin,
 ];
 
 /// The policy registered under `name`.
 pub fn policy_named(name: &str) -> Option<&'static dyn Policy> {
-    Some(match name {
-        "credit-greedy" => &CreditGreedy,
-        "forecast-aware" => &ForecastAware,
-        "forecast-aware-global" => &ForecastAwareGlobal,
-        "precision-tier" => &PrecisionTier,
-        "p100" => &P100,
-        "random" => &Random,
-        "round-robin" => &RoundRobin,
-        _ => return None,
-    })
+    POLICIES.into_iter().find(|p| p.name() == name)
+}
+
+/// Names of every policy, as accepted in configs.
+pub fn policy_names() -> Vec<&'static str> {
+    POLICIES.iter().map(|p| p.name()).collect()
 }
 
 /// Ledger figures a policy reads.
@@ -141,6 +137,16 @@ impl PolicyResult {
 /// Why a policy could not decide.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PolicyError {
+    /// The config names a policy that does not exist (validation should have caught it).
+    #[error("schedule {schedule} names unknown policy {policy:?}: expected one of {known}")]
+    UnknownPolicy {
+        /// Schedule id.
+        schedule: String,
+        /// Name given.
+        policy: String,
+        /// Known names, comma-separated.
+        known: String,
+    },
     /// Every flavour is disabled.
     #[error("schedule {schedule} has no enabled flavour: at least one flavour must be enabled")]
     NoEnabledFlavour {
