@@ -21,10 +21,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
-use carbonflow_schemas::records::{
-    ComponentBounds, ExpiryBehaviour, Flavour, InputPosition, PrecisionFeed, ScheduleConfig,
-    ScheduleDecision,
-};
+use carbonflow_schemas::records::{InputPosition, ScheduleDecision};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -32,6 +29,7 @@ use crate::decide::{DecisionContext, decide};
 use crate::forecast::ForecastSnapshot;
 use crate::ledger::CreditLedger;
 use crate::policy::PolicyMemory;
+use crate::spec::ScheduleSpec;
 use crate::validate::validate;
 
 /// Why a dry run failed.
@@ -54,102 +52,21 @@ pub enum DryRunError {
     /// The policy cannot decide.
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    /// The `config` object is not a schedule spec.
+    #[error("config: {0}")]
+    Spec(#[from] crate::spec::SpecError),
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 struct Document {
-    config: ConfigDoc,
+    /// A [`ScheduleSpec`] plus an optional `schedule` id.
+    config: Option<Value>,
     forecast: Option<ForecastDoc>,
     ledger: LedgerDoc,
     memory: MemoryDoc,
     at: Option<String>,
     version: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
-struct ConfigDoc {
-    schedule: String,
-    policy: String,
-    target_error: f64,
-    credit_min: f64,
-    credit_max: f64,
-    credit_sensitivity: f64,
-    credit_window: i64,
-    valid_for: i64,
-    throttle_min: f64,
-    throttle_intensity_floor: f64,
-    throttle_intensity_ceiling: f64,
-    throttle_green_blend: f64,
-    throttle_green_override_threshold: f64,
-    precision_feed: PrecisionFeedDoc,
-    flavours: Vec<FlavourDoc>,
-    components: BTreeMap<String, BoundsDoc>,
-}
-
-impl Default for ConfigDoc {
-    fn default() -> Self {
-        Self {
-            schedule: "default/default".into(),
-            policy: "credit-greedy".into(),
-            target_error: 0.15,
-            credit_min: -1.0,
-            credit_max: 1.0,
-            credit_sensitivity: 0.33,
-            credit_window: 300,
-            valid_for: 60,
-            throttle_min: 0.05,
-            throttle_intensity_floor: 150.0,
-            throttle_intensity_ceiling: 350.0,
-            throttle_green_blend: 0.6,
-            throttle_green_override_threshold: 0.99,
-            precision_feed: PrecisionFeedDoc::Telemetry,
-            flavours: [
-                ("precision-100", 1.0, 1.0),
-                ("precision-50", 0.5, 0.6),
-                ("precision-30", 0.3, 0.3),
-            ]
-            .into_iter()
-            .map(|(n, p, e)| FlavourDoc {
-                name: n.into(),
-                precision: p,
-                carbon_intensity: e,
-                enabled: true,
-            })
-            .collect(),
-            components: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum PrecisionFeedDoc {
-    Telemetry,
-    Commanded,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct FlavourDoc {
-    name: String,
-    precision: f64,
-    #[serde(alias = "relativeEnergy", default)]
-    carbon_intensity: f64,
-    #[serde(default = "yes")]
-    enabled: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct BoundsDoc {
-    min_replicas: Option<i32>,
-    max_replicas: Option<i32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -202,57 +119,18 @@ pub fn run(input: &str) -> Result<Value, DryRunError> {
         Some(a) => parse_time("at", a)?,
         None => 0,
     };
-    let c = doc.config;
-    let config = ScheduleConfig {
-        schedule: c.schedule,
-        config_version: 1,
-        published_at_ms: at_ms,
-        policy: c.policy,
-        zone: "dry-run".into(),
-        target_error: c.target_error,
-        credit_min: c.credit_min,
-        credit_max: c.credit_max,
-        credit_sensitivity: c.credit_sensitivity,
-        credit_window_seconds: c.credit_window,
-        valid_for_seconds: c.valid_for,
-        discovery_interval_seconds: 60,
-        carbon_timeout_seconds: 2.0,
-        carbon_cache_ttl_seconds: 5.0,
-        throttle_min: c.throttle_min,
-        throttle_intensity_floor: c.throttle_intensity_floor,
-        throttle_intensity_ceiling: c.throttle_intensity_ceiling,
-        throttle_green_blend: c.throttle_green_blend,
-        throttle_green_override_threshold: c.throttle_green_override_threshold,
-        evaluator: "router".into(),
-        precision_feed: match c.precision_feed {
-            PrecisionFeedDoc::Telemetry => PrecisionFeed::Telemetry,
-            PrecisionFeedDoc::Commanded => PrecisionFeed::Commanded,
-        },
-        on_expiry: ExpiryBehaviour::HighestPrecision,
-        components: c
-            .components
-            .into_iter()
-            .map(|(component, b)| ComponentBounds {
-                component,
-                min_replicas: b.min_replicas,
-                max_replicas: b.max_replicas,
-            })
-            .collect(),
-        flavours: c
-            .flavours
-            .into_iter()
-            .map(|f| Flavour {
-                name: f.name,
-                precision: f.precision,
-                relative_energy: f.carbon_intensity,
-                enabled: f.enabled,
-                upstream_url: "http://dry-run".into(),
-                upstream_header: None,
-                annotations: vec![],
-            })
-            .collect(),
-        fallbacks: vec![],
+    let mut config_doc = doc.config.unwrap_or_else(|| json!({}));
+    let schedule = match config_doc.as_object_mut().and_then(|m| m.remove("schedule")) {
+        Some(Value::String(s)) => s,
+        _ => "default/default".into(),
     };
+    let spec = ScheduleSpec::from_value(config_doc)?;
+    let mut config = spec.to_config(&schedule, 1, at_ms);
+    config.zone = "dry-run".into();
+    // A dry run routes nothing; flavours may omit their upstream.
+    for f in config.flavours.iter_mut().filter(|f| f.upstream_url.is_empty()) {
+        f.upstream_url = "http://dry-run".into();
+    }
     let config = validate(&config).map_err(|problems| {
         DryRunError::Config(
             problems

@@ -12,6 +12,7 @@ pub mod dry_run;
 pub mod forecast;
 pub mod ledger;
 pub mod policy;
+pub mod spec;
 pub mod throttle;
 pub mod validate;
 pub mod weights;
