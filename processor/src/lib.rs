@@ -13,6 +13,7 @@ pub mod forecast;
 pub mod ledger;
 pub mod policy;
 pub mod spec;
+pub mod state;
 pub mod throttle;
 pub mod validate;
 pub mod weights;

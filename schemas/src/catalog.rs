@@ -51,6 +51,16 @@ const SHIPPED: &[(&str, u32, &str)] = &[
         1,
         include_str!("../avro/dead_letter/v1.avsc"),
     ),
+    (
+        "journal_entry",
+        1,
+        include_str!("../avro/journal_entry/v1.avsc"),
+    ),
+    (
+        "partition_snapshot",
+        1,
+        include_str!("../avro/partition_snapshot/v1.avsc"),
+    ),
 ];
 
 /// A parsed schema version.

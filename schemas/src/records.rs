@@ -489,6 +489,47 @@ pub struct DeadLetter {
     pub at_ms: i64,
 }
 
+/// A decision produced by a journaled input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRef {
+    /// `namespace/name`.
+    pub schedule: String,
+    /// Its version.
+    pub version: i64,
+}
+
+/// One input applied to one partition's state (`processor.journal`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Schedule partition whose state changed.
+    pub partition: i32,
+    /// Where the input was read.
+    pub input: InputPosition,
+    /// The input record as consumed.
+    #[serde(with = "apache_avro::serde::bytes")]
+    pub record: Vec<u8>,
+    /// Decisions it produced.
+    pub decisions: Vec<DecisionRef>,
+}
+
+/// Full state of one partition after a journal prefix (`processor.snapshots`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSnapshot {
+    /// Schedule partition.
+    pub partition: i32,
+    /// First journal offset not folded into `state` (last folded + 1).
+    pub journal_next_offset: i64,
+    /// First decisions offset written after the state was complete.
+    pub decisions_next_offset: i64,
+    /// Event-time clock of the state.
+    pub clock_ms: i64,
+    /// Version of the state encoding.
+    pub state_format: i32,
+    /// The encoded state.
+    #[serde(with = "apache_avro::serde::bytes")]
+    pub state: Vec<u8>,
+}
+
 macro_rules! avro_record {
     ($($ty:ident => $name:literal),* $(,)?) => {
         $(impl AvroRecord for $ty { const FULL_NAME: &'static str = $name; })*
@@ -505,6 +546,8 @@ avro_record! {
     Tick => "carbonflow.Tick",
     ConfigRejection => "carbonflow.ConfigRejection",
     DeadLetter => "carbonflow.DeadLetter",
+    JournalEntry => "carbonflow.JournalEntry",
+    PartitionSnapshot => "carbonflow.PartitionSnapshot",
 }
 
 /// Everything that travels on `schedule.config`: configs, overrides and deletions share

@@ -372,4 +372,33 @@ pub mod samples {
             at_ms: 1_763_467_200_000,
         }
     }
+
+    /// A journal entry.
+    pub fn journal_entry() -> JournalEntry {
+        JournalEntry {
+            partition: 2,
+            input: InputPosition {
+                topic: "schedule.config".into(),
+                partition: 2,
+                offset: 9,
+            },
+            record: crate::encode(&tick()).expect("the tick sample encodes"),
+            decisions: vec![DecisionRef {
+                schedule: "default/demo".into(),
+                version: 12,
+            }],
+        }
+    }
+
+    /// A partition snapshot.
+    pub fn partition_snapshot() -> PartitionSnapshot {
+        PartitionSnapshot {
+            partition: 2,
+            journal_next_offset: 120,
+            decisions_next_offset: 40,
+            clock_ms: 1_763_467_200_000,
+            state_format: 1,
+            state: br#"{"schedules":{}}"#.to_vec(),
+        }
+    }
 }

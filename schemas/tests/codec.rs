@@ -53,6 +53,8 @@ fn every_record_type_round_trips() {
     round_trip(samples::tick());
     round_trip(samples::config_rejection());
     round_trip(samples::dead_letter());
+    round_trip(samples::journal_entry());
+    round_trip(samples::partition_snapshot());
 }
 
 #[test]
@@ -97,6 +99,16 @@ fn current_version_fixtures_still_decode() {
         ConfigRejection
     );
     check!("dead_letter-v1.bin", samples::dead_letter(), DeadLetter);
+    check!(
+        "journal_entry-v1.bin",
+        samples::journal_entry(),
+        JournalEntry
+    );
+    check!(
+        "partition_snapshot-v1.bin",
+        samples::partition_snapshot(),
+        PartitionSnapshot
+    );
 }
 
 #[test]
@@ -227,6 +239,8 @@ fn every_strict_prefix_of_every_record_is_truncated() {
     all_prefixes!(samples::telemetry_bucket(), TelemetryBucket);
     all_prefixes!(samples::schedule_decision(), ScheduleDecision);
     all_prefixes!(samples::dead_letter(), DeadLetter);
+    all_prefixes!(samples::journal_entry(), JournalEntry);
+    all_prefixes!(samples::partition_snapshot(), PartitionSnapshot);
 }
 
 #[test]

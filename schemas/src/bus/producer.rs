@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
 
 use super::{BusError, KafkaArgs};
 use crate::codec::{AvroRecord, encode};
@@ -63,22 +63,59 @@ impl RecordProducer {
         payload: &[u8],
         timestamp_ms: Option<i64>,
     ) -> Result<Delivered, BusError> {
-        let mut rec = FutureRecord::to(topic).key(key).payload(payload);
+        self.enqueue(topic, key, partition, Some(payload), timestamp_ms)
+            .await?
+            .await
+    }
+
+    /// Queue a record (or, with `payload: None`, a tombstone) and return at once with a
+    /// future that resolves when the broker acknowledged it. Callers that must not wait
+    /// per record (the processor's loop) keep the futures and check them later; records
+    /// queued by one producer reach a partition in queue order.
+    pub async fn enqueue(
+        &self,
+        topic: &str,
+        key: &[u8],
+        partition: Option<i32>,
+        payload: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+    ) -> Result<impl Future<Output = Result<Delivered, BusError>> + Send + 'static, BusError> {
+        let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
+        if let Some(p) = payload {
+            rec = rec.payload(p);
+        }
         if let Some(p) = partition {
             rec = rec.partition(p);
         }
         if let Some(ts) = timestamp_ms {
             rec = rec.timestamp(ts);
         }
-        // Timeout::Never: wait for queue space rather than fail; delivery itself is bounded
-        // by librdkafka's message.timeout.ms.
-        match self.inner.send(rec, Timeout::Never).await {
-            Ok(d) => Ok(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Err((e, _)) => Err(BusError::kafka(format!("produce to {topic}"), e)),
-        }
+        let future = loop {
+            match self.inner.send_result(rec) {
+                Ok(f) => break f,
+                // The local queue is full: wait for deliveries to drain it rather than fail;
+                // delivery itself is bounded by librdkafka's message.timeout.ms.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => return Err(BusError::kafka(format!("produce to {topic}"), e)),
+            }
+        };
+        let topic = topic.to_string();
+        Ok(async move {
+            match future.await {
+                Ok(Ok(d)) => Ok(Delivered {
+                    partition: d.partition,
+                    offset: d.offset,
+                }),
+                Ok(Err((e, _))) => Err(BusError::kafka(format!("produce to {topic}"), e)),
+                Err(_) => Err(BusError::kafka(
+                    format!("produce to {topic}"),
+                    KafkaError::Canceled,
+                )),
+            }
+        })
     }
 
     /// Wait up to `timeout` for every queued record to be delivered (at shutdown).

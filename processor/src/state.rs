@@ -1,0 +1,780 @@
+//! A partition's state and the one pure function that applies an input to it.
+//!
+//! The processor's state is event-sourced: a [`PartitionState`] is the fold of its journal,
+//! and the journal is the sequence of inputs applied, in the order applied, each with its
+//! position (see [`crate::journal`]). [`PartitionState::apply`] is therefore both the live
+//! path and the restore path, and it must be deterministic: no clock (time comes from the
+//! records, ticks included), no unseeded randomness, no I/O, ordered maps only.
+//!
+//! What re-decides a schedule (issue 3): a config change, an override starting or ending,
+//! a forecast for its zone, a telemetry window closing, a forecast slot boundary, and a
+//! decision about to expire. Every decision is emitted on the input that caused it.
+
+use std::collections::BTreeMap;
+
+use carbonflow_schemas::bus::Topic;
+use carbonflow_schemas::records::{
+    ConfigCommand, ConfigRejection, FieldProblem, Forecast, ForecastUsed, InputPosition,
+    ManualOverride, Outcome, PrecisionFeed, ScheduleConfig, ScheduleDecision, TelemetryBucket,
+    TelemetryWindow, Tick,
+};
+use carbonflow_schemas::{CodecError, decode};
+use serde::{Deserialize, Serialize};
+
+use crate::decide::{DecisionContext, decide, ledger_params};
+use crate::forecast::ForecastSnapshot;
+use crate::ledger::CreditLedger;
+use crate::policy::PolicyMemory;
+use crate::validate::validate;
+
+/// Version of the JSON encoding of [`PartitionState`] inside snapshots. Bump it when the
+/// struct changes incompatibly: restore then ignores older snapshots and replays the
+/// journal, which always works.
+pub const STATE_FORMAT: i32 = 1;
+
+/// Length of a telemetry window, event-time ms. Windows are aligned to multiples of it.
+pub const TELEMETRY_WINDOW_MS: i64 = 5_000;
+
+/// How long after a window's end a tick closes it, so that buckets of the same seconds
+/// from other routers are still counted in it (later ones go to the next window: counted
+/// once either way).
+pub const LATE_GRACE_MS: i64 = 1_000;
+
+/// How long before `valid_until` a decision is re-issued (at most half its validity).
+pub const REFRESH_LEAD_MS: i64 = 5_000;
+
+/// One input of the processor, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A config, override or deletion from `schedule.config`.
+    Config(ConfigCommand),
+    /// A forecast from `carbon.forecasts`.
+    Forecast(Forecast),
+    /// A router's telemetry bucket from `request.telemetry`.
+    Telemetry(TelemetryBucket),
+    /// Time from `processor.ticks`.
+    Tick(Tick),
+    /// A decision found on `schedule.decisions` but not in the journal (produced just
+    /// before a crash, its journal entry lost). Its version is taken so that no version is
+    /// ever issued twice with different content.
+    Adopted(ScheduleDecision),
+}
+
+impl Input {
+    /// Decode a record of `topic`.
+    pub fn decode(topic: Topic, bytes: &[u8]) -> Result<Self, CodecError> {
+        Ok(match topic {
+            Topic::Config => Input::Config(ConfigCommand::decode(bytes)?),
+            Topic::Forecasts => Input::Forecast(decode(bytes)?),
+            Topic::Telemetry => Input::Telemetry(decode(bytes)?),
+            Topic::Decisions => Input::Adopted(decode(bytes)?),
+            // Ticks, and anything else: a tick is the only other record we consume.
+            _ => Input::Tick(decode(bytes)?),
+        })
+    }
+
+    /// Event time the input carries, epoch ms.
+    pub fn event_time_ms(&self) -> i64 {
+        match self {
+            Input::Config(ConfigCommand::Config(c)) => c.published_at_ms,
+            Input::Config(ConfigCommand::Override(o)) => o.issued_at_ms,
+            Input::Config(ConfigCommand::Delete(d)) => d.issued_at_ms,
+            Input::Forecast(f) => f.issued_at_ms,
+            Input::Telemetry(b) => b.bucket_start_ms + i64::from(b.bucket_length_ms),
+            Input::Tick(t) => t.at_ms,
+            Input::Adopted(_) => i64::MIN,
+        }
+    }
+
+    /// Short name for logs and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Input::Config(ConfigCommand::Config(_)) => "config",
+            Input::Config(ConfigCommand::Override(_)) => "override",
+            Input::Config(ConfigCommand::Delete(_)) => "delete",
+            Input::Forecast(_) => "forecast",
+            Input::Telemetry(_) => "telemetry",
+            Input::Tick(_) => "tick",
+            Input::Adopted(_) => "adopted",
+        }
+    }
+}
+
+/// What applying an input asks the shell to write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// A new decision for `schedule.decisions`.
+    Decision(Box<ScheduleDecision>),
+    /// A refused config or override for `schedule.rejections`.
+    Rejection(ConfigRejection),
+    /// A deleted schedule: a tombstone for `schedule.decisions`.
+    Removed {
+        /// `namespace/name`.
+        schedule: String,
+    },
+}
+
+/// Telemetry of the window being filled.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpenWindow {
+    /// Window start, epoch ms (a multiple of [`TELEMETRY_WINDOW_MS`]).
+    pub start_ms: i64,
+    /// Window end, epoch ms.
+    pub end_ms: i64,
+    /// Answered requests per flavour (success, client error or served by fallback).
+    pub served: BTreeMap<String, i64>,
+    /// Every request of the window, whatever its outcome.
+    pub requests: i64,
+}
+
+/// Everything the processor keeps about one schedule.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// Validated config in force (`None` before the first or after a deletion).
+    pub config: Option<ScheduleConfig>,
+    /// Manual override, while it lives.
+    pub manual: Option<ManualOverride>,
+    /// The credit ledger.
+    pub ledger: CreditLedger,
+    /// Policy memory.
+    pub memory: PolicyMemory,
+    /// Last version issued (kept across deletions so versions never go backwards).
+    pub version: i64,
+    /// Last decision issued.
+    pub last_decision: Option<ScheduleDecision>,
+    /// End of the forecast slot that was current at the last decision.
+    pub slot_end_ms: Option<i64>,
+    /// Telemetry window being filled.
+    pub window: Option<OpenWindow>,
+    /// Requests of every telemetry bucket applied, all outcomes (audit: each counted once).
+    pub requests_seen: i64,
+    /// Answered requests accounted in the ledger through closed windows.
+    pub requests_accounted: i64,
+    /// Request rate of the last closed window, requests/s.
+    pub observed_rate: Option<f64>,
+}
+
+/// The state of one schedule partition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Schedule partition number.
+    pub partition: i32,
+    /// Event-time clock: the latest event time of any input applied, epoch ms.
+    pub clock_ms: i64,
+    /// Next offset to read per input `topic:partition` (last applied + 1, Kafka's
+    /// committed-offset convention).
+    pub positions: BTreeMap<String, i64>,
+    /// Latest forecast per zone.
+    pub forecasts: BTreeMap<String, Forecast>,
+    /// Schedules by `namespace/name`.
+    pub schedules: BTreeMap<String, ScheduleState>,
+}
+
+fn position_key(topic: &str, partition: i32) -> String {
+    format!("{topic}:{partition}")
+}
+
+impl PartitionState {
+    /// Empty state of `partition`.
+    pub fn new(partition: i32) -> Self {
+        Self {
+            partition,
+            ..Self::default()
+        }
+    }
+
+    /// Next offset to read from `topic`/`partition` (0 if never read).
+    pub fn next_offset(&self, topic: &str, partition: i32) -> i64 {
+        self.positions
+            .get(&position_key(topic, partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether the input at `pos` is already part of this state.
+    pub fn already_applied(&self, pos: &InputPosition) -> bool {
+        pos.offset < self.next_offset(&pos.topic, pos.partition)
+    }
+
+    /// Apply one input read at `pos`; returns what to write. Callers skip inputs for
+    /// which [`already_applied`](Self::already_applied) holds.
+    pub fn apply(&mut self, input: &Input, pos: &InputPosition) -> Vec<Output> {
+        // +1: a position is the next offset to read, so a restart resumes after this input.
+        self.positions
+            .insert(position_key(&pos.topic, pos.partition), pos.offset + 1);
+        self.clock_ms = self.clock_ms.max(input.event_time_ms());
+        match input {
+            Input::Config(ConfigCommand::Config(c)) => self.apply_config(c, pos),
+            Input::Config(ConfigCommand::Override(o)) => self.apply_override(o, pos),
+            Input::Config(ConfigCommand::Delete(d)) => {
+                let Some(s) = self.schedules.get_mut(&d.schedule) else {
+                    return vec![];
+                };
+                // Keep the version: a re-created schedule continues after it.
+                *s = ScheduleState {
+                    version: s.version,
+                    ..ScheduleState::default()
+                };
+                vec![Output::Removed {
+                    schedule: d.schedule.clone(),
+                }]
+            }
+            Input::Forecast(f) => self.apply_forecast(f, pos),
+            Input::Telemetry(b) => self.apply_telemetry(b, pos),
+            Input::Tick(_) => self.apply_tick(pos),
+            Input::Adopted(d) => {
+                let s = self.schedules.entry(d.schedule.clone()).or_default();
+                s.version = s.version.max(d.version);
+                vec![]
+            }
+        }
+    }
+
+    fn reject(
+        &self,
+        schedule: &str,
+        config_version: i64,
+        pos: &InputPosition,
+        reasons: Vec<FieldProblem>,
+    ) -> Vec<Output> {
+        vec![Output::Rejection(ConfigRejection {
+            schedule: schedule.to_string(),
+            config_version,
+            rejected_at_ms: self.clock_ms,
+            input: pos.clone(),
+            reasons,
+        })]
+    }
+
+    fn apply_config(&mut self, c: &ScheduleConfig, pos: &InputPosition) -> Vec<Output> {
+        let valid = match validate(c) {
+            Ok(v) => v,
+            Err(problems) => return self.reject(&c.schedule, c.config_version, pos, problems),
+        };
+        let in_force = self
+            .schedules
+            .get(&c.schedule)
+            .and_then(|s| s.config.as_ref())
+            .map(|c| c.config_version);
+        if let Some(v) = in_force.filter(|v| c.config_version <= *v) {
+            let problem = FieldProblem {
+                field: "config_version".into(),
+                rule: format!("must be greater than {v}, the version in force"),
+            };
+            return self.reject(&c.schedule, c.config_version, pos, vec![problem]);
+        }
+        let s = self.schedules.entry(c.schedule.clone()).or_default();
+        s.ledger.clamp_to(&ledger_params(&valid));
+        s.config = Some(valid);
+        self.decide(&c.schedule, "config", pos, None)
+    }
+
+    fn apply_override(&mut self, o: &ManualOverride, pos: &InputPosition) -> Vec<Output> {
+        let problem = |field: &str, rule: String| FieldProblem {
+            field: field.into(),
+            rule,
+        };
+        let Some(config) = self
+            .schedules
+            .get(&o.schedule)
+            .and_then(|s| s.config.as_ref())
+        else {
+            let p = problem("schedule", format!("{} has no config in force", o.schedule));
+            return self.reject(&o.schedule, 0, pos, vec![p]);
+        };
+        let mut problems = Vec::new();
+        for (i, w) in o.weights.iter().enumerate() {
+            if !config.flavours.iter().any(|f| f.name == w.flavour && f.enabled) {
+                problems.push(problem(
+                    &format!("weights[{i}].flavour"),
+                    format!("must name an enabled flavour, got {:?}", w.flavour),
+                ));
+            }
+            if !(w.weight.is_finite() && w.weight >= 0.0) {
+                problems.push(problem(
+                    &format!("weights[{i}].weight"),
+                    format!("must be a finite number ≥ 0, got {}", w.weight),
+                ));
+            }
+        }
+        if o.weights.iter().map(|w| w.weight.max(0.0)).sum::<f64>() <= 0.0 {
+            problems.push(problem("weights", "must have a positive sum".into()));
+        }
+        if o.ttl_seconds <= 0 {
+            problems.push(problem(
+                "ttl_seconds",
+                format!("must be > 0, got {}", o.ttl_seconds),
+            ));
+        } else if o.issued_at_ms + o.ttl_seconds * 1000 <= self.clock_ms {
+            problems.push(problem(
+                "ttl_seconds",
+                "has already elapsed at the processor's event time".into(),
+            ));
+        }
+        if !problems.is_empty() {
+            return self.reject(&o.schedule, 0, pos, problems);
+        }
+        if let Some(s) = self.schedules.get_mut(&o.schedule) {
+            s.manual = Some(o.clone());
+        }
+        self.decide(&o.schedule, "override", pos, None)
+    }
+
+    fn apply_forecast(&mut self, f: &Forecast, pos: &InputPosition) -> Vec<Output> {
+        if self
+            .forecasts
+            .get(&f.zone)
+            .is_some_and(|held| held.issued_at_ms > f.issued_at_ms)
+        {
+            return vec![]; // an older forecast arriving late changes nothing
+        }
+        self.forecasts.insert(f.zone.clone(), f.clone());
+        let ids: Vec<String> = self
+            .schedules
+            .iter()
+            .filter(|(_, s)| s.config.as_ref().is_some_and(|c| c.zone == f.zone))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.iter()
+            .flat_map(|id| self.decide(id, "forecast", pos, None))
+            .collect()
+    }
+
+    fn apply_telemetry(&mut self, b: &TelemetryBucket, pos: &InputPosition) -> Vec<Output> {
+        let Some(s) = self
+            .schedules
+            .get_mut(&b.schedule)
+            .filter(|s| s.config.is_some())
+        else {
+            return vec![]; // telemetry of an unknown or deleted schedule: nothing to account
+        };
+        let mut closed = None;
+        if s.window.as_ref().is_some_and(|w| b.bucket_start_ms >= w.end_ms) {
+            closed = close_window(s);
+        }
+        let w = s.window.get_or_insert_with(|| {
+            let start = b.bucket_start_ms.div_euclid(TELEMETRY_WINDOW_MS) * TELEMETRY_WINDOW_MS;
+            OpenWindow {
+                start_ms: start,
+                end_ms: start + TELEMETRY_WINDOW_MS,
+                ..OpenWindow::default()
+            }
+        });
+        for c in &b.counts {
+            let count = c.count.max(0);
+            w.requests += count;
+            s.requests_seen += count;
+            // Only answered requests deliver a precision; failures deliver none.
+            if matches!(
+                c.outcome,
+                Outcome::Success | Outcome::ClientError | Outcome::Fallback
+            ) {
+                *w.served.entry(c.flavour.clone()).or_default() += count;
+            }
+        }
+        match closed {
+            Some(window) => self.decide(&b.schedule, "telemetry", pos, Some(window)),
+            None => vec![],
+        }
+    }
+
+    fn apply_tick(&mut self, pos: &InputPosition) -> Vec<Output> {
+        let clock = self.clock_ms;
+        let mut due = Vec::new();
+        for (id, s) in &mut self.schedules {
+            let Some(valid_for_s) = s.config.as_ref().map(|c| c.valid_for_seconds) else {
+                continue;
+            };
+            // One decision per schedule and tick, named after the most specific cause.
+            let mut cause = None;
+            if let Some(d) = &s.last_decision {
+                let lead = REFRESH_LEAD_MS.min(valid_for_s * 1000 / 2);
+                let slot_bound = s.slot_end_ms == Some(d.valid_until_ms);
+                if !slot_bound && d.valid_until_ms - lead <= clock {
+                    cause = Some("refresh");
+                }
+            }
+            let mut window = None;
+            if s
+                .window
+                .as_ref()
+                .is_some_and(|w| w.end_ms + LATE_GRACE_MS <= clock)
+            {
+                window = close_window(s);
+                cause = Some("telemetry");
+            }
+            if s.slot_end_ms.is_some_and(|end| end <= clock) {
+                cause = Some("slot");
+            }
+            if s
+                .manual
+                .as_ref()
+                .is_some_and(|m| m.issued_at_ms + m.ttl_seconds * 1000 <= clock)
+            {
+                s.manual = None;
+                cause = Some("override-end");
+            }
+            if let Some(cause) = cause {
+                due.push((id.clone(), cause, window));
+            }
+        }
+        due.into_iter()
+            .flat_map(|(id, cause, window)| self.decide(&id, cause, pos, window))
+            .collect()
+    }
+
+    /// Decide `id` now; the version advances only when a decision is made.
+    fn decide(
+        &mut self,
+        id: &str,
+        cause: &str,
+        pos: &InputPosition,
+        telemetry_window: Option<TelemetryWindow>,
+    ) -> Vec<Output> {
+        let clock = self.clock_ms;
+        let Some(s) = self.schedules.get_mut(id) else {
+            return vec![];
+        };
+        let ScheduleState {
+            config: Some(config),
+            manual,
+            ledger,
+            memory,
+            ..
+        } = s
+        else {
+            return vec![];
+        };
+        let (mut forecast, forecast_used) = match self.forecasts.get(&config.zone) {
+            Some(f) => {
+                let snap = ForecastSnapshot::at(f, clock);
+                let used = snap.used(f);
+                (snap, Some(used))
+            }
+            None => (ForecastSnapshot::default(), None),
+        };
+        // forecast-aware-global's demand factor compares the forecast demand ahead with
+        // the request rate actually observed (DESIGN: observed rate, not a constant).
+        if forecast.demand_next.is_some() {
+            forecast.demand_now = s.observed_rate.or(forecast.demand_now);
+        }
+        let manual = manual
+            .as_ref()
+            .filter(|m| m.issued_at_ms + m.ttl_seconds * 1000 > clock);
+        let version = s.version + 1;
+        let ctx = DecisionContext {
+            config,
+            forecast: &forecast,
+            forecast_used,
+            manual,
+            at_ms: clock,
+            version,
+            cause,
+            input: pos.clone(),
+            telemetry_window,
+        };
+        // Validation guarantees a known policy and an enabled flavour, so this cannot fail
+        // for an accepted config; if it ever does, the schedule keeps its last decision.
+        let Ok(d) = decide(&ctx, ledger, memory) else {
+            return vec![];
+        };
+        s.version = version;
+        s.slot_end_ms = forecast.current_slot_end_ms;
+        s.last_decision = Some(d.clone());
+        vec![Output::Decision(Box::new(d))]
+    }
+}
+
+/// Close the open window: account its answered requests in the ledger (telemetry feed)
+/// and return what the next decision records about it.
+fn close_window(s: &mut ScheduleState) -> Option<TelemetryWindow> {
+    let w = s.window.take()?;
+    let config = s.config.as_ref()?;
+    let (mut served, mut weighted) = (0_i64, 0.0);
+    for (name, count) in &w.served {
+        if let Some(f) = config.flavours.iter().find(|f| &f.name == name) {
+            served += count;
+            weighted += *count as f64 * f.precision;
+        }
+    }
+    let realised = if served > 0 {
+        weighted / served as f64
+    } else {
+        0.0
+    };
+    if served > 0 && config.precision_feed == PrecisionFeed::Telemetry {
+        s.ledger
+            .update(&ledger_params(config), realised, w.end_ms.max(0));
+    }
+    s.requests_accounted += served;
+    s.observed_rate = Some(w.requests as f64 * 1000.0 / (w.end_ms - w.start_ms) as f64);
+    Some(TelemetryWindow {
+        start_ms: w.start_ms,
+        end_ms: w.end_ms,
+        requests: served,
+        realised_precision: realised,
+    })
+}
+
+/// The forecast provenance a decision records.
+impl ForecastSnapshot {
+    /// Provenance of this view of `forecast`.
+    pub fn used(&self, forecast: &Forecast) -> ForecastUsed {
+        ForecastUsed {
+            issuer: forecast.issuer.clone(),
+            issued_at_ms: forecast.issued_at_ms,
+            intensity_now: self.intensity_now,
+            intensity_next: self.intensity_next,
+            slots: self.slots.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Given / when / then over the pure state machine.
+
+    use super::*;
+    use carbonflow_schemas::records::{FlavourWeight, OutcomeCount, ScheduleDeletion};
+    use carbonflow_schemas::testing::samples;
+
+    const T0: i64 = 1_763_467_200_000;
+
+    struct Given {
+        state: PartitionState,
+        offset: i64,
+    }
+
+    fn given() -> Given {
+        Given {
+            state: PartitionState::new(0),
+            offset: 0,
+        }
+    }
+
+    impl Given {
+        fn when(&mut self, topic: &str, input: Input) -> Vec<Output> {
+            self.offset += 1;
+            let pos = InputPosition {
+                topic: topic.into(),
+                partition: 0,
+                offset: self.offset,
+            };
+            assert!(!self.state.already_applied(&pos));
+            self.state.apply(&input, &pos)
+        }
+        fn config(&mut self, c: ScheduleConfig) -> Vec<Output> {
+            self.when("schedule.config", Input::Config(ConfigCommand::Config(Box::new(c))))
+        }
+        fn tick(&mut self, at_ms: i64) -> Vec<Output> {
+            self.when(
+                "processor.ticks",
+                Input::Tick(Tick {
+                    at_ms,
+                    source: "test".into(),
+                }),
+            )
+        }
+        fn bucket(&mut self, start_ms: i64, counts: &[(&str, Outcome, i64)]) -> Vec<Output> {
+            let mut b = samples::telemetry_bucket();
+            b.bucket_start_ms = start_ms;
+            b.counts = counts
+                .iter()
+                .map(|(f, o, c)| OutcomeCount {
+                    flavour: (*f).into(),
+                    outcome: *o,
+                    count: *c,
+                })
+                .collect();
+            self.when("request.telemetry", Input::Telemetry(b))
+        }
+        fn schedule(&self) -> &ScheduleState {
+            &self.state.schedules["default/demo"]
+        }
+    }
+
+    fn config(version: i64, at_ms: i64) -> ScheduleConfig {
+        let mut c = samples::schedule_config();
+        c.config_version = version;
+        c.published_at_ms = at_ms;
+        c.precision_feed = PrecisionFeed::Telemetry;
+        c
+    }
+
+    fn decision(out: &[Output]) -> &ScheduleDecision {
+        match out {
+            [Output::Decision(d)] => d,
+            other => panic!("expected one decision, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_then_forecast_each_decide_with_increasing_versions() {
+        let mut g = given();
+        let d1 = decision(&g.config(config(1, T0))).clone();
+        assert_eq!((d1.version, d1.provenance.cause.as_str()), (1, "config"));
+        assert!(d1.provenance.forecast.is_none());
+        let mut f = samples::forecast();
+        f.issued_at_ms = T0 + 1000;
+        let out = g.when("carbon.forecasts", Input::Forecast(f));
+        let d2 = decision(&out);
+        assert_eq!((d2.version, d2.provenance.cause.as_str()), (2, "forecast"));
+        assert_eq!(
+            d2.provenance.forecast.as_ref().and_then(|u| u.intensity_now),
+            Some(180.0)
+        );
+        assert_eq!(d2.provenance.input.offset, 2);
+    }
+
+    #[test]
+    fn invalid_config_is_rejected_and_the_previous_stays() {
+        let mut g = given();
+        g.config(config(1, T0));
+        let mut bad = config(2, T0 + 1);
+        bad.credit_min = 5.0;
+        let out = g.config(bad);
+        let [Output::Rejection(r)] = out.as_slice() else {
+            panic!("expected a rejection, got {out:?}")
+        };
+        assert!(r.reasons.iter().any(|p| p.field == "credit_min"), "{r:?}");
+        assert_eq!(g.schedule().config.as_ref().map(|c| c.config_version), Some(1));
+        // A stale version is refused too.
+        let out = g.config(config(1, T0 + 2));
+        assert!(matches!(out.as_slice(), [Output::Rejection(r)] if r.reasons[0].field == "config_version"));
+        assert_eq!(g.schedule().version, 1);
+    }
+
+    #[test]
+    fn a_window_closes_on_a_later_bucket_and_accounts_exact_counts() {
+        let mut g = given();
+        g.config(config(1, T0));
+        let s = T0 + 10_000; // a window boundary
+        assert!(
+            g.bucket(s, &[("precision-100", Outcome::Success, 30)])
+                .is_empty()
+        );
+        assert!(
+            g.bucket(
+                s + 1000,
+                &[
+                    ("precision-30", Outcome::Success, 10),
+                    ("precision-50", Outcome::ServerError, 5)
+                ]
+            )
+            .is_empty()
+        );
+        let out = g.bucket(s + TELEMETRY_WINDOW_MS, &[("precision-50", Outcome::Success, 1)]);
+        let d = decision(&out);
+        let w = d.provenance.telemetry_window.as_ref().expect("window");
+        assert_eq!((w.start_ms, w.end_ms, w.requests), (s, s + 5000, 40));
+        let p = (30.0 * 1.0 + 10.0 * 0.3) / 40.0;
+        assert!((w.realised_precision - p).abs() < 1e-12);
+        let st = g.schedule();
+        assert_eq!((st.requests_seen, st.requests_accounted), (46, 40));
+        let expected = CreditLedger::delta(&ledger_params(&config(1, T0)), p);
+        assert!((st.ledger.balance() - expected).abs() < 1e-12);
+        assert_eq!(d.provenance.ledger_after.balance, st.ledger.balance());
+    }
+
+    #[test]
+    fn ticks_close_windows_refresh_before_expiry_and_cross_slots() {
+        let mut g = given();
+        let mut c = config(1, T0);
+        c.valid_for_seconds = 60;
+        g.config(c);
+        g.bucket(T0, &[("precision-100", Outcome::Success, 3)]);
+        assert!(g.tick(T0 + TELEMETRY_WINDOW_MS).is_empty(), "grace not over");
+        let d = decision(&g.tick(T0 + TELEMETRY_WINDOW_MS + LATE_GRACE_MS)).clone();
+        assert_eq!(d.provenance.cause, "telemetry");
+        assert!(g.tick(T0 + 50_000).is_empty());
+        let d = decision(&g.tick(d.valid_until_ms - REFRESH_LEAD_MS)).clone();
+        assert_eq!(d.provenance.cause, "refresh");
+
+        // With a forecast, validity ends at the slot end and the boundary re-decides.
+        let mut f = samples::forecast();
+        f.issued_at_ms = d.decided_at_ms;
+        f.points[0].start_ms = T0;
+        f.points[0].end_ms = d.decided_at_ms + 20_000;
+        f.points[1].start_ms = f.points[0].end_ms;
+        let boundary = f.points[0].end_ms;
+        let d = decision(&g.when("carbon.forecasts", Input::Forecast(f))).clone();
+        assert_eq!(d.valid_until_ms, boundary.div_euclid(1000) * 1000);
+        assert!(g.tick(boundary - 1).is_empty(), "no refresh inside the slot");
+        let out = g.tick(boundary);
+        let d = decision(&out);
+        assert_eq!(d.provenance.cause, "slot");
+        assert_eq!(
+            d.provenance.forecast.as_ref().and_then(|u| u.intensity_now),
+            Some(200.5)
+        );
+    }
+
+    #[test]
+    fn override_starts_and_ends_with_decisions() {
+        let mut g = given();
+        g.config(config(1, T0));
+        let o = ManualOverride {
+            schedule: "default/demo".into(),
+            issued_at_ms: T0 + 1000,
+            ttl_seconds: 30,
+            weights: vec![FlavourWeight {
+                flavour: "precision-30".into(),
+                weight: 2.0,
+            }],
+            reason: None,
+        };
+        let out = g.when(
+            "schedule.config",
+            Input::Config(ConfigCommand::Override(o.clone())),
+        );
+        let d = decision(&out);
+        assert!(d.manual);
+        assert_eq!(d.valid_until_ms, T0 + 31_000);
+        let w: Vec<i32> = d.flavours.iter().map(|f| f.weight_percent).collect();
+        assert_eq!(w, vec![0, 0, 100]);
+        let d = decision(&g.tick(T0 + 31_000)).clone();
+        assert_eq!(d.provenance.cause, "override-end");
+        assert!(!d.manual);
+        // An override naming an unknown flavour is refused.
+        let mut bad = o;
+        bad.weights[0].flavour = "nope".into();
+        bad.issued_at_ms = T0 + 40_000;
+        let out = g.when("schedule.config", Input::Config(ConfigCommand::Override(bad)));
+        assert!(matches!(out.as_slice(), [Output::Rejection(r)] if r.reasons[0].field == "weights[0].flavour"));
+    }
+
+    #[test]
+    fn deletion_keeps_the_version_and_adoption_raises_it() {
+        let mut g = given();
+        g.config(config(1, T0));
+        let out = g.when(
+            "schedule.config",
+            Input::Config(ConfigCommand::Delete(ScheduleDeletion {
+                schedule: "default/demo".into(),
+                issued_at_ms: T0 + 1,
+            })),
+        );
+        assert!(matches!(out.as_slice(), [Output::Removed { .. }]));
+        let mut orphan = samples::schedule_decision();
+        orphan.schedule = "default/demo".into();
+        orphan.version = 9;
+        g.when("schedule.decisions", Input::Adopted(orphan));
+        assert_eq!(decision(&g.config(config(2, T0 + 2))).version, 10);
+    }
+
+    #[test]
+    fn positions_are_next_offsets_and_state_round_trips_through_json() {
+        let mut g = given();
+        g.config(config(1, T0));
+        g.bucket(T0, &[("precision-100", Outcome::Success, 3)]);
+        assert_eq!(g.state.next_offset("request.telemetry", 0), 3);
+        assert!(g.state.already_applied(&InputPosition {
+            topic: "request.telemetry".into(),
+            partition: 0,
+            offset: 2
+        }));
+        let json = serde_json::to_vec(&g.state).expect("encode");
+        let back: PartitionState = serde_json::from_slice(&json).expect("decode");
+        assert_eq!(back, g.state);
+    }
+}
