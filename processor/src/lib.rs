@@ -7,10 +7,14 @@
 //! (all of the above composed), [`dry_run`] (the `processor decide` command). Nothing here
 //! reads a clock, does I/O or touches Kafka.
 
+pub mod admin;
 pub mod decide;
 pub mod dry_run;
 pub mod forecast;
+pub mod journal;
 pub mod ledger;
+pub mod metrics;
+pub mod pipeline;
 pub mod policy;
 pub mod spec;
 pub mod state;

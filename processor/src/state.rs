@@ -57,7 +57,7 @@ pub enum Input {
     /// A decision found on `schedule.decisions` but not in the journal (produced just
     /// before a crash, its journal entry lost). Its version is taken so that no version is
     /// ever issued twice with different content.
-    Adopted(ScheduleDecision),
+    Adopted(Box<ScheduleDecision>),
 }
 
 impl Input {
@@ -67,7 +67,7 @@ impl Input {
             Topic::Config => Input::Config(ConfigCommand::decode(bytes)?),
             Topic::Forecasts => Input::Forecast(decode(bytes)?),
             Topic::Telemetry => Input::Telemetry(decode(bytes)?),
-            Topic::Decisions => Input::Adopted(decode(bytes)?),
+            Topic::Decisions => Input::Adopted(Box::new(decode(bytes)?)),
             // Ticks, and anything else: a tick is the only other record we consume.
             _ => Input::Tick(decode(bytes)?),
         })
@@ -196,12 +196,18 @@ impl PartitionState {
         pos.offset < self.next_offset(&pos.topic, pos.partition)
     }
 
+    /// Advance past the record at `pos` without applying it (it could not be decoded and
+    /// went to the dead-letter topic).
+    pub fn skip(&mut self, pos: &InputPosition) {
+        // +1: a position is the next offset to read, so a restart resumes after this record.
+        self.positions
+            .insert(position_key(&pos.topic, pos.partition), pos.offset + 1);
+    }
+
     /// Apply one input read at `pos`; returns what to write. Callers skip inputs for
     /// which [`already_applied`](Self::already_applied) holds.
     pub fn apply(&mut self, input: &Input, pos: &InputPosition) -> Vec<Output> {
-        // +1: a position is the next offset to read, so a restart resumes after this input.
-        self.positions
-            .insert(position_key(&pos.topic, pos.partition), pos.offset + 1);
+        self.skip(pos);
         self.clock_ms = self.clock_ms.max(input.event_time_ms());
         match input {
             Input::Config(ConfigCommand::Config(c)) => self.apply_config(c, pos),
@@ -758,7 +764,7 @@ mod tests {
         let mut orphan = samples::schedule_decision();
         orphan.schedule = "default/demo".into();
         orphan.version = 9;
-        g.when("schedule.decisions", Input::Adopted(orphan));
+        g.when("schedule.decisions", Input::Adopted(Box::new(orphan)));
         assert_eq!(decision(&g.config(config(2, T0 + 2))).version, 10);
     }
 

@@ -1,0 +1,298 @@
+//! The admin HTTP API, compatible with the reference engine's (section 8.1), plus health,
+//! readiness, per-schedule state and `/metrics`.
+//!
+//! Writes never change state directly: `PUT /config` and `POST .../manual` validate what
+//! they can and publish a record to `schedule.config`; the owning processor applies it
+//! like any other input, so the journal stays the only source of truth. Every error is a
+//! JSON body naming the problem.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use carbonflow_schemas::bus::{RecordProducer, Topic, TopicLayout};
+use carbonflow_schemas::records::{ConfigCommand, FlavourWeight, ManualOverride};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::dry_run::reference_contract;
+use crate::pipeline::{ProcessorView, now_ms};
+use crate::spec::ScheduleSpec;
+use crate::validate::validate;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The pipeline's view.
+    pub view: Arc<ProcessorView>,
+    /// Producer for config records.
+    pub producer: RecordProducer,
+    /// Topic names.
+    pub layout: TopicLayout,
+    /// Prometheus exporter handle.
+    pub metrics: PrometheusHandle,
+}
+
+/// The routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/schedule", get(list_schedules))
+        .route("/schedule/{ns}/{name}", get(get_schedule))
+        .route("/schedule/{ns}/{name}/state", get(get_state))
+        .route("/schedule/{ns}/{name}/manual", post(post_manual))
+        .route("/config/{ns}/{name}", put(put_config))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serve on `listener` until `shutdown`.
+pub async fn run(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// JSON with a status code.
+struct Json(Value);
+
+impl IntoResponse for Json {
+    fn into_response(self) -> Response {
+        (StatusCode::OK, axum::Json(self.0)).into_response()
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn schedule_id(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+/// 404 body for a schedule this instance does not hold, saying who would.
+fn unknown(state: &AdminState, id: &str) -> Response {
+    let v = &state.view;
+    let mut body = json!({"error": format!("unknown schedule {id}")});
+    if v.settings.instances > 1 {
+        body["hint"] = json!(format!(
+            "this is instance {} of {}; schedules of other partitions are served by their owner",
+            v.settings.instance, v.settings.instances
+        ));
+    }
+    reply(StatusCode::NOT_FOUND, body)
+}
+
+async fn list_schedules(State(state): State<AdminState>) -> Response {
+    let mut all: Vec<(String, Value)> = state
+        .view
+        .decisions
+        .iter()
+        .map(|e| {
+            let mut v = reference_contract(e.value());
+            v["schedule"] = json!(e.key());
+            (e.key().clone(), v)
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    reply(
+        StatusCode::OK,
+        json!({"schedules": all.into_iter().map(|(_, v)| v).collect::<Vec<_>>()}),
+    )
+}
+
+async fn get_schedule(
+    State(state): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let id = schedule_id(&ns, &name);
+    match state.view.decisions.get(&id) {
+        Some(d) => reply(StatusCode::OK, reference_contract(d.value())),
+        None if state.view.schedules.contains_key(&id) => {
+            reply(StatusCode::ACCEPTED, json!({"status": "pending"}))
+        }
+        None => unknown(&state, &id),
+    }
+}
+
+async fn get_state(
+    State(state): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let id = schedule_id(&ns, &name);
+    match state.view.schedules.get(&id) {
+        Some(s) => reply(StatusCode::OK, json!(s.value())),
+        None => unknown(&state, &id),
+    }
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.view.ready.load(Ordering::SeqCst) {
+        reply(StatusCode::OK, json!({"status": "ready"}))
+    } else {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "restoring", "detail": "partitions are being restored from the journal"}),
+        )
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let mut text = state.metrics.render();
+    text.push_str(&state.view.lag.render(now_ms()));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_json", "detail": format!("body must be a JSON object: {e}")}),
+        ))
+    })
+}
+
+async fn publish(state: &AdminState, command: ConfigCommand) -> Result<(), Response> {
+    let bytes = command.encode().map_err(|e| {
+        reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "encode_failed", "detail": e.to_string()}),
+        )
+    })?;
+    let topic = state.layout.name(Topic::Config);
+    state
+        .producer
+        .send_bytes(&topic, command.schedule().as_bytes(), None, &bytes, None)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "publish_failed", "detail": format!("could not write to {topic}: {e}")}),
+            )
+        })
+}
+
+async fn put_config(
+    State(state): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let id = schedule_id(&ns, &name);
+    let value = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let spec = match ScheduleSpec::from_value(value) {
+        Ok(s) => s,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_config", "detail": e.to_string()}),
+            );
+        }
+    };
+    // Versions must increase; the wall clock does, and the version in force (when this
+    // instance owns the schedule) bounds it from below.
+    let in_force = state
+        .view
+        .schedules
+        .get(&id)
+        .map_or(0, |s| s.config_version);
+    let now = now_ms();
+    let config = spec.to_config(&id, now.max(in_force + 1), now);
+    if let Err(problems) = validate(&config) {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_config", "problems": problems.iter().map(|p| json!({"field": p.field, "rule": p.rule})).collect::<Vec<_>>()}),
+        );
+    }
+    let version = config.config_version;
+    match publish(&state, ConfigCommand::Config(Box::new(config))).await {
+        Ok(()) => reply(
+            StatusCode::ACCEPTED,
+            json!({"status": "accepted", "configVersion": version}),
+        ),
+        Err(r) => r,
+    }
+}
+
+/// Body of `POST /schedule/{ns}/{name}/manual`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ManualBody {
+    /// Weight per flavour (proportional).
+    weights: std::collections::BTreeMap<String, f64>,
+    /// Lifetime in seconds (default: the reference's max(1, validFor) = 60).
+    #[serde(default = "default_ttl")]
+    ttl_seconds: i64,
+    /// Why.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn default_ttl() -> i64 {
+    60
+}
+
+async fn post_manual(
+    State(state): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let id = schedule_id(&ns, &name);
+    let value = match parse_json(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let body: ManualBody = match serde_json::from_value(value) {
+        Ok(b) => b,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_override", "detail": format!("expected {{\"weights\": {{flavour: weight}}, \"ttlSeconds\": n, \"reason\": text}}: {e}")}),
+            );
+        }
+    };
+    if body.weights.is_empty() || body.ttl_seconds <= 0 {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_override", "detail": "weights must name at least one flavour and ttlSeconds must be > 0"}),
+        );
+    }
+    let o = ManualOverride {
+        schedule: id,
+        issued_at_ms: now_ms(),
+        ttl_seconds: body.ttl_seconds,
+        weights: body
+            .weights
+            .into_iter()
+            .map(|(flavour, weight)| FlavourWeight { flavour, weight })
+            .collect(),
+        reason: body.reason,
+    };
+    match publish(&state, ConfigCommand::Override(o)).await {
+        Ok(()) => reply(StatusCode::ACCEPTED, json!({"status": "schedule set"})),
+        Err(r) => r,
+    }
+}
