@@ -94,6 +94,8 @@ fn main() -> anyhow::Result<()> {
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info,rdkafka=warn".into()),
                 )
+                // Logs go to stderr so stdout stays free for command output.
+                .with_writer(std::io::stderr)
                 .init();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

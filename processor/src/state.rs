@@ -347,13 +347,10 @@ impl PartitionState {
     }
 
     fn apply_telemetry(&mut self, b: &TelemetryBucket, pos: &InputPosition) -> Vec<Output> {
-        let Some(s) = self
-            .schedules
-            .get_mut(&b.schedule)
-            .filter(|s| s.config.is_some())
-        else {
-            return vec![]; // telemetry of an unknown or deleted schedule: nothing to account
-        };
+        // Counted even before the schedule's config is applied: the config and telemetry
+        // topics are read concurrently, so after a restart telemetry can be read first.
+        // The window is accounted when it closes, against the config then in force.
+        let s = self.schedules.entry(b.schedule.clone()).or_default();
         let mut closed = None;
         if s.window.as_ref().is_some_and(|w| b.bucket_start_ms >= w.end_ms) {
             closed = close_window(s);
@@ -379,8 +376,10 @@ impl PartitionState {
             }
         }
         match closed {
-            Some(window) => self.decide(&b.schedule, "telemetry", pos, Some(window)),
-            None => vec![],
+            Some(window) if s.config.is_some() => {
+                self.decide(&b.schedule, "telemetry", pos, Some(window))
+            }
+            _ => vec![],
         }
     }
 
@@ -495,6 +494,7 @@ impl PartitionState {
 /// and return what the next decision records about it.
 fn close_window(s: &mut ScheduleState) -> Option<TelemetryWindow> {
     let w = s.window.take()?;
+    // No config (never created, or deleted): no flavour precisions to account against.
     let config = s.config.as_ref()?;
     let (mut served, mut weighted) = (0_i64, 0.0);
     for (name, count) in &w.served {
@@ -680,6 +680,17 @@ mod tests {
         let expected = CreditLedger::delta(&ledger_params(&config(1, T0)), p);
         assert!((st.ledger.balance() - expected).abs() < 1e-12);
         assert_eq!(d.provenance.ledger_after.balance, st.ledger.balance());
+    }
+
+    #[test]
+    fn telemetry_read_before_its_config_is_still_accounted() {
+        let mut g = given();
+        assert!(g.bucket(T0, &[("precision-50", Outcome::Success, 8)]).is_empty());
+        g.config(config(1, T0 + 100));
+        let d = decision(&g.tick(T0 + TELEMETRY_WINDOW_MS + LATE_GRACE_MS)).clone();
+        let w = d.provenance.telemetry_window.expect("window");
+        assert_eq!((w.requests, w.realised_precision), (8, 0.5));
+        assert_eq!(g.schedule().requests_seen, 8);
     }
 
     #[test]

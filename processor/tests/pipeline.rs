@@ -1,0 +1,428 @@
+//! The processor through the real broker: crash safety under SIGKILL, explicit ownership
+//! and takeover, refused configs, dead letters.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use carbonflow_processor::journal::restore;
+use carbonflow_processor::pipeline::now_ms;
+use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
+use carbonflow_schemas::records::{
+    ConfigRejection, DeadLetter, Forecast, ForecastPoint, Outcome, OutcomeCount, ScheduleConfig,
+    ScheduleDecision, TelemetryBucket,
+};
+use carbonflow_schemas::testing::{fresh_layout, samples};
+use carbonflow_schemas::decode;
+use common::{ProcessorProcess, eventually, http, read_all};
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+fn config(schedule: &str, version: i64) -> ScheduleConfig {
+    let mut c = samples::schedule_config();
+    c.schedule = schedule.into();
+    c.config_version = version;
+    c.published_at_ms = now_ms();
+    c.zone = "GB".into();
+    c
+}
+
+fn forecast(g_per_kwh: f64) -> Forecast {
+    let now = now_ms();
+    let slot = 60_000;
+    let start = now - now.rem_euclid(slot);
+    Forecast {
+        zone: "GB".into(),
+        issuer: "test".into(),
+        issued_at_ms: now,
+        points: (0..4)
+            .map(|i| ForecastPoint {
+                start_ms: start + i * slot,
+                end_ms: start + (i + 1) * slot,
+                g_per_kwh: g_per_kwh + 20.0 * i as f64,
+                index: None,
+            })
+            .collect(),
+        demand: None,
+    }
+}
+
+fn bucket(schedule: &str, router: &str, counts: [i64; 3]) -> TelemetryBucket {
+    let now = now_ms();
+    let mut b = samples::telemetry_bucket();
+    b.schedule = schedule.into();
+    b.router_id = router.into();
+    b.bucket_start_ms = now - now.rem_euclid(1000);
+    b.counts = ["precision-100", "precision-50", "precision-30"]
+        .iter()
+        .zip(counts)
+        .map(|(f, count)| OutcomeCount {
+            flavour: (*f).into(),
+            outcome: Outcome::Success,
+            count,
+        })
+        .collect();
+    b
+}
+
+async fn send<T: carbonflow_schemas::AvroRecord>(
+    producer: &RecordProducer,
+    args: &KafkaArgs,
+    topic: Topic,
+    key: &str,
+    record: &T,
+) {
+    producer
+        .send(&args.layout().name(topic), key, None, record)
+        .await
+        .unwrap_or_else(|e| panic!("producing to {topic:?}: {e}"));
+}
+
+/// Every decision on the topic, per schedule, in offset order (tombstones skipped).
+fn decisions_by_schedule(args: &KafkaArgs) -> BTreeMap<String, Vec<(ScheduleDecision, Vec<u8>)>> {
+    let mut out: BTreeMap<String, Vec<(ScheduleDecision, Vec<u8>)>> = BTreeMap::new();
+    for p in 0..args.schedule_partitions {
+        for (_, _, payload) in read_all(args, Topic::Decisions, p) {
+            let Some(bytes) = payload else { continue };
+            let d: ScheduleDecision = decode(&bytes).expect("decisions decode");
+            out.entry(d.schedule.clone()).or_default().push((d, bytes));
+        }
+    }
+    out
+}
+
+/// Versions never go backwards, and a version seen twice has identical content.
+fn assert_versions_never_regress(args: &KafkaArgs) -> BTreeMap<String, i64> {
+    let mut last = BTreeMap::new();
+    for (schedule, ds) in decisions_by_schedule(args) {
+        for pair in ds.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            assert!(
+                b.0.version >= a.0.version,
+                "{schedule}: version {} follows {} on the topic",
+                b.0.version,
+                a.0.version
+            );
+            if b.0.version == a.0.version {
+                assert_eq!(a.1, b.1, "{schedule}: version {} issued twice with different content", a.0.version);
+            }
+        }
+        last.insert(schedule, ds.last().map_or(0, |d| d.0.version));
+    }
+    last
+}
+
+async fn state_of(p: &ProcessorProcess, schedule: &str) -> Option<Value> {
+    match http("GET", &format!("{}/schedule/{schedule}/state", p.admin), None).await {
+        (200, v) => Some(v),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
+    let args = fresh_layout("crash", 2).await;
+    let producer = RecordProducer::new(&args, "crash-test").expect("producer");
+    let schedules: Vec<String> = (0..4).map(|i| format!("crash/s{i}")).collect();
+    for s in &schedules {
+        send(&producer, &args, Topic::Config, s, &config(s, 1)).await;
+    }
+    send(&producer, &args, Topic::Forecasts, "GB", &forecast(150.0)).await;
+
+    // Small snapshot interval so restores use snapshot + journal tail, not just the tail.
+    let extra = ["--snapshot-every", "40"];
+    let mut processor = ProcessorProcess::start(&args, 0, 1, &extra);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    let batches = 300;
+    let kill_points: Vec<usize> = {
+        let mut k: Vec<usize> = (0..6).map(|_| rng.random_range(10..batches - 10)).collect();
+        k.sort_unstable();
+        k.dedup();
+        k
+    };
+    assert!(kill_points.len() >= 5, "need at least 5 kill points");
+    let mut kills = 0;
+    for batch in 0..batches {
+        for (i, s) in schedules.iter().enumerate() {
+            let counts = [
+                rng.random_range(0..20),
+                rng.random_range(0..20),
+                rng.random_range(0..20),
+            ];
+            *expected.entry(s.clone()).or_default() += counts.iter().sum::<i64>();
+            let b = bucket(s, &format!("router-{}", i % 2), counts);
+            send(&producer, &args, Topic::Telemetry, s, &b).await;
+        }
+        if batch == batches / 2 {
+            send(&producer, &args, Topic::Forecasts, "GB", &forecast(260.0)).await;
+        }
+        if kill_points.contains(&batch) {
+            processor.kill();
+            kills += 1;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+            processor = ProcessorProcess::start(&args, 0, 1, &extra);
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(kills >= 5);
+    processor.wait_ready(Duration::from_secs(60)).await;
+
+    // Every request counted exactly once.
+    for s in &schedules {
+        let want = expected[s];
+        let seen = eventually(
+            &format!("{s} to have seen {want} requests"),
+            Duration::from_secs(60),
+            || async {
+                let v = state_of(&processor, s).await?;
+                let seen = v["requestsSeen"].as_i64()?;
+                (seen >= want).then_some(seen)
+            },
+        )
+        .await;
+        assert_eq!(seen, want, "{s}: requests counted {seen}, produced {want}");
+    }
+    // Let the last windows close, then stop hard and compare with the journal.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut live = BTreeMap::new();
+    for s in &schedules {
+        live.insert(s.clone(), state_of(&processor, s).await.expect("state"));
+    }
+    processor.kill();
+
+    assert_versions_never_regress(&args);
+    for p in 0..args.schedule_partitions {
+        let a = args.clone();
+        let folded = tokio::task::spawn_blocking(move || restore(&a, p, false))
+            .await
+            .expect("join")
+            .expect("fold the whole journal");
+        let a = args.clone();
+        let restored = tokio::task::spawn_blocking(move || restore(&a, p, true))
+            .await
+            .expect("join")
+            .expect("snapshot + tail");
+        assert!(restored.from_snapshot, "partition {p} restored without a snapshot");
+        assert_eq!(folded.divergent, 0, "replay diverged from the journal");
+        assert_eq!(
+            folded.state, restored.state,
+            "partition {p}: snapshot + tail differs from the whole journal folded"
+        );
+        for (id, s) in &folded.state.schedules {
+            let l = &live[id];
+            assert_eq!(l["creditBalance"].as_f64(), Some(s.ledger.balance()), "{id} balance");
+            assert_eq!(l["creditVelocity"].as_f64(), Some(s.ledger.velocity()), "{id} velocity");
+            assert_eq!(s.requests_seen, expected[id], "{id}: journal fold counts");
+            let open: i64 = s.window.as_ref().map_or(0, |w| w.served.values().sum());
+            assert_eq!(
+                s.requests_accounted + open,
+                expected[id],
+                "{id}: every answered request is in the ledger or its open window"
+            );
+            assert!(s.requests_accounted > 0, "{id}: some windows closed");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_split_the_partitions_then_one_takes_over() {
+    let args = fresh_layout("owners", 2).await;
+    let producer = RecordProducer::new(&args, "owners-test").expect("producer");
+    let schedules: Vec<String> = (0..8).map(|i| format!("own/s{i}")).collect();
+    for s in &schedules {
+        send(&producer, &args, Topic::Config, s, &config(s, 1)).await;
+    }
+    let a = ProcessorProcess::start(&args, 0, 2, &[]);
+    let b = ProcessorProcess::start(&args, 1, 2, &[]);
+    a.wait_ready(Duration::from_secs(60)).await;
+    b.wait_ready(Duration::from_secs(60)).await;
+    send(&producer, &args, Topic::Forecasts, "GB", &forecast(200.0)).await;
+
+    // Each schedule is decided by exactly one instance: the owner of its partition.
+    let mut owner = BTreeMap::new();
+    for s in &schedules {
+        let who = eventually(&format!("{s} to be decided"), Duration::from_secs(30), || async {
+            let in_a = http("GET", &format!("{}/schedule/{s}", a.admin), None).await.0 == 200;
+            let in_b = http("GET", &format!("{}/schedule/{s}", b.admin), None).await.0 == 200;
+            match (in_a, in_b) {
+                (true, true) => panic!("{s} is decided by both instances"),
+                (true, false) => Some(0),
+                (false, true) => Some(1),
+                _ => None,
+            }
+        })
+        .await;
+        let state = state_of(if who == 0 { &a } else { &b }, s).await.expect("state");
+        assert_eq!(
+            state["partition"].as_i64().map(|p| p % 2),
+            Some(who),
+            "{s} decided by instance {who} which does not own its partition"
+        );
+        owner.insert(s.clone(), who);
+    }
+    assert!(
+        owner.values().any(|w| *w == 0) && owner.values().any(|w| *w == 1),
+        "the test schedules should cover both partitions: {owner:?}"
+    );
+    // Each journal partition was written by its owner only.
+    for p in 0..2 {
+        for (_, _, payload) in read_all(&args, Topic::Journal, p) {
+            let e: carbonflow_schemas::records::JournalEntry =
+                decode(&payload.expect("entry")).expect("journal decodes");
+            assert_eq!(e.partition, p);
+        }
+    }
+    // The admin API shows a decision as soon as it is made; wait until all are on the topic.
+    let before = eventually("every decision on the topic", Duration::from_secs(10), || async {
+        let v = assert_versions_never_regress(&args);
+        (v.len() == schedules.len()).then_some(v)
+    })
+    .await;
+    drop(a);
+    drop(b); // SIGKILL both
+
+    let solo = ProcessorProcess::start(&args, 0, 1, &[]);
+    solo.wait_ready(Duration::from_secs(60)).await;
+    send(&producer, &args, Topic::Forecasts, "GB", &forecast(320.0)).await;
+    for s in &schedules {
+        let prior = before[s];
+        eventually(
+            &format!("{s} decided again after takeover"),
+            Duration::from_secs(30),
+            || async {
+                let (code, v) = http("GET", &format!("{}/schedule/{s}", solo.admin), None).await;
+                (code == 200 && v["version"].as_i64()? > prior).then_some(())
+            },
+        )
+        .await;
+    }
+    let live: BTreeMap<String, Value> = {
+        let mut m = BTreeMap::new();
+        for s in &schedules {
+            m.insert(s.clone(), state_of(&solo, s).await.expect("state"));
+        }
+        m
+    };
+    drop(solo);
+    assert_versions_never_regress(&args);
+    // No divergent state: what the survivor holds is the fold of each partition's journal.
+    for p in 0..2 {
+        let a = args.clone();
+        let folded = tokio::task::spawn_blocking(move || restore(&a, p, false))
+            .await
+            .expect("join")
+            .expect("fold");
+        for (id, s) in &folded.state.schedules {
+            assert_eq!(live[id]["version"].as_i64(), Some(s.version), "{id}");
+            assert_eq!(live[id]["creditBalance"].as_f64(), Some(s.ledger.balance()), "{id}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_configs_are_refused_over_http_and_topic_and_the_previous_stays() {
+    let args = fresh_layout("refuse", 1).await;
+    let producer = RecordProducer::new(&args, "refuse-test").expect("producer");
+    let p = ProcessorProcess::start(&args, 0, 1, &[]);
+    p.wait_ready(Duration::from_secs(60)).await;
+    let url = format!("{}/config/ns/app", p.admin);
+    let good = r#"{"policy": "credit-greedy", "zone": "GB", "flavours": [
+        {"name": "full", "precision": 1.0, "carbonIntensity": 1.0, "upstream": "http://127.0.0.1:1"},
+        {"name": "lite", "precision": 0.3, "carbonIntensity": 0.3, "upstream": "http://127.0.0.1:2"}]}"#;
+    let (code, body) = http("PUT", &url, Some(good)).await;
+    assert_eq!(code, 202, "{body}");
+    let version = body["configVersion"].as_i64().expect("version");
+    eventually("the good config to be decided", Duration::from_secs(30), || async {
+        (http("GET", &format!("{}/schedule/ns/app", p.admin), None).await.0 == 200).then_some(())
+    })
+    .await;
+
+    // One broken rule per case, each named in the 400 body.
+    let mut spec: Value = serde_json::from_str(good).expect("json");
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        ("target_error", Box::new(|v| v["targetError"] = 1.5.into())),
+        ("credit_min", Box::new(|v| v["creditMin"] = 2.into())),
+        ("policy", Box::new(|v| v["policy"] = "fastest".into())),
+        ("flavours", Box::new(|v| {
+            v["flavours"][0]["enabled"] = false.into();
+            v["flavours"][1]["enabled"] = false.into();
+        })),
+        ("flavours[1].name", Box::new(|v| v["flavours"][1]["name"] = "full".into())),
+        ("flavours[1].precision", Box::new(|v| v["flavours"][1]["precision"] = 0.into())),
+        ("valid_for_seconds", Box::new(|v| v["validFor"] = 0.into())),
+        ("credit_window_seconds", Box::new(|v| v["creditWindow"] = 0.into())),
+        ("flavours[0].upstream_url", Box::new(|v| v["flavours"][0]["upstream"] = "ftp://x".into())),
+        ("fallbacks[0].to", Box::new(|v| {
+            v["fallbacks"] = serde_json::json!([{"when": {"status": ["5xx"]}, "to": "nope"}]);
+        })),
+    ];
+    for (field, break_it) in &cases {
+        let mut bad = spec.clone();
+        break_it(&mut bad);
+        let (code, body) = http("PUT", &url, Some(&bad.to_string())).await;
+        assert_eq!(code, 400, "{field}: {body}");
+        let problems = body["problems"].as_array().expect("problems");
+        assert!(
+            problems.iter().any(|p| p["field"] == *field),
+            "{field} not named in {body}"
+        );
+    }
+    let (code, body) = http("PUT", &url, Some("{not json")).await;
+    assert_eq!((code, body["error"].as_str()), (400, Some("invalid_json")));
+
+    // The same rules over the topic: rejection records, previous config in force.
+    for (_, break_it) in &cases {
+        break_it(&mut spec);
+        let mut c = carbonflow_processor::spec::ScheduleSpec::from_value(spec.clone())
+            .expect("spec")
+            .to_config("ns/app", version + 1, now_ms());
+        c.schedule = "ns/app".into();
+        send(&producer, &args, Topic::Config, "ns/app", &c).await;
+        spec = serde_json::from_str(good).expect("json");
+    }
+    let rejections: Vec<ConfigRejection> = eventually(
+        "a rejection per bad config",
+        Duration::from_secs(30),
+        || async {
+            let r: Vec<ConfigRejection> = read_all(&args, Topic::Rejections, 0)
+                .into_iter()
+                .filter_map(|(_, _, p)| decode(&p?).ok())
+                .collect();
+            (r.len() >= cases.len()).then_some(r)
+        },
+    )
+    .await;
+    for ((field, _), r) in cases.iter().zip(&rejections) {
+        assert!(
+            r.reasons.iter().any(|p| p.field == *field),
+            "rejection does not name {field}: {r:?}"
+        );
+    }
+    let (_, state) = http("GET", &format!("{}/schedule/ns/app/state", p.admin), None).await;
+    assert_eq!(state["configVersion"].as_i64(), Some(version), "previous config stays in force");
+
+    // A poison record is dead-lettered and processing continues.
+    let telemetry = args.layout().name(Topic::Telemetry);
+    producer
+        .send_bytes(&telemetry, b"ns/app", None, &[0xC3, 0x01, 0xFF], None)
+        .await
+        .expect("poison");
+    let mut b = bucket("ns/app", "r", [5, 0, 0]);
+    b.counts.truncate(1);
+    b.counts[0].flavour = "full".into();
+    send(&producer, &args, Topic::Telemetry, "ns/app", &b).await;
+    eventually("the bucket after the poison to be counted", Duration::from_secs(30), || async {
+        let v = state_of(&p, "ns/app").await?;
+        (v["requestsSeen"].as_i64()? == 5).then_some(())
+    })
+    .await;
+    let letters: Vec<DeadLetter> = read_all(&args, Topic::DeadLetters, 0)
+        .into_iter()
+        .filter_map(|(_, _, p)| decode(&p?).ok())
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].topic, telemetry);
+    assert_eq!(letters[0].error_kind, "too_short");
+}
