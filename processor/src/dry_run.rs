@@ -120,7 +120,10 @@ pub fn run(input: &str) -> Result<Value, DryRunError> {
         None => 0,
     };
     let mut config_doc = doc.config.unwrap_or_else(|| json!({}));
-    let schedule = match config_doc.as_object_mut().and_then(|m| m.remove("schedule")) {
+    let schedule = match config_doc
+        .as_object_mut()
+        .and_then(|m| m.remove("schedule"))
+    {
         Some(Value::String(s)) => s,
         _ => "default/default".into(),
     };
@@ -128,7 +131,11 @@ pub fn run(input: &str) -> Result<Value, DryRunError> {
     let mut config = spec.to_config(&schedule, 1, at_ms);
     config.zone = "dry-run".into();
     // A dry run routes nothing; flavours may omit their upstream.
-    for f in config.flavours.iter_mut().filter(|f| f.upstream_url.is_empty()) {
+    for f in config
+        .flavours
+        .iter_mut()
+        .filter(|f| f.upstream_url.is_empty())
+    {
         f.upstream_url = "http://dry-run".into();
     }
     let config = validate(&config).map_err(|problems| {

@@ -288,61 +288,80 @@ pub fn restore(
     let (mut replayed, mut divergent) = (0_u64, 0_u64);
     let mut last_decision: BTreeMap<String, ScheduleDecision> = BTreeMap::new();
     let mut removed = Vec::new();
-    reader.read(&journal, journal_from.max(low), journal_end, |offset, payload| {
-        let entry: JournalEntry =
-            decode(payload.unwrap_or_default()).map_err(|source| RestoreError::Journal {
-                topic: journal.clone(),
-                partition,
-                offset,
-                source,
-            })?;
-        let outputs = replay_entry(&mut state, &layout, &entry);
-        replayed += 1;
-        let produced: Vec<(String, i64)> = outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Decision(d) => Some((d.schedule.clone(), d.version)),
-                _ => None,
-            })
-            .collect();
-        let recorded: Vec<(String, i64)> = entry
-            .decisions
-            .iter()
-            .map(|d| (d.schedule.clone(), d.version))
-            .collect();
-        if produced != recorded {
-            divergent += 1;
-            tracing::error!(partition, offset, ?produced, ?recorded, "journal replay diverges from what was recorded");
-        }
-        for o in outputs {
-            match o {
-                Output::Decision(d) => {
-                    removed.retain(|s| s != &d.schedule);
-                    last_decision.insert(d.schedule.clone(), *d);
-                }
-                Output::Removed { schedule } => {
-                    last_decision.remove(&schedule);
-                    removed.push(schedule);
-                }
-                Output::Rejection(_) => {}
+    reader.read(
+        &journal,
+        journal_from.max(low),
+        journal_end,
+        |offset, payload| {
+            let entry: JournalEntry =
+                decode(payload.unwrap_or_default()).map_err(|source| RestoreError::Journal {
+                    topic: journal.clone(),
+                    partition,
+                    offset,
+                    source,
+                })?;
+            let outputs = replay_entry(&mut state, &layout, &entry);
+            replayed += 1;
+            let produced: Vec<(String, i64)> = outputs
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Decision(d) => Some((d.schedule.clone(), d.version)),
+                    _ => None,
+                })
+                .collect();
+            let recorded: Vec<(String, i64)> = entry
+                .decisions
+                .iter()
+                .map(|d| (d.schedule.clone(), d.version))
+                .collect();
+            if produced != recorded {
+                divergent += 1;
+                tracing::error!(
+                    partition,
+                    offset,
+                    ?produced,
+                    ?recorded,
+                    "journal replay diverges from what was recorded"
+                );
             }
-        }
-        Ok(())
-    })?;
+            for o in outputs {
+                match o {
+                    Output::Decision(d) => {
+                        removed.retain(|s| s != &d.schedule);
+                        last_decision.insert(d.schedule.clone(), *d);
+                    }
+                    Output::Removed { schedule } => {
+                        last_decision.remove(&schedule);
+                        removed.push(schedule);
+                    }
+                    Output::Rejection(_) => {}
+                }
+            }
+            Ok(())
+        },
+    )?;
 
     // Decisions written since the snapshot: which reached the topic, and which are orphans.
     let decisions = layout.name(Topic::Decisions);
     let (low, decisions_end) = reader.watermarks(&decisions)?;
     let mut on_topic: BTreeMap<String, (i64, i64, Vec<u8>)> = BTreeMap::new();
-    reader.read(&decisions, decisions_from.max(low), decisions_end, |offset, payload| {
-        if let Some(d) = payload.and_then(|p| decode::<ScheduleDecision>(p).ok()) {
-            let held = on_topic.get(&d.schedule).map_or(i64::MIN, |(v, _, _)| *v);
-            if d.version > held {
-                on_topic.insert(d.schedule.clone(), (d.version, offset, payload.unwrap_or_default().to_vec()));
+    reader.read(
+        &decisions,
+        decisions_from.max(low),
+        decisions_end,
+        |offset, payload| {
+            if let Some(d) = payload.and_then(|p| decode::<ScheduleDecision>(p).ok()) {
+                let held = on_topic.get(&d.schedule).map_or(i64::MIN, |(v, _, _)| *v);
+                if d.version > held {
+                    on_topic.insert(
+                        d.schedule.clone(),
+                        (d.version, offset, payload.unwrap_or_default().to_vec()),
+                    );
+                }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     let mut orphans = Vec::new();
     for (schedule, (version, offset, bytes)) in &on_topic {
         let journaled = state.schedules.get(schedule).map_or(0, |s| s.version);
@@ -359,7 +378,11 @@ pub fn restore(
     }
     let unsent = last_decision
         .into_values()
-        .filter(|d| on_topic.get(&d.schedule).is_none_or(|(v, _, _)| *v < d.version))
+        .filter(|d| {
+            on_topic
+                .get(&d.schedule)
+                .is_none_or(|(v, _, _)| *v < d.version)
+        })
         .collect();
     Ok(Restored {
         state,

@@ -44,7 +44,11 @@ struct RunArgs {
     #[arg(long, env = "CARBONFLOW_INSTANCES", default_value_t = 1)]
     instances: i32,
     /// Admin API and /metrics address (loopback by default; set 0.0.0.0:PORT to expose).
-    #[arg(long, env = "CARBONFLOW_ADMIN_LISTEN", default_value = "127.0.0.1:9400")]
+    #[arg(
+        long,
+        env = "CARBONFLOW_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9400"
+    )]
     admin_listen: SocketAddr,
     /// Interval between ticks written to each owned partition, milliseconds. Ticks are
     /// the processor's only clock: they close telemetry windows and re-issue decisions
@@ -143,7 +147,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let outcome = pipeline::run(args.kafka, settings, view, shutdown.clone()).await;
     shutdown.cancel();
-    admin.await.context("admin API task")?.context("admin API")?;
+    admin
+        .await
+        .context("admin API task")?
+        .context("admin API")?;
     outcome.context("processor pipeline")
 }
 

@@ -14,10 +14,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Install the global recorder; the handle renders `/metrics`.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
     PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            LATENCY_BUCKETS,
-        )?
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .install_recorder()
 }
 

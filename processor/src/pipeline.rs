@@ -27,9 +27,9 @@ use carbonflow_schemas::records::{
 };
 use carbonflow_schemas::{AvroRecord, encode};
 use dashmap::DashMap;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -79,7 +79,9 @@ pub enum PipelineError {
     Restore(#[from] RestoreError),
     /// A record could not be written; the state may be ahead of the log, so we stop and
     /// let restore rebuild it from what was written.
-    #[error("writing {what} for partition {partition} failed, stopping so that restore rebuilds from the log: {source}")]
+    #[error(
+        "writing {what} for partition {partition} failed, stopping so that restore rebuilds from the log: {source}"
+    )]
     Delivery {
         /// Journal entry, decision, snapshot...
         what: &'static str,
@@ -90,7 +92,9 @@ pub enum PipelineError {
         source: BusError,
     },
     /// `--instance` is not below `--instances`.
-    #[error("instance {instance} of {instances} is out of range: expected 0 ≤ instance < instances")]
+    #[error(
+        "instance {instance} of {instances} is out of range: expected 0 ≤ instance < instances"
+    )]
     BadInstance {
         /// Given instance.
         instance: i32,
@@ -236,7 +240,13 @@ impl Shell {
     ) -> Result<(), PipelineError> {
         let fut = self
             .producer
-            .enqueue(&self.layout.name(topic), key, Some(partition), payload, None)
+            .enqueue(
+                &self.layout.name(topic),
+                key,
+                Some(partition),
+                payload,
+                None,
+            )
             .await
             .map_err(|source| PipelineError::Delivery {
                 what: "a record",
@@ -267,8 +277,15 @@ impl Shell {
         input_ts_ms: Option<i64>,
     ) -> Result<(), PipelineError> {
         let bytes = encode(record).map_err(|e| PipelineError::Bus(e.into()))?;
-        self.queue(topic, partition, key.as_bytes(), Some(&bytes), written, input_ts_ms)
-            .await
+        self.queue(
+            topic,
+            partition,
+            key.as_bytes(),
+            Some(&bytes),
+            written,
+            input_ts_ms,
+        )
+        .await
     }
 
     fn delivered(&mut self, d: Delivery) -> Result<(), PipelineError> {
@@ -485,8 +502,15 @@ impl Shell {
             consumer: self.client_id.clone(),
             at_ms: m.timestamp().to_millis().unwrap_or_else(now_ms),
         };
-        self.queue_record(Topic::DeadLetters, 0, &pos.topic, &letter, Written::Other, None)
-            .await
+        self.queue_record(
+            Topic::DeadLetters,
+            0,
+            &pos.topic,
+            &letter,
+            Written::Other,
+            None,
+        )
+        .await
     }
 
     /// Snapshot partition `p` (after draining every pending write, so offsets are exact).
@@ -518,7 +542,11 @@ impl Shell {
         Ok(())
     }
 
-    async fn snapshots_due(&mut self, settings: &Settings, force: bool) -> Result<(), PipelineError> {
+    async fn snapshots_due(
+        &mut self,
+        settings: &Settings,
+        force: bool,
+    ) -> Result<(), PipelineError> {
         let due: Vec<i32> = self
             .owned
             .iter()
@@ -556,7 +584,12 @@ pub async fn run(
         tokio::task::spawn_blocking(move || check_partition_counts(&args, &layout)).await??;
     }
     let owned = settings.owned(layout.schedule_partitions);
-    tracing::info!(instance = settings.instance, instances = settings.instances, ?owned, "owning schedule partitions");
+    tracing::info!(
+        instance = settings.instance,
+        instances = settings.instances,
+        ?owned,
+        "owning schedule partitions"
+    );
     let mut shell = Shell {
         layout: layout.clone(),
         producer: RecordProducer::new(&args, &settings.client_id)?,
@@ -570,7 +603,15 @@ pub async fn run(
     for &p in &owned {
         let a = args.clone();
         let r = tokio::task::spawn_blocking(move || restore(&a, p, true)).await??;
-        tracing::info!(partition = p, from_snapshot = r.from_snapshot, replayed = r.replayed, orphans = r.orphans.len(), unsent = r.unsent.len(), took_ms = r.took.as_millis() as u64, "partition restored");
+        tracing::info!(
+            partition = p,
+            from_snapshot = r.from_snapshot,
+            replayed = r.replayed,
+            orphans = r.orphans.len(),
+            unsent = r.unsent.len(),
+            took_ms = r.took.as_millis() as u64,
+            "partition restored"
+        );
         metrics::histogram!("carbonflow_restore_duration_seconds").record(r.took.as_secs_f64());
         metrics::counter!("carbonflow_restore_replayed_entries_total").increment(r.replayed);
         if r.divergent > 0 {
@@ -591,15 +632,23 @@ pub async fn run(
         );
         for (pos, bytes) in &r.orphans {
             let input = Input::decode(Topic::Decisions, bytes).ok();
-            tracing::warn!(partition = p, offset = pos.offset, "adopting a decision whose journal entry was lost");
+            tracing::warn!(
+                partition = p,
+                offset = pos.offset,
+                "adopting a decision whose journal entry was lost"
+            );
             shell.apply(p, pos, bytes, input.as_ref(), None).await?;
         }
         for d in r.unsent {
             tracing::info!(schedule = %d.schedule, version = d.version, "re-sending a journaled decision that never reached the topic");
-            shell.emit(p, vec![Output::Decision(Box::new(d))], None).await?;
+            shell
+                .emit(p, vec![Output::Decision(Box::new(d))], None)
+                .await?;
         }
         for schedule in r.removed {
-            shell.emit(p, vec![Output::Removed { schedule }], None).await?;
+            shell
+                .emit(p, vec![Output::Removed { schedule }], None)
+                .await?;
         }
     }
     shell.drain().await?;

@@ -238,7 +238,10 @@ impl ScheduleSpec {
             config_version,
             published_at_ms: at_ms,
             policy: self.policy.clone(),
-            zone: self.carbon_target.clone().unwrap_or_else(|| self.zone.clone()),
+            zone: self
+                .carbon_target
+                .clone()
+                .unwrap_or_else(|| self.zone.clone()),
             target_error: self.target_error,
             credit_min: self.credit_min,
             credit_max: self.credit_max,

@@ -290,7 +290,11 @@ impl PartitionState {
         };
         let mut problems = Vec::new();
         for (i, w) in o.weights.iter().enumerate() {
-            if !config.flavours.iter().any(|f| f.name == w.flavour && f.enabled) {
+            if !config
+                .flavours
+                .iter()
+                .any(|f| f.name == w.flavour && f.enabled)
+            {
                 problems.push(problem(
                     &format!("weights[{i}].flavour"),
                     format!("must name an enabled flavour, got {:?}", w.flavour),
@@ -352,7 +356,10 @@ impl PartitionState {
         // The window is accounted when it closes, against the config then in force.
         let s = self.schedules.entry(b.schedule.clone()).or_default();
         let mut closed = None;
-        if s.window.as_ref().is_some_and(|w| b.bucket_start_ms >= w.end_ms) {
+        if s.window
+            .as_ref()
+            .is_some_and(|w| b.bucket_start_ms >= w.end_ms)
+        {
             closed = close_window(s);
         }
         let w = s.window.get_or_insert_with(|| {
@@ -400,8 +407,7 @@ impl PartitionState {
                 }
             }
             let mut window = None;
-            if s
-                .window
+            if s.window
                 .as_ref()
                 .is_some_and(|w| w.end_ms + LATE_GRACE_MS <= clock)
             {
@@ -411,8 +417,7 @@ impl PartitionState {
             if s.slot_end_ms.is_some_and(|end| end <= clock) {
                 cause = Some("slot");
             }
-            if s
-                .manual
+            if s.manual
                 .as_ref()
                 .is_some_and(|m| m.issued_at_ms + m.ttl_seconds * 1000 <= clock)
             {
@@ -570,7 +575,10 @@ mod tests {
             self.state.apply(&input, &pos)
         }
         fn config(&mut self, c: ScheduleConfig) -> Vec<Output> {
-            self.when("schedule.config", Input::Config(ConfigCommand::Config(Box::new(c))))
+            self.when(
+                "schedule.config",
+                Input::Config(ConfigCommand::Config(Box::new(c))),
+            )
         }
         fn tick(&mut self, at_ms: i64) -> Vec<Output> {
             self.when(
@@ -626,7 +634,10 @@ mod tests {
         let d2 = decision(&out);
         assert_eq!((d2.version, d2.provenance.cause.as_str()), (2, "forecast"));
         assert_eq!(
-            d2.provenance.forecast.as_ref().and_then(|u| u.intensity_now),
+            d2.provenance
+                .forecast
+                .as_ref()
+                .and_then(|u| u.intensity_now),
             Some(180.0)
         );
         assert_eq!(d2.provenance.input.offset, 2);
@@ -643,10 +654,15 @@ mod tests {
             panic!("expected a rejection, got {out:?}")
         };
         assert!(r.reasons.iter().any(|p| p.field == "credit_min"), "{r:?}");
-        assert_eq!(g.schedule().config.as_ref().map(|c| c.config_version), Some(1));
+        assert_eq!(
+            g.schedule().config.as_ref().map(|c| c.config_version),
+            Some(1)
+        );
         // A stale version is refused too.
         let out = g.config(config(1, T0 + 2));
-        assert!(matches!(out.as_slice(), [Output::Rejection(r)] if r.reasons[0].field == "config_version"));
+        assert!(
+            matches!(out.as_slice(), [Output::Rejection(r)] if r.reasons[0].field == "config_version")
+        );
         assert_eq!(g.schedule().version, 1);
     }
 
@@ -669,7 +685,10 @@ mod tests {
             )
             .is_empty()
         );
-        let out = g.bucket(s + TELEMETRY_WINDOW_MS, &[("precision-50", Outcome::Success, 1)]);
+        let out = g.bucket(
+            s + TELEMETRY_WINDOW_MS,
+            &[("precision-50", Outcome::Success, 1)],
+        );
         let d = decision(&out);
         let w = d.provenance.telemetry_window.as_ref().expect("window");
         assert_eq!((w.start_ms, w.end_ms, w.requests), (s, s + 5000, 40));
@@ -685,7 +704,10 @@ mod tests {
     #[test]
     fn telemetry_read_before_its_config_is_still_accounted() {
         let mut g = given();
-        assert!(g.bucket(T0, &[("precision-50", Outcome::Success, 8)]).is_empty());
+        assert!(
+            g.bucket(T0, &[("precision-50", Outcome::Success, 8)])
+                .is_empty()
+        );
         g.config(config(1, T0 + 100));
         let d = decision(&g.tick(T0 + TELEMETRY_WINDOW_MS + LATE_GRACE_MS)).clone();
         let w = d.provenance.telemetry_window.expect("window");
@@ -700,7 +722,10 @@ mod tests {
         c.valid_for_seconds = 60;
         g.config(c);
         g.bucket(T0, &[("precision-100", Outcome::Success, 3)]);
-        assert!(g.tick(T0 + TELEMETRY_WINDOW_MS).is_empty(), "grace not over");
+        assert!(
+            g.tick(T0 + TELEMETRY_WINDOW_MS).is_empty(),
+            "grace not over"
+        );
         let d = decision(&g.tick(T0 + TELEMETRY_WINDOW_MS + LATE_GRACE_MS)).clone();
         assert_eq!(d.provenance.cause, "telemetry");
         assert!(g.tick(T0 + 50_000).is_empty());
@@ -716,7 +741,10 @@ mod tests {
         let boundary = f.points[0].end_ms;
         let d = decision(&g.when("carbon.forecasts", Input::Forecast(f))).clone();
         assert_eq!(d.valid_until_ms, boundary.div_euclid(1000) * 1000);
-        assert!(g.tick(boundary - 1).is_empty(), "no refresh inside the slot");
+        assert!(
+            g.tick(boundary - 1).is_empty(),
+            "no refresh inside the slot"
+        );
         let out = g.tick(boundary);
         let d = decision(&out);
         assert_eq!(d.provenance.cause, "slot");
@@ -756,8 +784,13 @@ mod tests {
         let mut bad = o;
         bad.weights[0].flavour = "nope".into();
         bad.issued_at_ms = T0 + 40_000;
-        let out = g.when("schedule.config", Input::Config(ConfigCommand::Override(bad)));
-        assert!(matches!(out.as_slice(), [Output::Rejection(r)] if r.reasons[0].field == "weights[0].flavour"));
+        let out = g.when(
+            "schedule.config",
+            Input::Config(ConfigCommand::Override(bad)),
+        );
+        assert!(
+            matches!(out.as_slice(), [Output::Rejection(r)] if r.reasons[0].field == "weights[0].flavour")
+        );
     }
 
     #[test]

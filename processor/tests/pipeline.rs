@@ -9,12 +9,12 @@ use std::time::Duration;
 use carbonflow_processor::journal::restore;
 use carbonflow_processor::pipeline::now_ms;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
+use carbonflow_schemas::decode;
 use carbonflow_schemas::records::{
     ConfigRejection, DeadLetter, Forecast, ForecastPoint, Outcome, OutcomeCount, ScheduleConfig,
     ScheduleDecision, TelemetryBucket,
 };
 use carbonflow_schemas::testing::{fresh_layout, samples};
-use carbonflow_schemas::decode;
 use common::{ProcessorProcess, eventually, http, read_all};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -105,7 +105,11 @@ fn assert_versions_never_regress(args: &KafkaArgs) -> BTreeMap<String, i64> {
                 a.0.version
             );
             if b.0.version == a.0.version {
-                assert_eq!(a.1, b.1, "{schedule}: version {} issued twice with different content", a.0.version);
+                assert_eq!(
+                    a.1, b.1,
+                    "{schedule}: version {} issued twice with different content",
+                    a.0.version
+                );
             }
         }
         last.insert(schedule, ds.last().map_or(0, |d| d.0.version));
@@ -114,7 +118,13 @@ fn assert_versions_never_regress(args: &KafkaArgs) -> BTreeMap<String, i64> {
 }
 
 async fn state_of(p: &ProcessorProcess, schedule: &str) -> Option<Value> {
-    match http("GET", &format!("{}/schedule/{schedule}/state", p.admin), None).await {
+    match http(
+        "GET",
+        &format!("{}/schedule/{schedule}/state", p.admin),
+        None,
+    )
+    .await
+    {
         (200, v) => Some(v),
         _ => None,
     }
@@ -204,7 +214,10 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
             .await
             .expect("join")
             .expect("snapshot + tail");
-        assert!(restored.from_snapshot, "partition {p} restored without a snapshot");
+        assert!(
+            restored.from_snapshot,
+            "partition {p} restored without a snapshot"
+        );
         assert_eq!(folded.divergent, 0, "replay diverged from the journal");
         assert_eq!(
             folded.state, restored.state,
@@ -212,8 +225,16 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
         );
         for (id, s) in &folded.state.schedules {
             let l = &live[id];
-            assert_eq!(l["creditBalance"].as_f64(), Some(s.ledger.balance()), "{id} balance");
-            assert_eq!(l["creditVelocity"].as_f64(), Some(s.ledger.velocity()), "{id} velocity");
+            assert_eq!(
+                l["creditBalance"].as_f64(),
+                Some(s.ledger.balance()),
+                "{id} balance"
+            );
+            assert_eq!(
+                l["creditVelocity"].as_f64(),
+                Some(s.ledger.velocity()),
+                "{id} velocity"
+            );
             assert_eq!(s.requests_seen, expected[id], "{id}: journal fold counts");
             let open: i64 = s.window.as_ref().map_or(0, |w| w.served.values().sum());
             assert_eq!(
@@ -243,18 +264,30 @@ async fn two_instances_split_the_partitions_then_one_takes_over() {
     // Each schedule is decided by exactly one instance: the owner of its partition.
     let mut owner = BTreeMap::new();
     for s in &schedules {
-        let who = eventually(&format!("{s} to be decided"), Duration::from_secs(30), || async {
-            let in_a = http("GET", &format!("{}/schedule/{s}", a.admin), None).await.0 == 200;
-            let in_b = http("GET", &format!("{}/schedule/{s}", b.admin), None).await.0 == 200;
-            match (in_a, in_b) {
-                (true, true) => panic!("{s} is decided by both instances"),
-                (true, false) => Some(0),
-                (false, true) => Some(1),
-                _ => None,
-            }
-        })
+        let who = eventually(
+            &format!("{s} to be decided"),
+            Duration::from_secs(30),
+            || async {
+                let in_a = http("GET", &format!("{}/schedule/{s}", a.admin), None)
+                    .await
+                    .0
+                    == 200;
+                let in_b = http("GET", &format!("{}/schedule/{s}", b.admin), None)
+                    .await
+                    .0
+                    == 200;
+                match (in_a, in_b) {
+                    (true, true) => panic!("{s} is decided by both instances"),
+                    (true, false) => Some(0),
+                    (false, true) => Some(1),
+                    _ => None,
+                }
+            },
+        )
         .await;
-        let state = state_of(if who == 0 { &a } else { &b }, s).await.expect("state");
+        let state = state_of(if who == 0 { &a } else { &b }, s)
+            .await
+            .expect("state");
         assert_eq!(
             state["partition"].as_i64().map(|p| p % 2),
             Some(who),
@@ -275,10 +308,14 @@ async fn two_instances_split_the_partitions_then_one_takes_over() {
         }
     }
     // The admin API shows a decision as soon as it is made; wait until all are on the topic.
-    let before = eventually("every decision on the topic", Duration::from_secs(10), || async {
-        let v = assert_versions_never_regress(&args);
-        (v.len() == schedules.len()).then_some(v)
-    })
+    let before = eventually(
+        "every decision on the topic",
+        Duration::from_secs(10),
+        || async {
+            let v = assert_versions_never_regress(&args);
+            (v.len() == schedules.len()).then_some(v)
+        },
+    )
     .await;
     drop(a);
     drop(b); // SIGKILL both
@@ -316,7 +353,11 @@ async fn two_instances_split_the_partitions_then_one_takes_over() {
             .expect("fold");
         for (id, s) in &folded.state.schedules {
             assert_eq!(live[id]["version"].as_i64(), Some(s.version), "{id}");
-            assert_eq!(live[id]["creditBalance"].as_f64(), Some(s.ledger.balance()), "{id}");
+            assert_eq!(
+                live[id]["creditBalance"].as_f64(),
+                Some(s.ledger.balance()),
+                "{id}"
+            );
         }
     }
 }
@@ -334,9 +375,17 @@ async fn invalid_configs_are_refused_over_http_and_topic_and_the_previous_stays(
     let (code, body) = http("PUT", &url, Some(good)).await;
     assert_eq!(code, 202, "{body}");
     let version = body["configVersion"].as_i64().expect("version");
-    eventually("the good config to be decided", Duration::from_secs(30), || async {
-        (http("GET", &format!("{}/schedule/ns/app", p.admin), None).await.0 == 200).then_some(())
-    })
+    eventually(
+        "the good config to be decided",
+        Duration::from_secs(30),
+        || async {
+            (http("GET", &format!("{}/schedule/ns/app", p.admin), None)
+                .await
+                .0
+                == 200)
+                .then_some(())
+        },
+    )
     .await;
 
     // One broken rule per case, each named in the 400 body.
@@ -345,18 +394,36 @@ async fn invalid_configs_are_refused_over_http_and_topic_and_the_previous_stays(
         ("target_error", Box::new(|v| v["targetError"] = 1.5.into())),
         ("credit_min", Box::new(|v| v["creditMin"] = 2.into())),
         ("policy", Box::new(|v| v["policy"] = "fastest".into())),
-        ("flavours", Box::new(|v| {
-            v["flavours"][0]["enabled"] = false.into();
-            v["flavours"][1]["enabled"] = false.into();
-        })),
-        ("flavours[1].name", Box::new(|v| v["flavours"][1]["name"] = "full".into())),
-        ("flavours[1].precision", Box::new(|v| v["flavours"][1]["precision"] = 0.into())),
+        (
+            "flavours",
+            Box::new(|v| {
+                v["flavours"][0]["enabled"] = false.into();
+                v["flavours"][1]["enabled"] = false.into();
+            }),
+        ),
+        (
+            "flavours[1].name",
+            Box::new(|v| v["flavours"][1]["name"] = "full".into()),
+        ),
+        (
+            "flavours[1].precision",
+            Box::new(|v| v["flavours"][1]["precision"] = 0.into()),
+        ),
         ("valid_for_seconds", Box::new(|v| v["validFor"] = 0.into())),
-        ("credit_window_seconds", Box::new(|v| v["creditWindow"] = 0.into())),
-        ("flavours[0].upstream_url", Box::new(|v| v["flavours"][0]["upstream"] = "ftp://x".into())),
-        ("fallbacks[0].to", Box::new(|v| {
-            v["fallbacks"] = serde_json::json!([{"when": {"status": ["5xx"]}, "to": "nope"}]);
-        })),
+        (
+            "credit_window_seconds",
+            Box::new(|v| v["creditWindow"] = 0.into()),
+        ),
+        (
+            "flavours[0].upstream_url",
+            Box::new(|v| v["flavours"][0]["upstream"] = "ftp://x".into()),
+        ),
+        (
+            "fallbacks[0].to",
+            Box::new(|v| {
+                v["fallbacks"] = serde_json::json!([{"when": {"status": ["5xx"]}, "to": "nope"}]);
+            }),
+        ),
     ];
     for (field, break_it) in &cases {
         let mut bad = spec.clone();
@@ -401,7 +468,11 @@ async fn invalid_configs_are_refused_over_http_and_topic_and_the_previous_stays(
         );
     }
     let (_, state) = http("GET", &format!("{}/schedule/ns/app/state", p.admin), None).await;
-    assert_eq!(state["configVersion"].as_i64(), Some(version), "previous config stays in force");
+    assert_eq!(
+        state["configVersion"].as_i64(),
+        Some(version),
+        "previous config stays in force"
+    );
 
     // A poison record is dead-lettered and processing continues.
     let telemetry = args.layout().name(Topic::Telemetry);
@@ -413,10 +484,14 @@ async fn invalid_configs_are_refused_over_http_and_topic_and_the_previous_stays(
     b.counts.truncate(1);
     b.counts[0].flavour = "full".into();
     send(&producer, &args, Topic::Telemetry, "ns/app", &b).await;
-    eventually("the bucket after the poison to be counted", Duration::from_secs(30), || async {
-        let v = state_of(&p, "ns/app").await?;
-        (v["requestsSeen"].as_i64()? == 5).then_some(())
-    })
+    eventually(
+        "the bucket after the poison to be counted",
+        Duration::from_secs(30),
+        || async {
+            let v = state_of(&p, "ns/app").await?;
+            (v["requestsSeen"].as_i64()? == 5).then_some(())
+        },
+    )
     .await;
     let letters: Vec<DeadLetter> = read_all(&args, Topic::DeadLetters, 0)
         .into_iter()
@@ -425,4 +500,90 @@ async fn invalid_configs_are_refused_over_http_and_topic_and_the_previous_stays(
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].topic, telemetry);
     assert_eq!(letters[0].error_kind, "too_short");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_adopts_orphan_decisions_and_resends_unsent_ones() {
+    use carbonflow_schemas::records::{DecisionRef, InputPosition, JournalEntry};
+    let args = fresh_layout("orphans", 1).await;
+    let producer = RecordProducer::new(&args, "orphans-test").expect("producer");
+    let id = "orph/app";
+    send(&producer, &args, Topic::Config, id, &config(id, 1)).await;
+    let mut p = ProcessorProcess::start(&args, 0, 1, &[]);
+    p.wait_ready(Duration::from_secs(60)).await;
+    let first = eventually("the first decision", Duration::from_secs(30), || async {
+        let (code, v) = http("GET", &format!("{}/schedule/{id}", p.admin), None).await;
+        (code == 200).then(|| v["version"].as_i64())?
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.kill();
+
+    // A decision that reached the topic while its journal entry was lost.
+    let mut orphan = samples::schedule_decision();
+    orphan.schedule = id.into();
+    orphan.version = first + 10;
+    send(&producer, &args, Topic::Decisions, id, &orphan).await;
+    p = ProcessorProcess::start(&args, 0, 1, &[]);
+    p.wait_ready(Duration::from_secs(60)).await;
+    send(&producer, &args, Topic::Forecasts, "GB", &forecast(210.0)).await;
+    let next = eventually(
+        "a decision after the orphan",
+        Duration::from_secs(30),
+        || async {
+            let (_, v) = http("GET", &format!("{}/schedule/{id}", p.admin), None).await;
+            v["version"].as_i64().filter(|v| *v > first + 1)
+        },
+    )
+    .await;
+    assert_eq!(
+        next,
+        first + 11,
+        "the orphan's version was adopted, not reissued"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    p.kill();
+
+    // A journaled decision that never reached the topic: restore sends it.
+    let next = assert_versions_never_regress(&args)[id];
+    let mut c = config(id, 2);
+    c.policy = "p100".into();
+    let bytes = carbonflow_schemas::encode(&c).expect("encode");
+    let config_topic = args.layout().name(Topic::Config);
+    let at = producer
+        .send_bytes(&config_topic, id.as_bytes(), Some(0), &bytes, None)
+        .await
+        .expect("config");
+    let entry = JournalEntry {
+        partition: 0,
+        input: InputPosition {
+            topic: config_topic,
+            partition: 0,
+            offset: at.offset,
+        },
+        record: bytes,
+        decisions: vec![DecisionRef {
+            schedule: id.into(),
+            version: next + 1,
+        }],
+    };
+    send(&producer, &args, Topic::Journal, "0", &entry).await;
+    let p = ProcessorProcess::start(&args, 0, 1, &[]);
+    p.wait_ready(Duration::from_secs(60)).await;
+    let resent = eventually(
+        "the unsent decision on the topic",
+        Duration::from_secs(30),
+        || async {
+            decisions_by_schedule(&args)
+                .remove(id)?
+                .into_iter()
+                .map(|(d, _)| d)
+                .find(|d| d.version == next + 1)
+        },
+    )
+    .await;
+    assert_eq!(resent.policy, "p100");
+    assert_eq!(resent.provenance.cause, "config");
+    assert_versions_never_regress(&args);
+    drop(p);
 }
