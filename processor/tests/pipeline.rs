@@ -390,7 +390,8 @@ async fn invalid_configs_are_refused_over_http_and_topic_and_the_previous_stays(
 
     // One broken rule per case, each named in the 400 body.
     let mut spec: Value = serde_json::from_str(good).expect("json");
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Breakage = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Breakage)> = vec![
         ("target_error", Box::new(|v| v["targetError"] = 1.5.into())),
         ("credit_min", Box::new(|v| v["creditMin"] = 2.into())),
         ("policy", Box::new(|v| v["policy"] = "fastest".into())),

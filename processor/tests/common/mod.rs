@@ -142,12 +142,11 @@ where
     }
 }
 
-/// Every record of `topic` partition `partition` as `(offset, key, payload)`.
-pub fn read_all(
-    args: &KafkaArgs,
-    topic: Topic,
-    partition: i32,
-) -> Vec<(i64, Option<Vec<u8>>, Option<Vec<u8>>)> {
+/// A record read back: `(offset, key, payload)`.
+pub type Record = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Every record of `topic` partition `partition`.
+pub fn read_all(args: &KafkaArgs, topic: Topic, partition: i32) -> Vec<Record> {
     let name = args.layout().name(topic);
     let consumer: BaseConsumer = args
         .consumer_config("test-reader", "test-reader")
