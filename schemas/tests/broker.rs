@@ -212,7 +212,7 @@ async fn lag_series_follow_assignment() {
     let text = lag.render(i64::MAX / 2);
     assert!(
         text.contains(&format!(
-            "kafka_consumer_lag_messages{{group=\"lag-group\",topic=\"{topic}\",partition=\"0\"}}"
+            "carbonflow_consumer_lag_messages{{group=\"lag-group\",topic=\"{topic}\",partition=\"0\"}}"
         )),
         "{text}"
     );

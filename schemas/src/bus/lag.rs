@@ -180,18 +180,18 @@ impl LagMetrics {
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = String::new();
-        out.push_str("# HELP kafka_consumer_lag_messages Records between the consumer's position and the readable end of the partition.\n");
-        out.push_str("# TYPE kafka_consumer_lag_messages gauge\n");
+        out.push_str("# HELP carbonflow_consumer_lag_messages Records between the consumer's position and the readable end of the partition.\n");
+        out.push_str("# TYPE carbonflow_consumer_lag_messages gauge\n");
         for (k, m, _) in &rows {
             if let Some(m) = m {
-                let _ = writeln!(out, "kafka_consumer_lag_messages{} {m}", labels(k));
+                let _ = writeln!(out, "carbonflow_consumer_lag_messages{} {m}", labels(k));
             }
         }
-        out.push_str("# HELP kafka_consumer_lag_seconds Age of the last processed record while behind; 0 when caught up.\n");
-        out.push_str("# TYPE kafka_consumer_lag_seconds gauge\n");
+        out.push_str("# HELP carbonflow_consumer_lag_seconds Age of the last processed record while behind; 0 when caught up.\n");
+        out.push_str("# TYPE carbonflow_consumer_lag_seconds gauge\n");
         for (k, _, s) in &rows {
             if let Some(s) = s {
-                let _ = writeln!(out, "kafka_consumer_lag_seconds{} {s}", labels(k));
+                let _ = writeln!(out, "carbonflow_consumer_lag_seconds{} {s}", labels(k));
             }
         }
         out
@@ -292,15 +292,15 @@ mod tests {
         h1.set_messages(0);
         let text = lag.render(4_000);
         assert!(
-            text.contains("kafka_consumer_lag_messages{group=\"g\",topic=\"t\",partition=\"0\"} 5"),
+            text.contains("carbonflow_consumer_lag_messages{group=\"g\",topic=\"t\",partition=\"0\"} 5"),
             "{text}"
         );
         assert!(
-            text.contains("kafka_consumer_lag_seconds{group=\"g\",topic=\"t\",partition=\"0\"} 3"),
+            text.contains("carbonflow_consumer_lag_seconds{group=\"g\",topic=\"t\",partition=\"0\"} 3"),
             "{text}"
         );
         assert!(
-            text.contains("kafka_consumer_lag_seconds{group=\"g\",topic=\"t\",partition=\"1\"} 0"),
+            text.contains("carbonflow_consumer_lag_seconds{group=\"g\",topic=\"t\",partition=\"1\"} 0"),
             "{text}"
         );
         lag.untrack("g", "t", 0);
