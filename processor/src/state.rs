@@ -400,9 +400,13 @@ impl PartitionState {
             // One decision per schedule and tick, named after the most specific cause.
             let mut cause = None;
             if let Some(d) = &s.last_decision {
+                // Only a decision whose validity ran out by `valid_for` is refreshed early;
+                // one bounded by a slot end or an override's end is re-decided when that
+                // boundary passes (below), since deciding earlier would change nothing.
+                let by_validity = d.valid_until_ms
+                    == (d.decided_at_ms + valid_for_s * 1000).div_euclid(1000) * 1000;
                 let lead = REFRESH_LEAD_MS.min(valid_for_s * 1000 / 2);
-                let slot_bound = s.slot_end_ms == Some(d.valid_until_ms);
-                if !slot_bound && d.valid_until_ms - lead <= clock {
+                if by_validity && d.valid_until_ms - lead <= clock {
                     cause = Some("refresh");
                 }
             }
@@ -775,6 +779,10 @@ mod tests {
         let d = decision(&out);
         assert!(d.manual);
         assert_eq!(d.valid_until_ms, T0 + 31_000);
+        assert!(
+            g.tick(T0 + 29_000).is_empty(),
+            "no refresh before the override ends"
+        );
         let w: Vec<i32> = d.flavours.iter().map(|f| f.weight_percent).collect();
         assert_eq!(w, vec![0, 0, 100]);
         let d = decision(&g.tick(T0 + 31_000)).clone();

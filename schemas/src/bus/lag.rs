@@ -292,15 +292,21 @@ mod tests {
         h1.set_messages(0);
         let text = lag.render(4_000);
         assert!(
-            text.contains("carbonflow_consumer_lag_messages{group=\"g\",topic=\"t\",partition=\"0\"} 5"),
+            text.contains(
+                "carbonflow_consumer_lag_messages{group=\"g\",topic=\"t\",partition=\"0\"} 5"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("carbonflow_consumer_lag_seconds{group=\"g\",topic=\"t\",partition=\"0\"} 3"),
+            text.contains(
+                "carbonflow_consumer_lag_seconds{group=\"g\",topic=\"t\",partition=\"0\"} 3"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("carbonflow_consumer_lag_seconds{group=\"g\",topic=\"t\",partition=\"1\"} 0"),
+            text.contains(
+                "carbonflow_consumer_lag_seconds{group=\"g\",topic=\"t\",partition=\"1\"} 0"
+            ),
             "{text}"
         );
         lag.untrack("g", "t", 0);
