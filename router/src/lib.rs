@@ -1,1 +1,24 @@
-//! The HTTP data plane: applies decisions, picks flavours, proxies, emits telemetry.
+//! The data plane: routers apply decisions the moment they are consumed, pick a flavour
+//! per request, proxy it, and report what they served.
+//!
+//! Layout: [`select`] (weighted random and smooth round-robin over proportional weights),
+//! [`table`] (the latest decision per schedule, version-gated, and expiry), [`follow`]
+//! (the decisions consumer and bootstrap), [`proxy`] (forwarding and fallbacks),
+//! [`telemetry`] (per-second request buckets to `request.telemetry`), [`admin`] (health,
+//! readiness, held decisions, `/metrics`).
+
+pub mod admin;
+pub mod follow;
+pub mod proxy;
+pub mod select;
+pub mod table;
+pub mod telemetry;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Wall clock, epoch ms.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

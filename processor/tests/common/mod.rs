@@ -69,6 +69,24 @@ impl ProcessorProcess {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM and wait for a clean exit (everything written, final snapshots taken).
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(
+                    status.success(),
+                    "processor exited with {status} on SIGTERM"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("processor did not stop within 30 s of SIGTERM");
+    }
+
     /// Wait until `/readyz` answers 200.
     pub async fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;

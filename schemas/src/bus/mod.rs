@@ -55,6 +55,19 @@ pub enum BusError {
 }
 
 impl BusError {
+    /// The producer's local queue was full (the broker is slow or unreachable).
+    pub fn is_queue_full(&self) -> bool {
+        matches!(
+            self,
+            Self::Kafka {
+                source: rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull
+                ),
+                ..
+            }
+        )
+    }
+
     pub(crate) fn kafka(operation: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
         Self::Kafka {
             operation: operation.into(),

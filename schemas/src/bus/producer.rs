@@ -80,6 +80,33 @@ impl RecordProducer {
         payload: Option<&[u8]>,
         timestamp_ms: Option<i64>,
     ) -> Result<impl Future<Output = Result<Delivered, BusError>> + Send + 'static, BusError> {
+        self.queue(topic, key, partition, payload, timestamp_ms, true)
+            .await
+    }
+
+    /// Like [`enqueue`](Self::enqueue) but never waits: when the local queue (bounded by
+    /// `queue.buffering.max.*`) is full, fail at once with [`BusError::is_queue_full`].
+    /// For records that may be dropped rather than delay their caller (router telemetry).
+    pub async fn try_enqueue(
+        &self,
+        topic: &str,
+        key: &[u8],
+        partition: Option<i32>,
+        payload: Option<&[u8]>,
+    ) -> Result<impl Future<Output = Result<Delivered, BusError>> + Send + 'static, BusError> {
+        self.queue(topic, key, partition, payload, None, false)
+            .await
+    }
+
+    async fn queue(
+        &self,
+        topic: &str,
+        key: &[u8],
+        partition: Option<i32>,
+        payload: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
+        wait_when_full: bool,
+    ) -> Result<impl Future<Output = Result<Delivered, BusError>> + Send + 'static, BusError> {
         let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
         if let Some(p) = payload {
             rec = rec.payload(p);
@@ -95,7 +122,9 @@ impl RecordProducer {
                 Ok(f) => break f,
                 // The local queue is full: wait for deliveries to drain it rather than fail;
                 // delivery itself is bounded by librdkafka's message.timeout.ms.
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if wait_when_full =>
+                {
                     rec = back;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }

@@ -1,0 +1,190 @@
+//! Decisions by push: read the latest decision of every schedule from
+//! `schedule.decisions`, become ready once caught up with the end offsets seen at start,
+//! then apply every decision the moment it is consumed (no poll interval anywhere).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use carbonflow_schemas::bus::admin::partition_count;
+use carbonflow_schemas::bus::{BusError, KafkaArgs, LagContext, LagMetrics, Topic};
+use carbonflow_schemas::decode;
+use carbonflow_schemas::records::ScheduleDecision;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::now_ms;
+use crate::table::{Applied, DecisionTable};
+
+/// Why following decisions stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// Kafka client plumbing failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The decisions topic does not exist.
+    #[error("topic {0} does not exist: create the topics first (`ingest topics create`)")]
+    MissingTopic(String),
+    /// A blocking metadata call panicked.
+    #[error("metadata worker failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+fn kafka(operation: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> BusError + '_ {
+    move |source| BusError::Kafka {
+        operation: operation.into(),
+        source,
+    }
+}
+
+/// End offsets (next offset to be written) of every partition of `topic`.
+fn end_offsets(args: &KafkaArgs, topic: &str) -> Result<BTreeMap<i32, i64>, FollowError> {
+    let consumer: BaseConsumer = args
+        .consumer_config("carbonflow-router-bootstrap", "carbonflow-router-bootstrap")?
+        .create()
+        .map_err(kafka("create metadata client"))?;
+    let partitions = partition_count(&consumer, topic)?;
+    if partitions == 0 {
+        return Err(FollowError::MissingTopic(topic.into()));
+    }
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map(|(_, high)| (p, high))
+                .map_err(|e| kafka("read end offsets of the decisions topic")(e).into())
+        })
+        .collect()
+}
+
+/// Follow `schedule.decisions` into `table` until `shutdown`; sets `ready` once caught up.
+pub async fn follow(
+    args: KafkaArgs,
+    group: String,
+    table: Arc<DecisionTable>,
+    ready: Arc<AtomicBool>,
+    lag: LagMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), FollowError> {
+    let started = Instant::now();
+    let topic = args.layout().name(Topic::Decisions);
+    let ends = {
+        let (a, t) = (args.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || end_offsets(&a, &t)).await??
+    };
+    let consumer: StreamConsumer<LagContext> = args
+        .consumer_config(&group, &group)?
+        .create_with_context(LagContext::new(group.clone(), lag))
+        .map_err(kafka("create decisions consumer"))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in ends.keys() {
+        tpl.add_partition_offset(&topic, *p, Offset::Beginning)
+            .map_err(kafka("assign the decisions topic"))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(kafka("assign the decisions topic"))?;
+    consumer.context().assigned(&tpl);
+    // Partitions still to catch up with: those that had records when we started.
+    let mut behind: BTreeMap<i32, i64> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
+    let mark_ready = |ready: &AtomicBool| {
+        ready.store(true, Ordering::SeqCst);
+        metrics::gauge!("carbonflow_router_bootstrap_seconds").set(started.elapsed().as_secs_f64());
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            schedules = table.all().len(),
+            "caught up with the decisions topic; ready"
+        );
+    };
+    if behind.is_empty() {
+        mark_ready(&ready);
+    }
+    loop {
+        let m = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = consumer.recv() => m,
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "decisions consumer error (librdkafka retries)");
+                continue;
+            }
+        };
+        let now = now_ms();
+        let bootstrapping = behind.contains_key(&m.partition());
+        match m.payload() {
+            None => {
+                if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
+                    table.remove(key);
+                    tracing::info!(schedule = key, "schedule deleted");
+                }
+            }
+            Some(bytes) => match decode::<ScheduleDecision>(bytes) {
+                Ok(d) => apply(&table, d, now, bootstrapping, m.timestamp().to_millis()),
+                Err(e) => {
+                    metrics::counter!("carbonflow_router_undecodable_decisions_total", "kind" => e.kind())
+                        .increment(1);
+                    tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "undecodable decision skipped");
+                }
+            },
+        }
+        if let Some(l) = consumer
+            .context()
+            .metrics()
+            .get(&group, &topic, m.partition())
+        {
+            l.processed(m.timestamp().to_millis().unwrap_or(now));
+        }
+        if let Some(end) = behind.get(&m.partition()).copied() {
+            // end is the next offset to be written at start: caught up after end - 1.
+            if m.offset() + 1 >= end {
+                behind.remove(&m.partition());
+                if behind.is_empty() {
+                    mark_ready(&ready);
+                }
+            }
+        }
+    }
+    consumer.context().revoked(&tpl);
+    Ok(())
+}
+
+fn apply(
+    table: &DecisionTable,
+    d: ScheduleDecision,
+    now: i64,
+    bootstrapping: bool,
+    ts: Option<i64>,
+) {
+    let (schedule, version) = (d.schedule.clone(), d.version);
+    let weights: Vec<(String, i32)> = d
+        .flavours
+        .iter()
+        .map(|f| (f.name.clone(), f.weight_percent))
+        .collect();
+    match table.apply(d, now) {
+        Applied::Applied { previous } => {
+            // Propagation is measured for live decisions only, not for history replayed
+            // at start.
+            if let (false, Some(ts)) = (bootstrapping, ts) {
+                metrics::histogram!("carbonflow_router_decision_propagation_seconds")
+                    .record((now - ts).max(0) as f64 / 1000.0);
+            }
+            metrics::gauge!("carbonflow_router_decision_version", "schedule" => schedule.clone())
+                .set(version as f64);
+            for (flavour, w) in weights {
+                metrics::gauge!("carbonflow_router_commanded_weight", "schedule" => schedule.clone(), "flavour" => flavour)
+                    .set(f64::from(w));
+            }
+            tracing::debug!(%schedule, version, ?previous, "decision applied");
+        }
+        Applied::Ignored { held } => {
+            metrics::counter!("carbonflow_router_decisions_ignored_total").increment(1);
+            tracing::debug!(%schedule, version, held, "older or duplicate decision ignored");
+        }
+    }
+}

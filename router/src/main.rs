@@ -1,0 +1,210 @@
+//! `router`: carbonflow's data plane.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use carbonflow_router::admin::{self, AdminState};
+use carbonflow_router::proxy::{self, Proxy, ProxySettings};
+use carbonflow_router::select::Mode;
+use carbonflow_router::table::DecisionTable;
+use carbonflow_router::telemetry::{self, Telemetry};
+use carbonflow_router::{follow, now_ms};
+use carbonflow_schemas::bus::{KafkaArgs, LagMetrics, RecordProducer};
+use clap::Parser;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "router",
+    version,
+    about = "carbonflow's data plane: routes each request to a flavour by the latest decision"
+)]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Address the proxy listens on.
+    #[arg(
+        long,
+        env = "CARBONFLOW_ROUTER_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    listen: SocketAddr,
+    /// Address of /healthz, /readyz, /decisions and /metrics.
+    #[arg(
+        long,
+        env = "CARBONFLOW_ROUTER_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9401"
+    )]
+    admin_listen: SocketAddr,
+    /// Schedule (namespace/name) of requests without an x-carbonflow-schedule header.
+    #[arg(long, env = "CARBONFLOW_SCHEDULE")]
+    schedule: Option<String>,
+    /// How requests are spread: random (independent weighted draws) or smooth (smooth
+    /// weighted round-robin, delivered shares within one request of the weights).
+    #[arg(
+        long,
+        env = "CARBONFLOW_ROUTER_MODE",
+        value_enum,
+        default_value = "random"
+    )]
+    mode: Mode,
+    /// Router id written into telemetry (default: router-<pid>).
+    #[arg(long, env = "CARBONFLOW_ROUTER_ID")]
+    router_id: Option<String>,
+    /// Upstream connect timeout, milliseconds.
+    #[arg(long, env = "CARBONFLOW_CONNECT_TIMEOUT_MS", default_value_t = 1000)]
+    connect_timeout_ms: u64,
+    /// Time allowed for an upstream's response headers, milliseconds.
+    #[arg(long, env = "CARBONFLOW_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    request_timeout_ms: u64,
+    /// Largest request body accepted, bytes (bodies are buffered so that a fallback can
+    /// resend them); larger requests get 413.
+    #[arg(long, env = "CARBONFLOW_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Milliseconds past a decision's validUntil before the expiry behaviour applies
+    /// (the processor re-issues slot-bound decisions right at the boundary).
+    #[arg(long, env = "CARBONFLOW_EXPIRY_GRACE_MS", default_value_t = 2000)]
+    expiry_grace_ms: i64,
+    /// Also retry non-idempotent requests (POST, PATCH) on a fallback flavour.
+    #[arg(long, env = "CARBONFLOW_RETRY_NON_IDEMPOTENT")]
+    retry_non_idempotent: bool,
+    /// Seed of the flavour-selection RNG (default: derived from the router id).
+    #[arg(long, env = "CARBONFLOW_ROUTER_SEED")]
+    seed: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let router_id = cli
+        .router_id
+        .clone()
+        .unwrap_or_else(|| format!("router-{}", std::process::id()));
+    let seed = cli.seed.unwrap_or_else(|| {
+        router_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    });
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )?
+        .install_recorder()
+        .context("installing metrics")?;
+    let shutdown = CancellationToken::new();
+    let table = Arc::new(DecisionTable::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let lag = LagMetrics::new();
+    let telemetry_log = Arc::new(Telemetry::new(router_id.clone()));
+    let producer = RecordProducer::new(&cli.kafka, &format!("{router_id}-telemetry"))?;
+
+    let follower = tokio::spawn(follow::follow(
+        cli.kafka.clone(),
+        format!("carbonflow-router-{router_id}"),
+        table.clone(),
+        ready.clone(),
+        lag.clone(),
+        shutdown.clone(),
+    ));
+    let flusher = tokio::spawn(telemetry::flush_loop(
+        telemetry_log.clone(),
+        producer,
+        cli.kafka.layout(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(admin::watch_expiry(
+        table.clone(),
+        cli.expiry_grace_ms,
+        shutdown.clone(),
+    ));
+
+    let admin_listener = tokio::net::TcpListener::bind(cli.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin endpoints to {}", cli.admin_listen))?;
+    let admin_app = admin::router(AdminState {
+        ready,
+        table: table.clone(),
+        lag,
+        metrics: handle,
+        expiry_grace_ms: cli.expiry_grace_ms,
+    });
+    let stop = shutdown.clone();
+    let admin_server = tokio::spawn(async move {
+        axum::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+
+    let proxy = Arc::new(Proxy::new(
+        table,
+        telemetry_log,
+        ProxySettings {
+            mode: cli.mode,
+            default_schedule: cli.schedule.clone(),
+            request_timeout: Duration::from_millis(cli.request_timeout_ms),
+            max_body_bytes: cli.max_body_bytes,
+            expiry_grace_ms: cli.expiry_grace_ms,
+            retry_non_idempotent: cli.retry_non_idempotent,
+        },
+        Duration::from_millis(cli.connect_timeout_ms),
+        seed,
+    ));
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding the proxy to {}", cli.listen))?;
+    tracing::info!(proxy = %cli.listen, admin = %cli.admin_listen, %router_id, mode = ?cli.mode, schedule = ?cli.schedule, started_ms = now_ms(), "router listening");
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        stop.cancel();
+    });
+    #[cfg(unix)]
+    {
+        let stop = shutdown.clone();
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::spawn(async move {
+                term.recv().await;
+                stop.cancel();
+            });
+        }
+    }
+    let stop = shutdown.clone();
+    axum::serve(
+        listener,
+        proxy::router(proxy).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .await
+    .context("proxy server")?;
+    shutdown.cancel();
+    let followed = follower.await.context("decisions follower task")?;
+    flusher.await.context("telemetry flusher task")?;
+    admin_server
+        .await
+        .context("admin task")?
+        .context("admin server")?;
+    followed.context("following decisions")
+}

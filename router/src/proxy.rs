@@ -1,0 +1,410 @@
+//! The data plane: pick a flavour for each request from the schedule's decision, forward
+//! it to that flavour's upstream, retry once on a fallback flavour when a rule matches,
+//! and count the outcome for telemetry.
+//!
+//! Errors the router itself produces are JSON bodies naming the problem (DESIGN
+//! invariant 7); errors of an upstream are passed through unchanged.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use carbonflow_schemas::records::{FallbackRule, Outcome};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::select::Mode;
+use crate::table::{DecisionTable, Route};
+use crate::telemetry::Telemetry;
+
+/// Header naming the schedule a request belongs to (when the router serves several).
+pub const SCHEDULE_HEADER: &str = "x-carbonflow-schedule";
+/// Header forcing a flavour by name (the reference's `x-carbonrouter`).
+pub const FORCE_HEADER: &str = "x-carbonrouter";
+/// Response header naming the flavour that served the request.
+pub const SERVED_BY_HEADER: &str = "x-carbonflow-flavour";
+/// Response header carrying the decision version used.
+pub const VERSION_HEADER: &str = "x-carbonflow-decision-version";
+
+/// How the proxy behaves.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Spread mode.
+    pub mode: Mode,
+    /// Schedule of requests without [`SCHEDULE_HEADER`].
+    pub default_schedule: Option<String>,
+    /// Time allowed for an upstream's response headers.
+    pub request_timeout: Duration,
+    /// Largest request body accepted (bodies are buffered so a fallback can resend them).
+    pub max_body_bytes: usize,
+    /// Time past `valid_until` before the expiry behaviour applies, ms.
+    pub expiry_grace_ms: i64,
+    /// Retry non-idempotent methods (POST, PATCH) on a fallback flavour too.
+    pub retry_non_idempotent: bool,
+}
+
+/// Shared state of the proxy handler.
+pub struct Proxy {
+    /// Decisions held.
+    pub table: Arc<DecisionTable>,
+    /// Telemetry being collected.
+    pub telemetry: Arc<Telemetry>,
+    /// Pooled upstream client.
+    pub client: Client<HttpConnector, Full<Bytes>>,
+    /// Settings.
+    pub settings: ProxySettings,
+    /// Fast RNG seeded per router.
+    pub rng: Mutex<SmallRng>,
+}
+
+impl Proxy {
+    /// A proxy with a pooled client (`connect_timeout` per connection attempt).
+    pub fn new(
+        table: Arc<DecisionTable>,
+        telemetry: Arc<Telemetry>,
+        settings: ProxySettings,
+        connect_timeout: Duration,
+        seed: u64,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self {
+            table,
+            telemetry,
+            client,
+            settings,
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+        }
+    }
+
+    fn draw(&self) -> f64 {
+        self.rng
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .random::<f64>()
+    }
+}
+
+/// The proxy's routes: every path and method.
+pub fn router(proxy: Arc<Proxy>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(proxy)
+}
+
+fn error(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// Why an attempt produced no upstream response.
+#[derive(Debug)]
+enum Failure {
+    Timeout,
+    Connect(String),
+    Other(String),
+}
+
+impl Failure {
+    fn condition(&self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Connect(_) => "connect_error",
+            Failure::Other(_) => "error",
+        }
+    }
+}
+
+/// Whether fallback condition `c` (`timeout`, `connect_error`, `5xx`, `4xx`, or a
+/// code) matches the attempt's result.
+fn matches(c: &str, result: &Result<hyper::Response<Incoming>, Failure>) -> bool {
+    match result {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            match c {
+                "5xx" => (500..600).contains(&s),
+                "4xx" => (400..500).contains(&s),
+                code => code.parse::<u16>().is_ok_and(|code| code == s),
+            }
+        }
+        Err(f) => c == f.condition(),
+    }
+}
+
+/// The first rule with a matching condition (seed 003: first match wins).
+fn first_matching<'a>(
+    rules: &'a [FallbackRule],
+    result: &Result<hyper::Response<Incoming>, Failure>,
+) -> Option<(usize, &'a FallbackRule)> {
+    rules
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.when_status.iter().any(|c| matches(c, result)))
+}
+
+fn failed(result: &Result<hyper::Response<Incoming>, Failure>) -> bool {
+    match result {
+        Ok(r) => r.status().is_client_error() || r.status().is_server_error(),
+        Err(_) => true,
+    }
+}
+
+fn outcome_of(result: &Result<hyper::Response<Incoming>, Failure>) -> Outcome {
+    match result {
+        Ok(r) if r.status().is_server_error() => Outcome::ServerError,
+        Ok(r) if r.status().is_client_error() => Outcome::ClientError,
+        Ok(_) => Outcome::Success,
+        Err(Failure::Timeout) => Outcome::Timeout,
+        Err(_) => Outcome::ServerError,
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+struct Outgoing<'a> {
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+}
+
+async fn attempt(
+    proxy: &Proxy,
+    route: &Route,
+    flavour: usize,
+    out: &Outgoing<'_>,
+) -> Result<hyper::Response<Incoming>, Failure> {
+    let f = &route.decision.flavours[flavour];
+    let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = format!("{}{}", f.upstream_url.trim_end_matches('/'), path);
+    let mut req = hyper::Request::builder()
+        .method(out.method.clone())
+        .uri(&target)
+        .body(Full::new(out.body.clone()))
+        .map_err(|e| Failure::Other(format!("bad upstream URL {target:?}: {e}")))?;
+    *req.headers_mut() = out.headers.clone();
+    if let Some(h) = &f.upstream_header {
+        // Service-mesh mode: one upstream, the flavour named by its precision percent.
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.as_bytes()),
+            HeaderValue::from_str(&f.precision_percent.to_string()),
+        ) {
+            req.headers_mut().insert(name, value);
+        }
+    }
+    match tokio::time::timeout(proxy.settings.request_timeout, proxy.client.request(req)).await {
+        Err(_) => Err(Failure::Timeout),
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(e.to_string())),
+        Ok(Err(e)) => Err(Failure::Other(e.to_string())),
+    }
+}
+
+/// The handler of every proxied request.
+pub async fn handle(
+    State(proxy): State<Arc<Proxy>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let schedule = match parts
+        .headers
+        .get(SCHEDULE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| proxy.settings.default_schedule.clone())
+    {
+        Some(s) => s,
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "no_schedule", "detail": format!("name the schedule in the {SCHEDULE_HEADER} header (this router has no default schedule)")}),
+            );
+        }
+    };
+    let Some(route) = proxy.table.get(&schedule) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "no_decision", "schedule": schedule, "detail": "no decision has been received for this schedule"}),
+        );
+    };
+    let now = crate::now_ms();
+    let forced = parts
+        .headers
+        .get(FORCE_HEADER)
+        .map(|v| v.to_str().unwrap_or(""));
+    let chosen = match forced {
+        Some(name) => match route.enabled_flavour(name) {
+            Some(i) => i,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "unknown_flavour", "flavour": name, "valid": route.enabled_names(),
+                           "detail": format!("{FORCE_HEADER} must name an enabled flavour of {schedule}")}),
+                );
+            }
+        },
+        None => match route
+            .picker_at(now, proxy.settings.expiry_grace_ms)
+            .pick(proxy.settings.mode, || proxy.draw())
+        {
+            Some(i) => i,
+            None => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": "no_providers", "schedule": schedule, "version": route.decision.version,
+                           "detail": "every flavour weight is 0"}),
+                );
+            }
+        },
+    };
+    let body = match Limited::new(body, proxy.settings.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "body_too_large", "limit_bytes": proxy.settings.max_body_bytes, "detail": e.to_string()}),
+            );
+        }
+    };
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    if let Some(host) = parts.headers.get(header::HOST).cloned() {
+        headers.remove(header::HOST);
+        headers.insert("x-forwarded-host", host);
+    }
+    let xff = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(prior) => format!("{prior}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let out = Outgoing {
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &headers,
+        body: &body,
+    };
+
+    let mut served_by = chosen;
+    let mut result = attempt(&proxy, &route, chosen, &out).await;
+    let retry_allowed = parts.method.is_idempotent() || proxy.settings.retry_non_idempotent;
+    let fallback = if failed(&result) && retry_allowed {
+        first_matching(&route.decision.fallbacks, &result)
+            .and_then(|(index, rule)| Some((index, rule, route.enabled_flavour(&rule.to)?)))
+    } else {
+        None
+    };
+    if let Some((index, rule, to)) = fallback {
+        let condition = match &result {
+            Ok(r) => r.status().as_u16().to_string(),
+            Err(f) => f.condition().to_string(),
+        };
+        tracing::info!(%schedule, rule = index, from = %route.decision.flavours[chosen].name, to = %rule.to, %condition, "fallback");
+        metrics::counter!("carbonflow_router_fallbacks_total", "schedule" => schedule.clone(), "rule" => index.to_string())
+            .increment(1);
+        served_by = to;
+        result = attempt(&proxy, &route, to, &out).await;
+    }
+    let latency = started.elapsed();
+    let flavour = route.decision.flavours[served_by].name.clone();
+    let outcome = if served_by != chosen && !failed(&result) {
+        Outcome::Fallback
+    } else {
+        outcome_of(&result)
+    };
+    proxy.telemetry.record(
+        &schedule,
+        route.decision.version,
+        &flavour,
+        outcome,
+        latency.as_secs_f64() * 1000.0,
+        crate::now_ms(),
+    );
+    let response = match result {
+        Ok(upstream) => {
+            let (mut parts, incoming) = upstream.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let mut resp = Response::from_parts(parts, Body::new(incoming));
+            if let Ok(v) = HeaderValue::from_str(&flavour) {
+                resp.headers_mut().insert(SERVED_BY_HEADER, v);
+            }
+            resp.headers_mut()
+                .insert(VERSION_HEADER, HeaderValue::from(route.decision.version));
+            resp
+        }
+        Err(Failure::Timeout) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            json!({"error": "upstream_timeout", "flavour": flavour, "timeout_ms": proxy.settings.request_timeout.as_millis() as u64}),
+        ),
+        Err(Failure::Connect(e)) => error(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": "upstream_unreachable", "flavour": flavour, "detail": e}),
+        ),
+        Err(Failure::Other(e)) => error(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": "upstream_error", "flavour": flavour, "detail": e}),
+        ),
+    };
+    metrics::counter!("carbonflow_router_requests_total", "schedule" => schedule.clone(), "flavour" => flavour.clone(), "status" => status_class(response.status()))
+        .increment(1);
+    metrics::histogram!("carbonflow_router_upstream_latency_seconds", "schedule" => schedule, "flavour" => flavour)
+        .record(latency.as_secs_f64());
+    response
+}

@@ -1,0 +1,193 @@
+//! The decisions a router holds: the latest version of each schedule, applied the moment
+//! it is consumed, and what to route on once it has expired.
+
+use std::sync::Arc;
+
+use carbonflow_schemas::records::{DecisionFlavour, ExpiryBehaviour, ScheduleDecision};
+use dashmap::DashMap;
+
+use crate::select::Picker;
+
+/// One schedule's routing state, built once per decision.
+#[derive(Debug)]
+pub struct Route {
+    /// The decision.
+    pub decision: ScheduleDecision,
+    /// Picker over the decision's exact weights, in flavour order.
+    pub picker: Picker,
+    /// Picker used after expiry (highest precision, or the same weights).
+    pub expired_picker: Picker,
+    /// Wall-clock time it was applied, epoch ms.
+    pub applied_at_ms: i64,
+}
+
+impl Route {
+    fn new(decision: ScheduleDecision, applied_at_ms: i64) -> Self {
+        let picker = Picker::new(decision.flavours.iter().map(|f| f.weight));
+        let top = highest_precision(&decision.flavours);
+        let expired_picker = match decision.on_expiry {
+            ExpiryBehaviour::KeepLastWeights => {
+                Picker::new(decision.flavours.iter().map(|f| f.weight))
+            }
+            ExpiryBehaviour::HighestPrecision => Picker::new(
+                (0..decision.flavours.len()).map(|i| if Some(i) == top { 1.0 } else { 0.0 }),
+            ),
+        };
+        Self {
+            decision,
+            picker,
+            expired_picker,
+            applied_at_ms,
+        }
+    }
+
+    /// Whether `valid_until` (plus `grace_ms`) has passed at `now_ms`.
+    pub fn expired(&self, now_ms: i64, grace_ms: i64) -> bool {
+        now_ms >= self.decision.valid_until_ms + grace_ms
+    }
+
+    /// The picker to use at `now_ms`.
+    pub fn picker_at(&self, now_ms: i64, grace_ms: i64) -> &Picker {
+        if self.expired(now_ms, grace_ms) {
+            &self.expired_picker
+        } else {
+            &self.picker
+        }
+    }
+
+    /// Index of the enabled flavour named `name`.
+    pub fn enabled_flavour(&self, name: &str) -> Option<usize> {
+        self.decision
+            .flavours
+            .iter()
+            .position(|f| f.enabled && f.name == name)
+    }
+
+    /// Names of the enabled flavours (for error messages).
+    pub fn enabled_names(&self) -> Vec<String> {
+        self.decision
+            .flavours
+            .iter()
+            .filter(|f| f.enabled)
+            .map(|f| f.name.clone())
+            .collect()
+    }
+}
+
+fn highest_precision(flavours: &[DecisionFlavour]) -> Option<usize> {
+    flavours
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.enabled)
+        .max_by_key(|(_, f)| f.precision_percent)
+        .map(|(i, _)| i)
+}
+
+/// What [`DecisionTable::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The decision is now in force; `previous` is the version it replaced.
+    Applied {
+        /// Version held before, if any.
+        previous: Option<i64>,
+    },
+    /// Not newer than what is held (duplicate after a processor restart, or replayed
+    /// history): ignored (DESIGN invariant 9).
+    Ignored {
+        /// Version held.
+        held: i64,
+    },
+}
+
+/// Latest decision per schedule.
+#[derive(Debug, Default)]
+pub struct DecisionTable {
+    routes: DashMap<String, Arc<Route>>,
+    /// Version held when a schedule was deleted, so older decisions stay ignored.
+    deleted: DashMap<String, i64>,
+}
+
+impl DecisionTable {
+    /// Apply `d` if its version is newer than the one held.
+    pub fn apply(&self, d: ScheduleDecision, now_ms: i64) -> Applied {
+        let held = self
+            .routes
+            .get(&d.schedule)
+            .map(|r| r.decision.version)
+            .or_else(|| self.deleted.get(&d.schedule).map(|v| *v));
+        if let Some(held) = held.filter(|h| d.version <= *h) {
+            return Applied::Ignored { held };
+        }
+        let previous = self.routes.get(&d.schedule).map(|r| r.decision.version);
+        self.deleted.remove(&d.schedule);
+        self.routes
+            .insert(d.schedule.clone(), Arc::new(Route::new(d, now_ms)));
+        Applied::Applied { previous }
+    }
+
+    /// Forget a deleted schedule (a tombstone on the decisions topic).
+    pub fn remove(&self, schedule: &str) {
+        if let Some((_, r)) = self.routes.remove(schedule) {
+            self.deleted
+                .insert(schedule.to_string(), r.decision.version);
+        }
+    }
+
+    /// The route of `schedule`.
+    pub fn get(&self, schedule: &str) -> Option<Arc<Route>> {
+        self.routes.get(schedule).map(|r| r.clone())
+    }
+
+    /// Every held route.
+    pub fn all(&self) -> Vec<Arc<Route>> {
+        self.routes.iter().map(|r| r.value().clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carbonflow_schemas::testing::samples;
+
+    fn decision(version: i64) -> ScheduleDecision {
+        let mut d = samples::schedule_decision();
+        d.version = version;
+        d
+    }
+
+    #[test]
+    fn only_newer_versions_apply() {
+        let t = DecisionTable::default();
+        assert_eq!(t.apply(decision(3), 0), Applied::Applied { previous: None });
+        assert_eq!(t.apply(decision(2), 0), Applied::Ignored { held: 3 });
+        assert_eq!(t.apply(decision(3), 0), Applied::Ignored { held: 3 });
+        assert_eq!(
+            t.apply(decision(5), 0),
+            Applied::Applied { previous: Some(3) }
+        );
+        t.remove(&decision(5).schedule);
+        assert_eq!(t.apply(decision(4), 0), Applied::Ignored { held: 5 });
+        assert!(t.get(&decision(5).schedule).is_none());
+    }
+
+    #[test]
+    fn expiry_routes_to_the_highest_precision_enabled_flavour() {
+        let mut d = decision(1);
+        d.valid_until_ms = 1000;
+        d.flavours[0].enabled = false; // the top flavour is disabled: the next one wins
+        d.on_expiry = ExpiryBehaviour::HighestPrecision;
+        let t = DecisionTable::default();
+        t.apply(d.clone(), 0);
+        let r = t.get(&d.schedule).expect("route");
+        assert!(!r.expired(999, 0) && r.expired(1000, 0) && !r.expired(1000, 1));
+        let second_best = d
+            .flavours
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.enabled)
+            .max_by_key(|(_, f)| f.precision_percent)
+            .map(|(i, _)| i);
+        assert_eq!(r.picker_at(2000, 0).pick_smooth(), second_best);
+        assert_eq!(r.picker_at(500, 0).total(), r.picker.total());
+    }
+}
