@@ -93,6 +93,67 @@ pub async fn fresh_layout(test: &str, schedule_partitions: i32) -> KafkaArgs {
     args
 }
 
+/// A broker of a test's own (for outage tests that must not disturb the shared one):
+/// the local tansu on a free port with its own data directory; stopped on drop.
+pub struct PrivateBroker {
+    port: u16,
+    dir: PathBuf,
+}
+
+impl PrivateBroker {
+    /// Start a new private broker.
+    pub fn start(test: &str) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("{}broker", unique_prefix(test)));
+        let b = Self { port, dir };
+        b.run("start");
+        b
+    }
+
+    fn run(&self, action: &str) {
+        let script = repo_root().join("deploy/local/broker.sh");
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(action)
+            .env("CARBONFLOW_BROKER_PORT", self.port.to_string())
+            .env("CARBONFLOW_BROKER_DIR", &self.dir)
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "`{} {action}` for a private broker on port {} failed: {status:?}",
+            script.display(),
+            self.port
+        );
+    }
+
+    /// Bootstrap address.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stop it (an outage); [`resume`](Self::resume) brings it back with its data.
+    pub fn stop(&self) {
+        self.run("stop");
+    }
+
+    /// Start it again on the same port and data.
+    pub fn resume(&self) {
+        self.run("start");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("deploy/local/broker.sh"))
+            .arg("stop")
+            .env("CARBONFLOW_BROKER_PORT", self.port.to_string())
+            .env("CARBONFLOW_BROKER_DIR", &self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,420 @@
+//! Routers through the real broker and real HTTP: decisions by push, version gating,
+//! weight semantics, forced flavours, fallbacks, expiry and telemetry.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
+use carbonflow_schemas::decode;
+use carbonflow_schemas::records::{
+    DecisionFlavour, ExpiryBehaviour, FallbackRule, ScheduleDecision, TelemetryBucket,
+};
+use carbonflow_schemas::testing::{eventually, free_port, fresh_layout, read_all, samples};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+const SCHEDULE: &str = "shop/checkout";
+
+/// A sample backend: `/{flavour}/...` answers 200 with the flavour's name;
+/// `/broken/...` answers 503 with a body of its own.
+async fn start_backend() -> String {
+    let app = axum::Router::new().route(
+        "/{flavour}/{*rest}",
+        axum::routing::any(|Path((flavour, _)): Path<(String, String)>| async move {
+            if flavour == "broken" {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "backend overloaded".to_string(),
+                )
+            } else {
+                (StatusCode::OK, flavour)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+struct RouterProcess {
+    child: Child,
+    proxy: String,
+    admin: String,
+}
+
+impl RouterProcess {
+    fn start(args: &KafkaArgs, id: &str, extra: &[&str]) -> Self {
+        let (p, a) = (free_port(), free_port());
+        let log = std::env::temp_dir().join(format!("{}{id}.log", args.topic_prefix));
+        let child = Command::new(env!("CARGO_BIN_EXE_router"))
+            .args(["--kafka-brokers", &args.brokers])
+            .args(["--topic-prefix", &args.topic_prefix])
+            .args([
+                "--schedule-partitions",
+                &args.schedule_partitions.to_string(),
+            ])
+            .args(["--listen", &format!("127.0.0.1:{p}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{a}")])
+            .args(["--router-id", id, "--schedule", SCHEDULE])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("spawn the router binary");
+        Self {
+            child,
+            proxy: format!("http://127.0.0.1:{p}"),
+            admin: format!("http://127.0.0.1:{a}"),
+        }
+    }
+
+    async fn ready(&self) {
+        let url = format!("{}/readyz", self.admin);
+        eventually("router ready", Duration::from_secs(60), || async {
+            matches!(
+                carbonflow_schemas::testing::try_http("GET", &url, None).await,
+                Ok((200, _))
+            )
+            .then_some(())
+        })
+        .await;
+    }
+
+    async fn metric(&self, line_prefix: &str) -> Option<f64> {
+        let text = get_text(&format!("{}/metrics", self.admin), &[]).await.1;
+        text.lines()
+            .find(|l| l.starts_with(line_prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    async fn held_version(&self) -> Option<i64> {
+        let (_, v) =
+            carbonflow_schemas::testing::http("GET", &format!("{}/decisions", self.admin), None)
+                .await;
+        v["decisions"]
+            .as_array()?
+            .iter()
+            .find(|d| d["schedule"] == SCHEDULE)?["version"]
+            .as_i64()
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET returning status, body text and the serving flavour header.
+async fn get_text(url: &str, headers: &[(&str, &str)]) -> (u16, String, Option<String>) {
+    let client: Client<HttpConnector, http_body_util::Empty<hyper::body::Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut req = hyper::Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(http_body_util::Empty::new()).expect("request"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    let flavour = resp
+        .headers()
+        .get("x-carbonflow-flavour")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), flavour)
+}
+
+fn decision(version: i64, backend: &str, weights: [f64; 3]) -> ScheduleDecision {
+    let mut d = samples::schedule_decision();
+    d.schedule = SCHEDULE.into();
+    d.version = version;
+    d.valid_until_ms = carbonflow_router::now_ms() + 600_000;
+    d.on_expiry = ExpiryBehaviour::HighestPrecision;
+    d.fallbacks = vec![];
+    d.flavours = [("full", 100), ("mid", 50), ("lite", 30)]
+        .into_iter()
+        .zip(weights)
+        .map(|((name, precision), w)| DecisionFlavour {
+            name: name.into(),
+            precision_percent: precision,
+            weight_percent: w.round() as i32,
+            weight: w,
+            relative_energy: f64::from(precision) / 100.0,
+            enabled: true,
+            upstream_url: format!("{backend}/{name}"),
+            upstream_header: None,
+        })
+        .collect();
+    d
+}
+
+async fn publish(producer: &RecordProducer, args: &KafkaArgs, d: &ScheduleDecision) {
+    producer
+        .send(&args.layout().name(Topic::Decisions), &d.schedule, None, d)
+        .await
+        .expect("publish decision");
+}
+
+async fn served(router: &RouterProcess, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let (status, body, flavour) = get_text(&format!("{}/api/x", router.proxy), &[]).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(flavour.as_deref(), Some(body.as_str()));
+        *counts.entry(body).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_apply_every_decision_in_order_and_ignore_older_ones() {
+    let args = fresh_layout("routers", 2).await;
+    let backend = start_backend().await;
+    let producer = RecordProducer::new(&args, "routers-test").expect("producer");
+    publish(&producer, &args, &decision(1, &backend, [100.0, 0.0, 0.0])).await;
+    let a = RouterProcess::start(&args, "ra", &["--mode", "smooth"]);
+    let b = RouterProcess::start(&args, "rb", &["--mode", "smooth"]);
+    a.ready().await;
+    b.ready().await;
+    // Bootstrap: the decision written before start is held, and routes.
+    assert_eq!(a.held_version().await, Some(1));
+    assert_eq!(served(&a, 5).await.get("full"), Some(&5));
+
+    for v in 2..=4 {
+        publish(&producer, &args, &decision(v, &backend, [30.0, 20.0, 50.0])).await;
+    }
+    for r in [&a, &b] {
+        eventually("version 4 applied", Duration::from_secs(10), || async {
+            (r.held_version().await == Some(4)).then_some(())
+        })
+        .await;
+        let applied = r
+            .metric("carbonflow_router_decision_propagation_seconds_count")
+            .await;
+        assert_eq!(applied, Some(3.0), "every live decision applied once");
+    }
+    // An older version written after a newer one is ignored.
+    publish(&producer, &args, &decision(3, &backend, [0.0, 0.0, 100.0])).await;
+    for r in [&a, &b] {
+        eventually(
+            "the old decision ignored",
+            Duration::from_secs(10),
+            || async {
+                (r.metric("carbonflow_router_decisions_ignored_total").await == Some(1.0))
+                    .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(r.held_version().await, Some(4));
+    }
+    // Smooth mode: exact shares per cycle of 100.
+    let counts = served(&a, 100).await;
+    assert_eq!(
+        (counts["full"], counts["mid"], counts["lite"]),
+        (30, 20, 50),
+        "{counts:?}"
+    );
+
+    // Telemetry: every request served is in request.telemetry, by flavour.
+    let total: i64 = eventually(
+        "telemetry of 105 requests",
+        Duration::from_secs(15),
+        || async {
+            let mut total = 0;
+            for p in 0..args.schedule_partitions {
+                for (_, _, payload) in read_all(&args, Topic::Telemetry, p) {
+                    let b: TelemetryBucket = decode(&payload?).ok()?;
+                    if b.router_id == "ra" {
+                        total += b.counts.iter().map(|c| c.count).sum::<i64>();
+                    }
+                }
+            }
+            (total >= 105).then_some(total)
+        },
+    )
+    .await;
+    assert_eq!(total, 105);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_forced_flavours_fallbacks_and_expiry() {
+    let args = fresh_layout("routing", 1).await;
+    let backend = start_backend().await;
+    let producer = RecordProducer::new(&args, "routing-test").expect("producer");
+    let r = RouterProcess::start(&args, "r1", &["--mode", "smooth", "--expiry-grace-ms", "0"]);
+    r.ready().await;
+    let url = format!("{}/api/x", r.proxy);
+    let mut v = 0;
+    let mut apply = |d: ScheduleDecision| {
+        v += 1;
+        let mut d = d;
+        d.version = v;
+        d
+    };
+    let settle = |want: i64| {
+        let r = &r;
+        async move {
+            eventually("decision applied", Duration::from_secs(10), || async {
+                (r.held_version().await == Some(want)).then_some(())
+            })
+            .await
+        }
+    };
+
+    // Seed 003: sums below and above 100 are used proportionally.
+    for weights in [[10.0, 10.0, 0.0], [100.0, 300.0, 0.0]] {
+        let d = apply(decision(0, &backend, weights));
+        publish(&producer, &args, &d).await;
+        settle(d.version).await;
+        let counts = served(&r, 40).await;
+        let total = weights[0] + weights[1];
+        assert_eq!(
+            counts.get("full").copied().unwrap_or(0) as f64,
+            40.0 * weights[0] / total
+        );
+        assert_eq!(counts.get("lite"), None);
+    }
+    // Sum 0: 503 no_providers.
+    let d = apply(decision(0, &backend, [0.0, 0.0, 0.0]));
+    publish(&producer, &args, &d).await;
+    settle(d.version).await;
+    let (status, body, _) = get_text(&url, &[]).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("\"no_providers\""), "{body}");
+
+    // Forced flavour: honoured when it names an enabled flavour, else 400 listing them.
+    let (status, body, _) = get_text(&url, &[("x-carbonrouter", "lite")]).await;
+    assert_eq!((status, body.as_str()), (200, "lite"));
+    let (status, body, _) = get_text(&url, &[("x-carbonrouter", "turbo")]).await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("unknown_flavour") && body.contains("\"mid\""),
+        "{body}"
+    );
+
+    // Fallbacks: identical and overlapping conditions, the first matching rule wins.
+    let mut d = apply(decision(0, &backend, [0.0, 100.0, 0.0]));
+    d.flavours[1].upstream_url = format!("{backend}/broken");
+    d.fallbacks = vec![
+        FallbackRule {
+            when_status: vec!["timeout".into()],
+            to: "lite".into(),
+        },
+        FallbackRule {
+            when_status: vec!["503".into()],
+            to: "full".into(),
+        },
+        FallbackRule {
+            when_status: vec!["5xx".into(), "503".into()],
+            to: "lite".into(),
+        },
+    ];
+    publish(&producer, &args, &d).await;
+    settle(d.version).await;
+    let (status, body, flavour) = get_text(&url, &[]).await;
+    assert_eq!(
+        (status, body.as_str(), flavour.as_deref()),
+        (200, "full", Some("full"))
+    );
+    assert_eq!(
+        r.metric("carbonflow_router_fallbacks_total{schedule=\"shop/checkout\",rule=\"1\"}")
+            .await,
+        Some(1.0)
+    );
+    // No matching rule: the client gets the upstream's own error.
+    let mut d = apply(d.clone());
+    d.fallbacks.truncate(1);
+    publish(&producer, &args, &d).await;
+    settle(d.version).await;
+    let (status, body, _) = get_text(&url, &[]).await;
+    assert_eq!((status, body.as_str()), (503, "backend overloaded"));
+
+    // Expiry: all traffic to the highest-precision enabled flavour, gauge set; a fresh
+    // decision switches back.
+    let mut d = apply(decision(0, &backend, [0.0, 0.0, 100.0]));
+    d.valid_until_ms = carbonflow_router::now_ms() - 1000;
+    publish(&producer, &args, &d).await;
+    settle(d.version).await;
+    assert_eq!(served(&r, 10).await.get("full"), Some(&10));
+    eventually("expired gauge", Duration::from_secs(5), || async {
+        (r.metric("carbonflow_router_decision_expired{schedule=\"shop/checkout\"}")
+            .await
+            == Some(1.0))
+        .then_some(())
+    })
+    .await;
+    let d = apply(decision(0, &backend, [0.0, 0.0, 100.0]));
+    publish(&producer, &args, &d).await;
+    settle(d.version).await;
+    assert_eq!(served(&r, 10).await.get("lite"), Some(&10));
+    eventually("expired gauge cleared", Duration::from_secs(5), || async {
+        (r.metric("carbonflow_router_decision_expired{schedule=\"shop/checkout\"}")
+            .await
+            == Some(0.0))
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_keeps_routing_counts_dropped_telemetry_and_resumes() {
+    let broker = carbonflow_schemas::testing::PrivateBroker::start("outage");
+    let mut args = KafkaArgs::for_brokers(broker.address());
+    args.topic_prefix = "outage.".into();
+    args.schedule_partitions = 1;
+    carbonflow_schemas::bus::admin::ensure_topics(&args, &args.layout(), 1)
+        .await
+        .expect("topics on the private broker");
+    let backend = start_backend().await;
+    let producer = RecordProducer::new(&args, "outage-test").expect("producer");
+    publish(&producer, &args, &decision(1, &backend, [0.0, 100.0, 0.0])).await;
+    // Short delivery timeout so undeliverable telemetry is declared dropped quickly.
+    let r = RouterProcess::start(
+        &args,
+        "r-outage",
+        &["--kafka-option", "message.timeout.ms=2000"],
+    );
+    r.ready().await;
+    assert_eq!(served(&r, 3).await.get("mid"), Some(&3));
+
+    broker.stop();
+    // Still routing on the last decision while the broker is gone...
+    assert_eq!(served(&r, 20).await.get("mid"), Some(&20));
+    // ...and the telemetry that cannot be delivered is counted as dropped.
+    eventually(
+        "dropped telemetry counted",
+        Duration::from_secs(20),
+        || async {
+            let dropped = r
+                .metric("carbonflow_router_telemetry_dropped_total{reason=\"delivery\"}")
+                .await?;
+            (dropped >= 1.0).then_some(())
+        },
+    )
+    .await;
+
+    broker.resume();
+    publish(&producer, &args, &decision(2, &backend, [0.0, 0.0, 100.0])).await;
+    eventually(
+        "decisions followed again",
+        Duration::from_secs(60),
+        || async { (r.held_version().await == Some(2)).then_some(()) },
+    )
+    .await;
+    assert_eq!(served(&r, 3).await.get("lite"), Some(&3));
+}
