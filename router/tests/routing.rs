@@ -20,21 +20,34 @@ use hyper_util::rt::TokioExecutor;
 const SCHEDULE: &str = "shop/checkout";
 
 /// A sample backend: `/{flavour}/...` answers 200 with the flavour's name;
-/// `/broken/...` answers 503 with a body of its own.
+/// `/broken/...` answers 503 with a body of its own; `/headers/...` lists the request
+/// headers it received.
 async fn start_backend() -> String {
-    let app = axum::Router::new().route(
-        "/{flavour}/{*rest}",
-        axum::routing::any(|Path((flavour, _)): Path<(String, String)>| async move {
-            if flavour == "broken" {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "backend overloaded".to_string(),
-                )
-            } else {
-                (StatusCode::OK, flavour)
-            }
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/headers/{*rest}",
+            axum::routing::any(|headers: axum::http::HeaderMap| async move {
+                let mut lines: Vec<String> = headers
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+                    .collect();
+                lines.sort();
+                lines.join("\n")
+            }),
+        )
+        .route(
+            "/{flavour}/{*rest}",
+            axum::routing::any(|Path((flavour, _)): Path<(String, String)>| async move {
+                if flavour == "broken" {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "backend overloaded".to_string(),
+                    )
+                } else {
+                    (StatusCode::OK, flavour)
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind backend");
@@ -276,6 +289,30 @@ async fn weights_forced_flavours_fallbacks_and_expiry() {
         }
     };
 
+    // Header hygiene and service-mesh mode: one upstream, the flavour named by a header.
+    let mut d = apply(decision(0, &backend, [0.0, 100.0, 0.0]));
+    d.flavours[1].upstream_url = format!("{backend}/headers");
+    d.flavours[1].upstream_header = Some("x-carbonrouter".into());
+    publish(&producer, &args, &d).await;
+    settle(d.version).await;
+    let (status, body, _) = get_text(
+        &url,
+        &[
+            ("connection", "x-secret"),
+            ("x-secret", "hop"),
+            ("keep-alive", "timeout=5"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("x-carbonrouter: 50"), "{body}");
+    assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
+    assert!(body.contains("x-forwarded-proto: http"), "{body}");
+    assert!(
+        !body.contains("x-secret") && !body.contains("keep-alive"),
+        "{body}"
+    );
+
     // Seed 003: sums below and above 100 are used proportionally.
     for weights in [[10.0, 10.0, 0.0], [100.0, 300.0, 0.0]] {
         let d = apply(decision(0, &backend, weights));
@@ -417,4 +454,39 @@ async fn broker_outage_keeps_routing_counts_dropped_telemetry_and_resumes() {
     )
     .await;
     assert_eq!(served(&r, 3).await.get("lite"), Some(&3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_get_413_and_unknown_schedules_503() {
+    let args = fresh_layout("limits", 1).await;
+    let backend = start_backend().await;
+    let producer = RecordProducer::new(&args, "limits-test").expect("producer");
+    publish(&producer, &args, &decision(1, &backend, [100.0, 0.0, 0.0])).await;
+    let r = RouterProcess::start(&args, "r-limits", &["--max-body-bytes", "16"]);
+    r.ready().await;
+    let client: Client<HttpConnector, http_body_util::Full<hyper::body::Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let post = |body: &'static str, schedule: &'static str| {
+        hyper::Request::post(format!("{}/api/x", r.proxy))
+            .header("x-carbonflow-schedule", schedule)
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+            .expect("request")
+    };
+    let small = client.request(post("tiny", SCHEDULE)).await.expect("small");
+    assert_eq!(small.status(), 200);
+    let big = client
+        .request(post("a body well over sixteen bytes", SCHEDULE))
+        .await
+        .expect("big");
+    assert_eq!(big.status(), 413);
+    let unknown = client
+        .request(post("x", "shop/unknown"))
+        .await
+        .expect("unknown");
+    assert_eq!(unknown.status(), 503);
+    let body = http_body_util::BodyExt::collect(unknown.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("no_decision"));
 }
