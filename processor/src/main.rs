@@ -93,14 +93,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-                )
-                // Logs go to stderr so stdout stays free for command output.
-                .with_writer(std::io::stderr)
-                .init();
+            carbonflow_schemas::service::init_logging();
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -139,12 +132,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: handle,
     };
     let admin = tokio::spawn(admin::run(listener, admin_state, shutdown.clone()));
-    let signals = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stopping: finishing writes and taking snapshots");
-        signals.cancel();
-    });
+    carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
     let outcome = pipeline::run(args.kafka, settings, view, shutdown.clone()).await;
     shutdown.cancel();
     admin
@@ -152,27 +140,4 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("admin API task")?
         .context("admin API")?;
     outcome.context("processor pipeline")
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

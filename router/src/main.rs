@@ -79,13 +79,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    carbonflow_schemas::service::init_logging();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -174,23 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the proxy to {}", cli.listen))?;
     tracing::info!(proxy = %cli.listen, admin = %cli.admin_listen, %router_id, mode = ?cli.mode, schedule = ?cli.schedule, started_ms = now_ms(), "router listening");
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        stop.cancel();
-    });
-    #[cfg(unix)]
-    {
-        let stop = shutdown.clone();
-        if let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            tokio::spawn(async move {
-                term.recv().await;
-                stop.cancel();
-            });
-        }
-    }
+    carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
     let stop = shutdown.clone();
     axum::serve(
         listener,

@@ -8,7 +8,8 @@
 //! * [`codec`] — Avro single-object encoding (`C3 01` + CRC-64-AVRO fingerprint + datum),
 //!   decoding with the writer's schema resolved to the current reader schema;
 //! * [`bus`] — topic names and settings, client configuration, the producer helper,
-//!   topic creation and consumer-lag metrics.
+//!   topic creation and consumer-lag metrics;
+//! * [`service`] — logging and shutdown signals shared by the binaries.
 //!
 //! With the `testing` feature, [`testing`] gives integration tests a running broker.
 
@@ -16,6 +17,7 @@ pub mod bus;
 pub mod catalog;
 pub mod codec;
 pub mod records;
+pub mod service;
 #[cfg(feature = "testing")]
 pub mod testing;
 

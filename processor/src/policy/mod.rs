@@ -216,24 +216,12 @@ pub(crate) fn carbon_score(baseline: &Flavour, f: &Flavour) -> f64 {
 pub(crate) mod tests {
     use carbonflow_schemas::records::Flavour;
 
-    /// The reference's default triple (precision-100/50/30, energy 1.0/0.6/0.3).
+    /// The reference's default triple (precision-100/50/30, energy 1.0/0.6/0.3): the
+    /// flavours of the default schedule spec.
     pub fn default_flavours() -> Vec<Flavour> {
-        [
-            ("precision-100", 1.0, 1.0),
-            ("precision-50", 0.5, 0.6),
-            ("precision-30", 0.3, 0.3),
-        ]
-        .into_iter()
-        .map(|(n, p, e)| Flavour {
-            name: n.into(),
-            precision: p,
-            relative_energy: e,
-            enabled: true,
-            upstream_url: "http://127.0.0.1:1".into(),
-            upstream_header: None,
-            annotations: vec![],
-        })
-        .collect()
+        crate::spec::ScheduleSpec::default()
+            .to_config("test/test", 1, 0)
+            .flavours
     }
 
     /// Evaluate `policy` on the default flavours with credit bounds ±1 and target 0.15.
