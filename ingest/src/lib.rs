@@ -1,4 +1,15 @@
-//! Publishers of carbonflow's inputs: topic creation today; forecast adapters, scenario
-//! replay, schedule configs and overrides as they land.
+//! carbonflow's publishers: topic creation ([`topics`]), forecasts from scenario files
+//! and CSV ([`scenario`], [`forecasts`]), and schedule configs, deletions and manual
+//! overrides ([`schedule`]).
 
+pub mod forecasts;
+pub mod scenario;
+pub mod schedule;
 pub mod topics;
+
+/// Wall clock, epoch ms (stamps records; never used to derive forecast timestamps).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,9 +1,16 @@
 //! `ingest`: publish carbonflow's inputs and manage its topics.
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use carbonflow_schemas::bus::KafkaArgs;
+use anyhow::Context;
+use carbonflow_ingest::forecasts::{Replay, from_csv, replay};
+use carbonflow_ingest::scenario::Scenario;
+use carbonflow_ingest::{now_ms, schedule};
+use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
+use carbonflow_schemas::records::ConfigCommand;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +32,31 @@ enum Command {
         #[command(subcommand)]
         action: TopicsAction,
     },
+    /// Publish carbon-intensity forecasts.
+    Forecasts {
+        #[command(subcommand)]
+        source: ForecastSource,
+    },
+    /// Publish or delete schedule configs.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Set a schedule's weights by hand for a time to live.
+    Override {
+        /// Schedule, namespace/name.
+        #[arg(long)]
+        schedule: String,
+        /// flavour=weight, repeatable (weights are proportional).
+        #[arg(long = "weight", required = true)]
+        weights: Vec<String>,
+        /// How long the override lives, e.g. 90s or 10m.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Why (kept in the record for audit).
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -39,22 +71,82 @@ enum TopicsAction {
     Names,
 }
 
+#[derive(Subcommand)]
+enum ForecastSource {
+    /// Replay a scenario file (bare array, pattern object, 24-point profile, or
+    /// time/intensity list): forecast k is issued at the start of slot k.
+    Scenario {
+        /// Scenario file (JSON).
+        file: PathBuf,
+        /// Zone the forecasts are for.
+        #[arg(long, default_value = "GB")]
+        zone: String,
+        /// Length of one scenario slot, e.g. 30m (default: the file's own interval, else 30m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        slot: Option<Duration>,
+        /// Speed-up: a slot lasts slot/speed on the replay's clock (e.g. 120 turns 30 min
+        /// slots into 15 s).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Start of slot 0, RFC 3339 UTC (default: now). The same start gives identical records.
+        #[arg(long)]
+        start: Option<String>,
+        /// Slots per forecast.
+        #[arg(long, default_value_t = 48)]
+        horizon: usize,
+        /// Forecasts to publish (default: until Ctrl-C, or the end of a non-repeating scenario).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Publish every forecast at once instead of each at its slot's start.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Publish forecasts from a CSV file `timestamp,zone,g_per_kwh[,index]` (one per zone).
+    Csv {
+        /// CSV file.
+        file: PathBuf,
+        /// Length of the last slot of each zone.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        slot: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate a schedule file (YAML) with the processor's rules and publish it; an
+    /// invalid file publishes nothing.
+    Apply {
+        /// Schedule file.
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+        /// Config version (default: now in epoch ms, so later applies win).
+        #[arg(long)]
+        config_version: Option<i64>,
+        /// Validate only.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete a schedule.
+    Delete {
+        /// Schedule, namespace/name.
+        #[arg(long)]
+        schedule: String,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    carbonflow_schemas::service::init_logging();
     let cli = Cli::parse();
+    let kafka = &cli.kafka;
+    let producer = || RecordProducer::new(kafka, "carbonflow-ingest");
     match cli.command {
         Command::Topics {
             action: TopicsAction::Create { replication },
         } => {
-            let lines = carbonflow_ingest::topics::create(&cli.kafka, replication)
+            let lines = carbonflow_ingest::topics::create(kafka, replication)
                 .await
-                .with_context(|| format!("creating topics on {}", cli.kafka.brokers))?;
+                .with_context(|| format!("creating topics on {}", kafka.brokers))?;
             for l in lines {
                 println!("{l}");
             }
@@ -62,9 +154,114 @@ async fn main() -> anyhow::Result<()> {
         Command::Topics {
             action: TopicsAction::Names,
         } => {
-            for n in carbonflow_ingest::topics::names(&cli.kafka) {
+            for n in carbonflow_ingest::topics::names(kafka) {
                 println!("{n}");
             }
+        }
+        Command::Forecasts {
+            source:
+                ForecastSource::Scenario {
+                    file,
+                    zone,
+                    slot,
+                    speed,
+                    start,
+                    horizon,
+                    steps,
+                    no_wait,
+                },
+        } => {
+            let scenario = Scenario::load(&file)?;
+            anyhow::ensure!(
+                speed.is_finite() && speed > 0.0,
+                "--speed must be a positive number, got {speed}"
+            );
+            let slot = slot.or(scenario.slot).unwrap_or(Duration::from_secs(1800));
+            let slot_ms = ((slot.as_millis() as f64 / speed).round() as i64).max(1);
+            let start_ms = match start {
+                Some(s) => humantime::parse_rfc3339_weak(&s)
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .with_context(|| {
+                        format!("--start {s:?} must be RFC 3339 UTC, e.g. 2025-11-18T12:00:00Z")
+                    })?
+                    .as_millis() as i64,
+                None => now_ms(),
+            };
+            let shutdown = CancellationToken::new();
+            carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
+            eprintln!(
+                "replaying {} ({} slots, {}) for zone {zone}: one slot every {} ms to {}",
+                scenario.name,
+                scenario.values.len(),
+                if scenario.repeat { "repeating" } else { "once" },
+                slot_ms,
+                kafka.layout().name(Topic::Forecasts)
+            );
+            let r = Replay {
+                zone,
+                start_ms,
+                slot_ms,
+                horizon,
+                steps,
+                wait: !no_wait,
+            };
+            let n = replay(kafka, &producer()?, &scenario, &r, &shutdown).await?;
+            eprintln!("published {n} forecast(s)");
+        }
+        Command::Forecasts {
+            source: ForecastSource::Csv { file, slot },
+        } => {
+            let p = producer()?;
+            let topic = kafka.layout().name(Topic::Forecasts);
+            for f in from_csv(&file, now_ms(), slot)? {
+                p.send(&topic, &f.zone, None, &f).await?;
+                println!("published {} point(s) for zone {}", f.points.len(), f.zone);
+            }
+        }
+        Command::Config {
+            action:
+                ConfigAction::Apply {
+                    file,
+                    config_version,
+                    dry_run,
+                },
+        } => {
+            let now = now_ms();
+            let config = schedule::load(&file, config_version.unwrap_or(now), now)?;
+            if dry_run {
+                println!(
+                    "{}: valid schedule {} (nothing published)",
+                    file.display(),
+                    config.schedule
+                );
+                return Ok(());
+            }
+            let (id, version) = (config.schedule.clone(), config.config_version);
+            schedule::publish(
+                kafka,
+                &producer()?,
+                &ConfigCommand::Config(Box::new(config)),
+            )
+            .await?;
+            println!("published {id} config version {version}");
+        }
+        Command::Config {
+            action: ConfigAction::Delete { schedule: id },
+        } => {
+            schedule::publish(kafka, &producer()?, &schedule::deletion(&id, now_ms())).await?;
+            println!("published the deletion of {id}");
+        }
+        Command::Override {
+            schedule: id,
+            weights,
+            ttl,
+            reason,
+        } => {
+            let o =
+                schedule::manual_override(&id, &weights, ttl.as_secs() as i64, reason, now_ms())?;
+            schedule::publish(kafka, &producer()?, &o).await?;
+            println!("published an override of {id} for {} s", ttl.as_secs());
         }
     }
     Ok(())
