@@ -1,0 +1,72 @@
+//! `carbonstat`: the sample flavour service (see `carbonflow_benchmarks::carbonstat`).
+//! `GET /precision-NN/stats?n=POINTS` computes over NN % of the input.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use carbonflow_benchmarks::carbonstat::{compute, precision_of};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "carbonstat",
+    about = "Sample flavour service: one computation at 100 %, 50 % and 30 % of its input, one path prefix per flavour"
+)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, env = "CARBONSTAT_LISTEN", default_value = "127.0.0.1:8100")]
+    listen: SocketAddr,
+    /// Points in the full input (work per full-precision request).
+    #[arg(long, env = "CARBONSTAT_POINTS", default_value_t = 20_000)]
+    points: usize,
+}
+
+async fn handle(
+    Path((flavour, _rest)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    points: usize,
+) -> Response {
+    let Some(precision) = precision_of(&flavour) else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(
+                serde_json::json!({"error": "unknown_flavour", "flavour": flavour,
+                "detail": "paths start with /precision-NN/ with NN in 1..=100"}),
+            ),
+        )
+            .into_response();
+    };
+    let n = q
+        .get("n")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(points)
+        .clamp(1, 10_000_000);
+    axum::Json(compute(&flavour, precision, n)).into_response()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let points = cli.points;
+    let app = axum::Router::new().route(
+        "/{flavour}/{*rest}",
+        axum::routing::get(move |p, q| handle(p, q, points)),
+    );
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding {}", cli.listen))?;
+    eprintln!(
+        "carbonstat on http://{} (flavours /precision-100, /precision-50, /precision-30)",
+        cli.listen
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving")
+}
