@@ -1,8 +1,10 @@
 //! carbonflow's publishers: topic creation ([`topics`]), forecasts from scenario files
-//! and CSV ([`scenario`], [`forecasts`]), and schedule configs, deletions and manual
+//! and CSV ([`scenario`], [`forecasts`]), forecast APIs ([`providers`], polled by [`poll`]), and schedule configs, deletions and manual
 //! overrides ([`schedule`]).
 
 pub mod forecasts;
+pub mod poll;
+pub mod providers;
 pub mod scenario;
 pub mod schedule;
 pub mod topics;

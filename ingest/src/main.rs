@@ -101,6 +101,32 @@ enum ForecastSource {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Poll a forecast API and publish its forecast whenever it changes. Credentials come
+    /// from ELECTRICITYMAPS_API_KEY, WATTTIME_TOKEN or CARBON_AWARE_SDK_API_KEY.
+    Poll {
+        /// Which API.
+        #[arg(long, value_enum)]
+        provider: carbonflow_ingest::providers::Provider,
+        /// Provider-side area: UK region id (1-17), Electricity Maps zone, WattTime
+        /// region, or Carbon Aware SDK location.
+        #[arg(long, default_value = "")]
+        area: String,
+        /// carbonflow zone to publish the forecasts for.
+        #[arg(long, default_value = "GB")]
+        zone: String,
+        /// Base URL (default: the provider's public API).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Time between polls, e.g. 5m.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Time allowed for one request.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Largest retry delay after failures (retries start at 1 s and double).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        backoff_max: Duration,
+    },
     /// Publish forecasts from a CSV file `timestamp,zone,g_per_kwh[,index]` (one per zone).
     Csv {
         /// CSV file.
@@ -208,6 +234,40 @@ async fn main() -> anyhow::Result<()> {
             };
             let n = replay(kafka, &producer()?, &scenario, &r, &shutdown).await?;
             eprintln!("published {n} forecast(s)");
+        }
+        Command::Forecasts {
+            source:
+                ForecastSource::Poll {
+                    provider,
+                    area,
+                    zone,
+                    base_url,
+                    interval,
+                    timeout,
+                    backoff_max,
+                },
+        } => {
+            use carbonflow_ingest::providers::{credential_env, default_base};
+            let secret = credential_env(&provider).and_then(|v| std::env::var(v).ok());
+            if let (Some(var), None) = (credential_env(&provider), &secret) {
+                tracing::warn!("{var} is not set; the provider may refuse the requests");
+            }
+            let settings = carbonflow_ingest::poll::PollSettings {
+                base: base_url.unwrap_or_else(|| default_base(&provider).to_string()),
+                provider,
+                area,
+                zone,
+                interval,
+                timeout,
+                backoff_initial: Duration::from_secs(1),
+                backoff_max,
+                secret,
+            };
+            let shutdown = CancellationToken::new();
+            carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
+            let stats =
+                carbonflow_ingest::poll::poll(kafka, &producer()?, &settings, &shutdown).await?;
+            eprintln!("stopped: {stats:?}");
         }
         Command::Forecasts {
             source: ForecastSource::Csv { file, slot },
