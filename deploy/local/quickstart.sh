@@ -10,14 +10,14 @@
 #   --scenario NAME|FILE  scenario under benchmarks/scenarios (default forecast-aware-challenge)
 #   --policy NAME         credit-greedy, forecast-aware, forecast-aware-global, precision-tier,
 #                         p100, random, round-robin (default credit-greedy)
-#   --speed N             scenario speed-up: 30-minute slots last 30/N minutes (default 120: 15 s)
+#   --speed N             scenario speed-up: 30-minute slots last 30/N minutes (default 360: 5 s)
 #   --rate N              requests per second through the routers (default 40)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 scenario=${CARBONFLOW_SCENARIO:-forecast-aware-challenge}
 policy=${CARBONFLOW_POLICY:-credit-greedy}
-speed=${CARBONFLOW_SPEED:-120}
+speed=${CARBONFLOW_SPEED:-360}
 rate=${CARBONFLOW_RATE:-40}
 while [[ $# -gt 0 ]]; do
   case $1 in
