@@ -1,7 +1,18 @@
 //! Programs that exercise carbonflow from the outside: the sample flavour service
 //! (`carbonstat`), the quickstart's load generator and live table (`demo`), and the
-//! benchmarks of issue #7. Shared here: the carbonstat computation and a Prometheus text
-//! reader.
+//! benchmarks of issue #7 (`propagation`). Shared here: the carbonstat computation, a
+//! Prometheus text reader, an HTTP GET client, latency summaries and the broker's
+//! one-hop yardstick.
 
 pub mod carbonstat;
+pub mod hop;
+pub mod http;
 pub mod prom;
+pub mod stats;
+
+/// Wall clock, epoch ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

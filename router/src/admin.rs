@@ -71,6 +71,7 @@ async fn decisions(State(s): State<AdminState>) -> Response {
                 "schedule": r.decision.schedule,
                 "version": r.decision.version,
                 "validUntilMs": r.decision.valid_until_ms,
+                "appliedAtMs": r.applied_at_ms,
                 "expired": r.expired(now, s.expiry_grace_ms),
                 "weights": r.decision.flavours.iter().map(|f| (f.name.clone(), f.weight)).collect::<HashMap<_, _>>(),
             })

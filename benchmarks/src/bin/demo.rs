@@ -9,12 +9,6 @@ use std::time::Duration;
 
 use carbonflow_benchmarks::prom;
 use clap::Parser;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
 
 #[derive(Parser)]
 #[command(
@@ -54,35 +48,7 @@ struct Tally {
     errors: u64,
 }
 
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
-
-async fn get(client: &HttpClient, url: &str) -> Option<(u16, Option<String>, Bytes)> {
-    let req = hyper::Request::get(url).body(Empty::new()).ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
-        .await
-        .ok()?
-        .ok()?;
-    let status = resp.status().as_u16();
-    let flavour = resp
-        .headers()
-        .get("x-carbonflow-flavour")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    Some((status, flavour, body))
-}
-
-async fn json(client: &HttpClient, url: &str) -> Option<Value> {
-    let (status, _, body) = get(client, url).await?;
-    (status == 200).then(|| serde_json::from_slice(&body).ok())?
-}
-
-async fn text(client: &HttpClient, url: &str) -> String {
-    get(client, url)
-        .await
-        .map(|(_, _, b)| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
+use carbonflow_benchmarks::http::{HttpClient, get, get_json, get_text as text};
 
 fn shares(counts: &BTreeMap<String, u64>, names: &[String]) -> String {
     let total: u64 = counts.values().sum();
@@ -102,7 +68,7 @@ fn shares(counts: &BTreeMap<String, u64>, names: &[String]) -> String {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     anyhow::ensure!(cli.rate > 0.0, "--rate must be positive");
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let client: HttpClient = carbonflow_benchmarks::http::client();
     let tally = Arc::new(Mutex::new(Tally::default()));
 
     // Steady load: one request every 1/rate seconds, spread over the routers.
@@ -138,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     for line in 0.. {
         every.tick().await;
         let window = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
-        let decision = json(&client, &schedule_url).await;
+        let decision = get_json(&schedule_url).await;
         let flavours: Vec<(String, i64, f64)> = decision
             .as_ref()
             .and_then(|d| d["flavours"].as_array().cloned())
