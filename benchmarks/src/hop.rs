@@ -10,21 +10,27 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 /// `samples` one-hop latencies in ms: each record is produced with its send time as
-/// timestamp and measured when our consumer receives it. Uses the dead-letter topic,
-/// which nothing else reads during a benchmark.
+/// timestamp and measured when our consumer receives it. `topic` must be one nothing
+/// else writes during the benchmark (dead letters: 1 partition; rejections: as many as
+/// the schedule topics, which is what a router's consumer reads); the consumer is
+/// assigned every partition of it, as the routers are.
 pub async fn one_hop_ms(
     args: &KafkaArgs,
     producer: &RecordProducer,
+    topic: Topic,
     samples: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    let topic = args.layout().name(Topic::DeadLetters);
+    let partitions = args.layout().partitions(topic);
+    let topic = args.layout().name(topic);
     let consumer: StreamConsumer = args
         .consumer_config("hop-benchmark", "hop-benchmark")?
         .create()?;
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::End)?;
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(10))?;
+        tpl.add_partition_offset(&topic, p, Offset::Offset(high))?;
+    }
     consumer.assign(&tpl)?;
-    tokio::time::sleep(Duration::from_millis(500)).await; // let the assignment settle
     let mut out = Vec::with_capacity(samples);
     for i in 0..samples {
         let t0 = super::now_ms();

@@ -653,44 +653,34 @@ pub async fn run(
     }
     shell.drain().await?;
 
-    // Assign inputs at the positions the state records.
-    let consumer: StreamConsumer<LagContext> = args
-        .consumer_config(&settings.client_id, GROUP)?
-        .create_with_context(LagContext::new(GROUP, view.lag.clone()))
-        .map_err(|e| BusError::Kafka {
-            operation: "create consumer".into(),
-            source: e,
-        })?;
-    let mut tpl = TopicPartitionList::new();
+    // Assign inputs at the positions the state records. Forecasts get a consumer of
+    // their own: they are the latency-critical input (forecast → decision → routers), and
+    // a fetch over one partition returns sooner than one over every schedule partition.
+    let mut schedule_inputs = TopicPartitionList::new();
     for (&p, o) in &shell.owned {
         for t in [Topic::Config, Topic::Telemetry, Topic::Ticks] {
             let name = layout.name(t);
             let next = o.state.next_offset(&name, p);
-            tpl.add_partition_offset(&name, p, Offset::Offset(next))
-                .map_err(|e| BusError::Kafka {
-                    operation: format!("assign {name}"),
-                    source: e,
-                })?;
+            add(&mut schedule_inputs, &name, p, next)?;
         }
     }
     let forecasts = layout.name(Topic::Forecasts);
+    let mut forecast_inputs = TopicPartitionList::new();
     if let Some(from) = shell
         .owned
         .values()
         .map(|o| o.state.next_offset(&forecasts, 0))
         .min()
     {
-        tpl.add_partition_offset(&forecasts, 0, Offset::Offset(from))
-            .map_err(|e| BusError::Kafka {
-                operation: format!("assign {forecasts}"),
-                source: e,
-            })?;
+        add(&mut forecast_inputs, &forecasts, 0, from)?;
     }
-    consumer.assign(&tpl).map_err(|e| BusError::Kafka {
-        operation: "assign input partitions".into(),
-        source: e,
-    })?;
-    consumer.context().assigned(&tpl);
+    let consumer = input_consumer(&args, &settings.client_id, &view, &schedule_inputs)?;
+    let forecast_consumer = input_consumer(
+        &args,
+        &format!("{}-forecasts", settings.client_id),
+        &view,
+        &forecast_inputs,
+    )?;
     view.ready.store(true, Ordering::SeqCst);
     tracing::info!("restored; consuming inputs");
 
@@ -710,6 +700,12 @@ pub async fn run(
             Some(d) = shell.pending.next() => {
                 if let Err(e) = shell.delivered(d) { break Err(e) }
             }
+            m = forecast_consumer.recv() => match m {
+                Ok(m) => {
+                    if let Err(e) = shell.on_message(&m).await { break Err(e) }
+                }
+                Err(e) => tracing::warn!(error = %e, "forecast consumer error (librdkafka retries)"),
+            },
             m = consumer.recv() => match m {
                 Ok(m) => {
                     if let Err(e) = shell.on_message(&m).await { break Err(e) }
@@ -723,7 +719,8 @@ pub async fn run(
     };
     ticker.abort();
     view.ready.store(false, Ordering::SeqCst);
-    consumer.context().revoked(&tpl);
+    consumer.context().revoked(&schedule_inputs);
+    forecast_consumer.context().revoked(&forecast_inputs);
     if outcome.is_ok() {
         // Graceful stop: everything written, and a snapshot so the next start is quick.
         shell.snapshots_due(&settings, true).await?;
@@ -731,6 +728,41 @@ pub async fn run(
         tracing::info!("stopped cleanly");
     }
     outcome
+}
+
+fn add(
+    tpl: &mut TopicPartitionList,
+    topic: &str,
+    partition: i32,
+    next: i64,
+) -> Result<(), BusError> {
+    tpl.add_partition_offset(topic, partition, Offset::Offset(next))
+        .map_err(|e| BusError::Kafka {
+            operation: format!("assign {topic}"),
+            source: e,
+        })
+}
+
+/// A consumer assigned `tpl` (explicit positions, no group membership), reporting lag.
+fn input_consumer(
+    args: &KafkaArgs,
+    client_id: &str,
+    view: &ProcessorView,
+    tpl: &TopicPartitionList,
+) -> Result<StreamConsumer<LagContext>, BusError> {
+    let consumer: StreamConsumer<LagContext> = args
+        .consumer_config(client_id, GROUP)?
+        .create_with_context(LagContext::new(GROUP, view.lag.clone()))
+        .map_err(|e| BusError::Kafka {
+            operation: "create consumer".into(),
+            source: e,
+        })?;
+    consumer.assign(tpl).map_err(|e| BusError::Kafka {
+        operation: "assign input partitions".into(),
+        source: e,
+    })?;
+    consumer.context().assigned(tpl);
+    Ok(consumer)
 }
 
 /// Write the wall clock to the log as ticks, one per owned partition per interval

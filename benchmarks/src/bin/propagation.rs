@@ -109,6 +109,10 @@ async fn main() -> anyhow::Result<()> {
     let common = |c: &mut Command| {
         c.args(["--kafka-brokers", &args.brokers])
             .args(["--topic-prefix", &args.topic_prefix])
+            .args([
+                "--schedule-partitions",
+                &args.schedule_partitions.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
     };
@@ -171,8 +175,13 @@ async fn main() -> anyhow::Result<()> {
         .consumer_config("propagation-observer", "propagation-observer")?
         .create()?;
     let mut tpl = TopicPartitionList::new();
+    let decisions_topic = layout.name(Topic::Decisions);
     for part in 0..layout.schedule_partitions {
-        tpl.add_partition_offset(&layout.name(Topic::Decisions), part, Offset::End)?;
+        // An explicit offset: `Offset::End` would be resolved only at the first fetch,
+        // after which the first decisions may already be written.
+        let (_, high) =
+            decisions.fetch_watermarks(&decisions_topic, part, Duration::from_secs(10))?;
+        tpl.add_partition_offset(&decisions_topic, part, Offset::Offset(high))?;
     }
     decisions.assign(&tpl)?;
 
@@ -231,11 +240,16 @@ async fn main() -> anyhow::Result<()> {
     let took = started.elapsed();
 
     // The broker's own hop, same client settings, same run.
-    let hop =
-        carbonflow_benchmarks::hop::one_hop_ms(&args, &producer, cli.changes.min(500)).await?;
+    let samples = cli.changes.min(500);
+    let hop1 =
+        carbonflow_benchmarks::hop::one_hop_ms(&args, &producer, Topic::DeadLetters, samples)
+            .await?;
+    let hop_n =
+        carbonflow_benchmarks::hop::one_hop_ms(&args, &producer, Topic::Rejections, samples)
+            .await?;
 
     let e2e = Summary::of(&e2e);
-    let hop = Summary::of(&hop);
+    let (hop1, hop) = (Summary::of(&hop1), Summary::of(&hop_n));
     println!(
         "propagation: {} changes, {} router(s), {:.1} s, broker {}",
         cli.changes,
@@ -252,7 +266,11 @@ async fn main() -> anyhow::Result<()> {
         "  decision record → applied           {}",
         Summary::of(&router_side)
     );
-    println!("  broker one hop (produce → consume)  {hop}");
+    println!("  broker one hop, 1 partition         {hop1}");
+    println!(
+        "  broker one hop, {} partitions        {hop}   (the consumers' topology)",
+        layout.schedule_partitions
+    );
     println!(
         "  target p99 ≤ 2 × hop p99 + 5 ms = {:.1} ms: {}",
         2.0 * hop.p99 + 5.0,
