@@ -158,13 +158,14 @@ pub fn replay_entry(
 }
 
 /// Reads partitions of our topics from a start offset to the end measured at the start.
-struct RangeReader {
+pub struct RangeReader {
     consumer: BaseConsumer,
     partition: i32,
 }
 
 impl RangeReader {
-    fn new(args: &KafkaArgs, partition: i32) -> Result<Self, RestoreError> {
+    /// A reader of partition `partition` of any topic.
+    pub fn new(args: &KafkaArgs, partition: i32) -> Result<Self, RestoreError> {
         let consumer: BaseConsumer = args
             .consumer_config(
                 &format!("carbonflow-restore-{partition}"),
@@ -192,14 +193,14 @@ impl RangeReader {
     }
 
     /// `(low, high)` watermarks: the first offset kept and the next offset to be written.
-    fn watermarks(&self, topic: &str) -> Result<(i64, i64), RestoreError> {
+    pub fn watermarks(&self, topic: &str) -> Result<(i64, i64), RestoreError> {
         self.consumer
             .fetch_watermarks(topic, self.partition, READ_TIMEOUT)
             .map_err(self.kafka(format!("read end offsets of {topic}")))
     }
 
     /// Call `f(offset, payload)` for every record of `topic` in `[from, end)`.
-    fn read(
+    pub fn read(
         &self,
         topic: &str,
         from: i64,

@@ -8,6 +8,7 @@
 //! reads a clock, does I/O or touches Kafka.
 
 pub mod admin;
+pub mod audit;
 pub mod decide;
 pub mod dry_run;
 pub mod forecast;

@@ -26,6 +26,8 @@ enum Command {
     /// Run the pipeline: restore owned partitions from the journal, then turn configs,
     /// forecasts, telemetry and ticks into decisions; serve the admin API.
     Run(RunArgs),
+    /// Replay the topics to verify, explain, export and what-if decisions.
+    Audit(AuditArgs),
     /// Dry run: read one JSON document on stdin (config, forecast, ledger, policy memory,
     /// evaluation time; see the README) and print the decision the pipeline would emit.
     Decide,
@@ -66,6 +68,227 @@ struct RunArgs {
     client_id: Option<String>,
 }
 
+#[derive(Args)]
+struct AuditArgs {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(subcommand)]
+    action: AuditAction,
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Re-derive every decision from the journal with the processor's code and compare
+    /// with schedule.decisions; exits 1 on any mismatch.
+    Verify {
+        /// Only this schedule (namespace/name).
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Only decisions at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only decisions at or before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// A readable account of one decision: inputs, ledger, window, diagnostics, weights.
+    Explain {
+        /// Schedule (namespace/name).
+        #[arg(long)]
+        schedule: String,
+        /// The decision in force at this time (RFC 3339).
+        #[arg(long, conflicts_with = "version")]
+        at: Option<String>,
+        /// The decision with this version.
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// The decision history with, per telemetry window, commanded weights vs delivered
+    /// shares, mean precision and carbon accounting.
+    Export {
+        /// Schedule (namespace/name).
+        #[arg(long)]
+        schedule: String,
+        /// csv or jsonl.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Only decisions at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only decisions at or before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Replay the recorded inputs with another policy or config for one schedule and
+    /// compare carbon and mean precision with what happened.
+    WhatIf {
+        /// Schedule (namespace/name).
+        #[arg(long)]
+        schedule: String,
+        /// Policy to try.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Spec settings to try, key=value (e.g. targetError=0.1), repeatable.
+        #[arg(long = "set")]
+        sets: Vec<String>,
+    },
+}
+
+fn time_arg(name: &str, value: Option<&str>, default: i64) -> anyhow::Result<i64> {
+    match value {
+        None => Ok(default),
+        Some(v) => Ok(humantime::parse_rfc3339_weak(v)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .with_context(|| format!("--{name} {v:?} must be an RFC 3339 UTC time"))?
+            .as_millis() as i64),
+    }
+}
+
+fn audit(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
+    use carbonflow_processor::audit::{self as a, ReplayOptions};
+    let kafka = &args.kafka;
+    let opts = |schedule| ReplayOptions {
+        schedule,
+        rewrite: None,
+    };
+    let history = |r: &a::Replay, s: &str| -> anyhow::Result<Vec<a::Derived>> {
+        r.decisions
+            .get(s)
+            .cloned()
+            .with_context(|| format!("schedule {s} has no decision in the journal"))
+    };
+    let report_gaps = |gaps: &[String]| {
+        for g in gaps {
+            eprintln!("audit: gap: {g}");
+        }
+    };
+    match args.action {
+        AuditAction::Verify { schedule, from, to } => {
+            let (from, to) = (
+                time_arg("from", from.as_deref(), i64::MIN)?,
+                time_arg("to", to.as_deref(), i64::MAX)?,
+            );
+            let replay = a::replay(kafka, &opts(schedule.as_deref()))?;
+            let (emitted, gaps) = a::emitted(kafka)?;
+            report_gaps(&replay.gaps);
+            report_gaps(&gaps);
+            let v = a::verify(&replay, &emitted, schedule.as_deref(), from, to);
+            println!(
+                "audit verify: {} journal entries; {} decisions checked, {} matched, {} mismatched, {} not on the topic, {} not in the journal",
+                replay.entries,
+                v.checked,
+                v.matched,
+                v.mismatched.len(),
+                v.missing.len(),
+                v.unexplained.len()
+            );
+            for (s, version, fields) in &v.mismatched {
+                println!("mismatch: {s} version {version}: {}", fields.join(", "));
+            }
+            for (s, version) in &v.missing {
+                println!("not on the topic (compacted, or never delivered): {s} version {version}");
+            }
+            for (s, version) in &v.unexplained {
+                println!(
+                    "not in the journal (adopted after a crash, or older than the journal): {s} version {version}"
+                );
+            }
+            Ok(if v.mismatched.is_empty() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            })
+        }
+        AuditAction::Explain {
+            schedule,
+            at,
+            version,
+        } => {
+            let replay = a::replay(kafka, &opts(Some(&schedule)))?;
+            report_gaps(&replay.gaps);
+            let ds = history(&replay, &schedule)?;
+            let index = match (version, at) {
+                (Some(v), _) => ds.iter().position(|d| d.decision.version == v),
+                (None, Some(t)) => {
+                    let t = time_arg("at", Some(&t), 0)?;
+                    ds.iter().rposition(|d| d.decision.decided_at_ms <= t)
+                }
+                (None, None) => anyhow::bail!("give --at TIME or --version V"),
+            }
+            .with_context(|| format!("no such decision of {schedule} in the journal"))?;
+            print!("{}", a::explain(&ds, index));
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        AuditAction::Export {
+            schedule,
+            format,
+            from,
+            to,
+        } => {
+            let (from, to) = (
+                time_arg("from", from.as_deref(), i64::MIN)?,
+                time_arg("to", to.as_deref(), i64::MAX)?,
+            );
+            let replay = a::replay(kafka, &opts(Some(&schedule)))?;
+            report_gaps(&replay.gaps);
+            let ds = history(&replay, &schedule)?;
+            let rows: Vec<serde_json::Value> = a::export_rows(&ds)
+                .into_iter()
+                .zip(&ds)
+                .filter(|(_, d)| (from..=to).contains(&d.decision.decided_at_ms))
+                .map(|(r, _)| r)
+                .collect();
+            match format.as_str() {
+                "csv" => print!("{}", a::to_csv(&rows)),
+                "jsonl" => {
+                    for r in rows {
+                        println!("{r}");
+                    }
+                }
+                other => anyhow::bail!("--format {other:?}: expected csv or jsonl"),
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        AuditAction::WhatIf {
+            schedule,
+            policy,
+            sets,
+        } => {
+            let rewrite = a::rewrite_for(policy.clone(), &sets)?;
+            let actual = a::replay(kafka, &opts(Some(&schedule)))?;
+            report_gaps(&actual.gaps);
+            let what_if = a::replay(
+                kafka,
+                &ReplayOptions {
+                    schedule: Some(&schedule),
+                    rewrite: Some(&rewrite),
+                },
+            )?;
+            let line = |name: &str, acc: &a::Accounting| {
+                println!(
+                    "{name:<8} requests {:>10}  mean precision {:.6}  emissions {:.3}  baseline {:.3}  reduction vs full precision {:.3} %",
+                    acc.requests,
+                    acc.mean_precision(),
+                    acc.emissions,
+                    acc.baseline,
+                    100.0 * acc.reduction()
+                )
+            };
+            let (a_acc, _) = a::account(&history(&actual, &schedule)?);
+            let (w_acc, _) = a::account(&history(&what_if, &schedule)?);
+            println!(
+                "what-if for {schedule}: policy {}, settings {:?} (telemetry replayed as recorded)",
+                policy.as_deref().unwrap_or("as recorded"),
+                sets
+            );
+            line("actual", &a_acc);
+            line("what-if", &w_acc);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
 fn parse_instance(s: &str) -> Result<i32, String> {
     let digits: String = s
         .chars()
@@ -80,9 +303,10 @@ fn parse_instance(s: &str) -> Result<i32, String> {
         .map_err(|_| format!("expected a number or a name ending in one (processor-2), got {s:?}"))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Audit(args) => audit(args),
         Command::Decide => {
             let mut input = String::new();
             std::io::stdin()
@@ -90,7 +314,7 @@ fn main() -> anyhow::Result<()> {
                 .context("reading the decide document from stdin")?;
             let out = carbonflow_processor::dry_run::run(&input)?;
             println!("{}", serde_json::to_string_pretty(&out)?);
-            Ok(())
+            Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Run(args) => {
             carbonflow_schemas::service::init_logging();
@@ -99,6 +323,7 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("starting the tokio runtime")?
                 .block_on(run(args))
+                .map(|()| std::process::ExitCode::SUCCESS)
         }
     }
 }
