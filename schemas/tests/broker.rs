@@ -223,3 +223,35 @@ async fn lag_series_follow_assignment() {
         "revoked partition still reported"
     );
 }
+
+/// Regression: the local broker deletes every record of a topic created with
+/// `retention.ms=-1` (and resets its offsets) about a minute after the first write. The
+/// journal and the configs are kept "forever"; they must survive the broker's sweep.
+#[tokio::test]
+async fn topics_kept_forever_survive_the_brokers_retention_sweep() {
+    let args = fresh_layout("forever", 1).await;
+    let layout = args.layout();
+    let producer = RecordProducer::new(&args, "forever-test").expect("producer");
+    let kept = [Topic::Journal, Topic::Config];
+    for t in kept {
+        for _ in 0..3 {
+            producer
+                .send_bytes(&layout.name(t), b"k", Some(0), b"v", None)
+                .await
+                .expect("send");
+        }
+    }
+    let consumer: BaseConsumer = args
+        .consumer_config("forever-test", "forever-test")
+        .expect("config")
+        .create()
+        .expect("consumer");
+    // tansu sweeps about once a minute; wait through at least one sweep.
+    tokio::time::sleep(Duration::from_secs(75)).await;
+    for t in kept {
+        let (low, high) = consumer
+            .fetch_watermarks(&layout.name(t), 0, Duration::from_secs(10))
+            .expect("watermarks");
+        assert_eq!((low, high), (0, 3), "{:?} lost records to retention", t);
+    }
+}

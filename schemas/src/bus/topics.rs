@@ -15,7 +15,7 @@ pub const DEFAULT_SCHEDULE_PARTITIONS: i32 = 6;
 pub enum Cleanup {
     /// Delete records older than the retention (`None` = keep forever).
     Delete {
-        /// `retention.ms`, or `None` for `-1` (forever).
+        /// `retention.ms`, or `None` for "forever" ([`FOREVER_MS`]).
         retention_ms: Option<i64>,
     },
     /// Keep the latest record per key (values must be full snapshots, never deltas).
@@ -46,6 +46,13 @@ pub enum Topic {
 }
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// "Keep forever", written as 100 years rather than Kafka's `-1`: the local broker
+/// (tansu 0.6) treats `retention.ms=-1` as "already expired" and, about a minute after
+/// the first write, deletes every record of such a topic and resets its offsets to 0 —
+/// which would erase the journal and the configs. A century behaves the same as `-1` on
+/// every broker.
+pub const FOREVER_MS: i64 = 100 * 365 * DAY_MS;
 
 impl Topic {
     /// All topics, in creation order.
@@ -115,7 +122,10 @@ impl Topic {
             Cleanup::Compact => vec![("cleanup.policy", "compact".into())],
             Cleanup::Delete { retention_ms } => vec![
                 ("cleanup.policy", "delete".into()),
-                ("retention.ms", retention_ms.unwrap_or(-1).to_string()),
+                (
+                    "retention.ms",
+                    retention_ms.unwrap_or(FOREVER_MS).to_string(),
+                ),
             ],
         }
     }
