@@ -99,8 +99,7 @@ pub fn replay(args: &KafkaArgs, opts: &ReplayOptions<'_>) -> Result<Replay, Audi
             if state.already_applied(&entry.input) {
                 return Ok(());
             }
-            let topic = layout.topic_of(&entry.input.topic).unwrap_or(Topic::Ticks);
-            let mut input = match Input::decode(topic, &entry.record) {
+            let mut input = match Input::decode_record(&entry.record) {
                 Ok(i) => i,
                 Err(_) => {
                     state.skip(&entry.input);

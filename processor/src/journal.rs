@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use carbonflow_schemas::bus::{KafkaArgs, Topic, TopicLayout};
+use carbonflow_schemas::bus::{KafkaArgs, Topic};
 use carbonflow_schemas::records::{
     InputPosition, JournalEntry, PartitionSnapshot, ScheduleDecision,
 };
@@ -139,16 +139,11 @@ pub fn snapshot_of(
 /// Apply one journal entry to `state`; returns the outputs the replay produced. An entry
 /// whose record no longer decodes only advances the position, as the live path did when
 /// it dead-lettered that record.
-pub fn replay_entry(
-    state: &mut PartitionState,
-    layout: &TopicLayout,
-    entry: &JournalEntry,
-) -> Vec<Output> {
+pub fn replay_entry(state: &mut PartitionState, entry: &JournalEntry) -> Vec<Output> {
     if state.already_applied(&entry.input) {
         return vec![];
     }
-    let topic = layout.topic_of(&entry.input.topic).unwrap_or(Topic::Ticks);
-    match Input::decode(topic, &entry.record) {
+    match Input::decode_record(&entry.record) {
         Ok(input) => state.apply(&input, &entry.input),
         Err(_) => {
             state.skip(&entry.input);
@@ -301,7 +296,7 @@ pub fn restore(
                     offset,
                     source,
                 })?;
-            let outputs = replay_entry(&mut state, &layout, &entry);
+            let outputs = replay_entry(&mut state, &entry);
             replayed += 1;
             let produced: Vec<(String, i64)> = outputs
                 .iter()

@@ -73,6 +73,20 @@ impl Input {
         })
     }
 
+    /// Decode a record by the name its schema carries (journal replays: the record says
+    /// what it is, whatever topic names the deployment used).
+    pub fn decode_record(bytes: &[u8]) -> Result<Self, CodecError> {
+        use carbonflow_schemas::AvroRecord;
+        let topic = match carbonflow_schemas::codec::record_name(bytes)? {
+            Forecast::FULL_NAME => Topic::Forecasts,
+            TelemetryBucket::FULL_NAME => Topic::Telemetry,
+            Tick::FULL_NAME => Topic::Ticks,
+            ScheduleDecision::FULL_NAME => Topic::Decisions,
+            _ => Topic::Config,
+        };
+        Self::decode(topic, bytes)
+    }
+
     /// Event time the input carries, epoch ms.
     pub fn event_time_ms(&self) -> i64 {
         match self {
