@@ -8,12 +8,7 @@ use carbonflow_schemas::testing::{fresh_layout, read_all, repo_root};
 
 fn ingest(args: &KafkaArgs, rest: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ingest"))
-        .args(["--kafka-brokers", &args.brokers])
-        .args(["--topic-prefix", &args.topic_prefix])
-        .args([
-            "--schedule-partitions",
-            &args.schedule_partitions.to_string(),
-        ])
+        .args(args.to_flags())
         .args(rest)
         .output()
         .expect("run ingest")

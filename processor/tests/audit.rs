@@ -18,12 +18,7 @@ const SCHEDULE: &str = "audit/app";
 fn audit(args: &KafkaArgs, rest: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_processor"))
         .arg("audit")
-        .args(["--kafka-brokers", &args.brokers])
-        .args(["--topic-prefix", &args.topic_prefix])
-        .args([
-            "--schedule-partitions",
-            &args.schedule_partitions.to_string(),
-        ])
+        .args(args.to_flags())
         .args(rest)
         .output()
         .expect("run processor audit");

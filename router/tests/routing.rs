@@ -67,12 +67,7 @@ impl RouterProcess {
         let (p, a) = (free_port(), free_port());
         let log = std::env::temp_dir().join(format!("{}{id}.log", args.topic_prefix));
         let child = Command::new(env!("CARGO_BIN_EXE_router"))
-            .args(["--kafka-brokers", &args.brokers])
-            .args(["--topic-prefix", &args.topic_prefix])
-            .args([
-                "--schedule-partitions",
-                &args.schedule_partitions.to_string(),
-            ])
+            .args(args.to_flags())
             .args(["--listen", &format!("127.0.0.1:{p}")])
             .args(["--admin-listen", &format!("127.0.0.1:{a}")])
             .args(["--router-id", id, "--schedule", SCHEDULE])

@@ -107,12 +107,7 @@ async fn main() -> anyhow::Result<()> {
     // The pipeline: one processor, N routers.
     let mut procs = Procs(vec![]);
     let common = |c: &mut Command| {
-        c.args(["--kafka-brokers", &args.brokers])
-            .args(["--topic-prefix", &args.topic_prefix])
-            .args([
-                "--schedule-partitions",
-                &args.schedule_partitions.to_string(),
-            ])
+        c.args(args.to_flags())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
     };

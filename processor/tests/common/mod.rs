@@ -27,12 +27,7 @@ impl ProcessorProcess {
         let file = std::fs::File::create(&log).expect("processor log file");
         let child = Command::new(env!("CARGO_BIN_EXE_processor"))
             .arg("run")
-            .args(["--kafka-brokers", &args.brokers])
-            .args(["--topic-prefix", &args.topic_prefix])
-            .args([
-                "--schedule-partitions",
-                &args.schedule_partitions.to_string(),
-            ])
+            .args(args.to_flags())
             .args(["--instance", &instance.to_string()])
             .args(["--instances", &instances.to_string()])
             .args(["--admin-listen", &format!("127.0.0.1:{port}")])

@@ -92,6 +92,39 @@ impl KafkaArgs {
         }
     }
 
+    /// The command-line flags that give a child process (processor, router, ingest) these
+    /// same settings. Secrets are passed as flags too, so never log the result.
+    pub fn to_flags(&self) -> Vec<String> {
+        let mut flags = vec![
+            "--kafka-brokers".to_string(),
+            self.brokers.clone(),
+            "--topic-prefix".into(),
+            self.topic_prefix.clone(),
+            "--schedule-partitions".into(),
+            self.schedule_partitions.to_string(),
+        ];
+        let optional = [
+            ("--kafka-security-protocol", &self.security_protocol),
+            ("--kafka-sasl-mechanism", &self.sasl_mechanism),
+            ("--kafka-sasl-username", &self.sasl_username),
+            ("--kafka-sasl-password", &self.sasl_password),
+            ("--kafka-ssl-ca", &self.ssl_ca_location),
+            ("--kafka-ssl-certificate", &self.ssl_certificate_location),
+            ("--kafka-ssl-key", &self.ssl_key_location),
+        ];
+        for (flag, value) in optional {
+            if let Some(v) = value {
+                flags.push(flag.into());
+                flags.push(v.clone());
+            }
+        }
+        for o in &self.options {
+            flags.push("--kafka-option".into());
+            flags.push(o.clone());
+        }
+        flags
+    }
+
     /// Topic names and partition counts these flags describe.
     pub fn layout(&self) -> TopicLayout {
         TopicLayout {
