@@ -96,9 +96,11 @@ fn simulate(cli: &Cli, scenario: &Scenario, policy: &str) -> Run {
         }
     };
     let mut decisions = 0;
-    let mut spec = ScheduleSpec::default();
-    spec.policy = policy.into();
-    spec.zone = "SIM".into();
+    let spec = ScheduleSpec {
+        policy: policy.into(),
+        zone: "SIM".into(),
+        ..ScheduleSpec::default()
+    };
     let mut config = spec.to_config(SCHEDULE, 1, T0);
     for f in &mut config.flavours {
         f.upstream_url = format!("http://127.0.0.1:9/{}", f.name);
