@@ -1,0 +1,217 @@
+//! Router overhead (issue #7, item 3): the same load generator against the sample flavour
+//! service directly and through a router, interleaved in one run.
+//!
+//! 1. Saturation: closed loop with `--concurrency` workers for `--seconds`, alternating
+//!    direct / router `--rounds` times: requests per second of each.
+//! 2. Latency at half the direct saturation rate: open loop (one request every 1/rate s),
+//!    alternating direct / router: p50 / p99 of each and the p99 the router adds.
+//!
+//! Run (local broker up, `cargo build --release` done):
+//! `target/release/router_overhead [--seconds 10] [--concurrency 32] [--rounds 3]`
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use carbonflow_benchmarks::http::{client, get, get_json};
+use carbonflow_benchmarks::now_ms;
+use carbonflow_benchmarks::stats::Summary;
+use carbonflow_schemas::bus::admin::ensure_topics;
+use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "router_overhead",
+    about = "Throughput and latency of the sample service directly and through a router"
+)]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Closed-loop workers for the saturation runs.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Direct/router alternations.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Directory with the release binaries.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Closed loop: requests per second over `seconds`.
+async fn saturate(url: &str, workers: usize, seconds: u64) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let c = client();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (c, done, url) = (c.clone(), done.clone(), url.to_string());
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    if let Some((200, _, _)) = get(&c, &url).await {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    done.load(Ordering::Relaxed) as f64 / seconds as f64
+}
+
+/// Open loop at `rate` per second: latencies in ms of the successful requests.
+async fn at_rate(url: &str, rate: f64, seconds: u64) -> Vec<f64> {
+    let c = client();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let n = (rate * seconds as f64) as usize;
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        tick.tick().await;
+        let (c, url) = (c.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            matches!(get(&c, &url).await, Some((200, _, _)))
+                .then(|| t.elapsed().as_secs_f64() * 1000.0)
+        }));
+    }
+    let mut out = vec![];
+    for t in tasks {
+        if let Ok(Some(ms)) = t.await {
+            out.push(ms);
+        }
+    }
+    out
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    cli.kafka.topic_prefix = format!("bench.overhead.{}.", now_ms());
+    let args = cli.kafka.clone();
+    ensure_topics(&args, &args.layout(), 1).await?;
+    let (backend, proxy, admin) = (free_port()?, free_port()?, free_port()?);
+    let mut procs = Procs(vec![]);
+    procs.0.push(
+        Command::new(cli.bin_dir.join("carbonstat"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{backend}"),
+                "--points",
+                "1000",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting carbonstat (cargo build --release first)")?,
+    );
+    procs.0.push(
+        Command::new(cli.bin_dir.join("router"))
+            .args(args.to_flags())
+            .args(["--listen", &format!("127.0.0.1:{proxy}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args([
+                "--router-id",
+                "overhead",
+                "--schedule",
+                "bench/overhead",
+                "--mode",
+                "smooth",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the router")?,
+    );
+    // One decision: all traffic to the full-precision flavour, so both paths do the same work.
+    let mut d = carbonflow_schemas::testing::samples::schedule_decision();
+    d.schedule = "bench/overhead".into();
+    d.valid_until_ms = now_ms() + 3_600_000;
+    for f in &mut d.flavours {
+        f.upstream_url = format!("http://127.0.0.1:{backend}/{}", f.name);
+        f.weight = if f.precision_percent == 100 { 1.0 } else { 0.0 };
+    }
+    let producer = RecordProducer::new(&args, "overhead-bench")?;
+    producer
+        .send(&args.layout().name(Topic::Decisions), &d.schedule, None, &d)
+        .await?;
+    let ready = Instant::now() + Duration::from_secs(60);
+    while get_json(&format!("http://127.0.0.1:{admin}/decisions"))
+        .await
+        .and_then(|v| v["decisions"].as_array().map(|a| !a.is_empty()))
+        != Some(true)
+    {
+        if Instant::now() > ready {
+            bail!("the router never applied the benchmark decision");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let full = d
+        .flavours
+        .iter()
+        .find(|f| f.precision_percent == 100)
+        .map(|f| f.name.clone())
+        .unwrap_or_default();
+    let direct_url = format!("http://127.0.0.1:{backend}/{full}/stats");
+    let router_url = format!("http://127.0.0.1:{proxy}/stats");
+
+    let (mut direct, mut routed) = (vec![], vec![]);
+    for _ in 0..cli.rounds {
+        direct.push(saturate(&direct_url, cli.concurrency, cli.seconds).await);
+        routed.push(saturate(&router_url, cli.concurrency, cli.seconds).await);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (td, tr) = (median(&mut direct), median(&mut routed));
+    let rate = td / 2.0;
+    let (mut ld, mut lr) = (vec![], vec![]);
+    for _ in 0..cli.rounds {
+        ld.extend(at_rate(&direct_url, rate, cli.seconds).await);
+        lr.extend(at_rate(&router_url, rate, cli.seconds).await);
+    }
+    let (sd, sr) = (Summary::of(&ld), Summary::of(&lr));
+    println!(
+        "router overhead: {} rounds × {} s, {} workers, carbonstat 1000 points",
+        cli.rounds, cli.seconds, cli.concurrency
+    );
+    println!("  saturation direct   {td:>9.0} req/s   (rounds {direct:.0?})");
+    println!("  saturation router   {tr:>9.0} req/s   (rounds {routed:.0?})");
+    println!(
+        "  throughput ratio    {:>9.3}          (target ≥ 0.8)",
+        tr / td
+    );
+    println!("  at {rate:.0} req/s direct  {sd}");
+    println!("  at {rate:.0} req/s router  {sr}");
+    println!(
+        "  added p99           {:>9.2} ms       (target ≤ 1 ms)",
+        sr.p99 - sd.p99
+    );
+    Ok(())
+}
