@@ -7,6 +7,7 @@
 pub mod carbonstat;
 pub mod hop;
 pub mod http;
+pub mod procs;
 pub mod prom;
 pub mod stats;
 

@@ -8,7 +8,9 @@
 //! `target/release/propagation --routers 1 --changes 500`
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use carbonflow_benchmarks::procs::{Children, free_port};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -41,23 +43,6 @@ struct Cli {
     /// Pause between changes, ms (each change is measured alone).
     #[arg(long, default_value_t = 20)]
     pause_ms: u64,
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 use carbonflow_benchmarks::http::get_json;
@@ -105,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     let schedule = "bench/propagation";
 
     // The pipeline: one processor, N routers.
-    let mut procs = Procs(vec![]);
+    let mut procs = Children::default();
     let common = |c: &mut Command| {
         c.args(args.to_flags())
             .stdout(Stdio::null())

@@ -10,7 +10,9 @@
 //! `target/release/router_overhead [--seconds 10] [--concurrency 32] [--rounds 3]`
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use carbonflow_benchmarks::procs::{Children, free_port};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -43,23 +45,6 @@ struct Cli {
     /// Directory with the release binaries.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Closed loop: requests per second over `seconds`.
@@ -116,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
     let args = cli.kafka.clone();
     ensure_topics(&args, &args.layout(), 1).await?;
     let (backend, proxy, admin) = (free_port()?, free_port()?, free_port()?);
-    let mut procs = Procs(vec![]);
+    let mut procs = Children::default();
     procs.0.push(
         Command::new(cli.bin_dir.join("carbonstat"))
             .args([
