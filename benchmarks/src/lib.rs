@@ -12,8 +12,4 @@ pub mod prom;
 pub mod stats;
 
 /// Wall clock, epoch ms.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use carbonflow_schemas::service::now_ms;

@@ -10,8 +10,4 @@ pub mod schedule;
 pub mod topics;
 
 /// Wall clock, epoch ms (stamps records; never used to derive forecast timestamps).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use carbonflow_schemas::service::now_ms;

@@ -340,7 +340,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| format!("processor-{}", args.instance)),
     };
-    let handle = carbonflow_processor::metrics::install().context("installing metrics")?;
+    let handle = carbonflow_schemas::service::install_metrics().context("installing metrics")?;
     let view = Arc::new(ProcessorView::new(
         settings.clone(),
         args.kafka.schedule_partitions,

@@ -4,19 +4,6 @@
 //! never offsets, versions or error strings.
 
 use carbonflow_schemas::records::ScheduleDecision;
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-
-/// Latency buckets in seconds: decisions take milliseconds; the tail matters.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-];
-
-/// Install the global recorder; the handle renders `/metrics`.
-pub fn install() -> Result<PrometheusHandle, BuildError> {
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
-        .install_recorder()
-}
 
 /// Export the figures of a decision just made.
 pub fn decision(d: &ScheduleDecision) {

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use carbonflow_schemas::bus::admin::check_partition_counts;
 use carbonflow_schemas::bus::{
@@ -188,11 +188,7 @@ impl ProcessorView {
 }
 
 /// Wall clock, epoch ms: only for ticks and latency metrics, never for deciding.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use carbonflow_schemas::service::now_ms;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Written {

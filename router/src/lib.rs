@@ -14,11 +14,5 @@ pub mod select;
 pub mod table;
 pub mod telemetry;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 /// Wall clock, epoch ms.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use carbonflow_schemas::service::now_ms;

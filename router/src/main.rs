@@ -14,7 +14,6 @@ use carbonflow_router::telemetry::{self, Telemetry};
 use carbonflow_router::{follow, now_ms};
 use carbonflow_schemas::bus::{KafkaArgs, LagMetrics, RecordProducer};
 use clap::Parser;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -97,15 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         })
     });
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            &[
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ],
-        )?
-        .install_recorder()
-        .context("installing metrics")?;
+    let handle = carbonflow_schemas::service::install_metrics().context("installing metrics")?;
     let shutdown = CancellationToken::new();
     let table = Arc::new(DecisionTable::default());
     let ready = Arc::new(AtomicBool::new(false));

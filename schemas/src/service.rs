@@ -1,8 +1,31 @@
 //! What every long-running carbonflow binary starts the same way: structured logs to
-//! stderr (stdout stays free for command output) and one shutdown signal (Ctrl-C or
-//! SIGTERM, as Kubernetes sends) turned into a cancellation token.
+//! stderr (stdout stays free for command output), one shutdown signal (Ctrl-C or
+//! SIGTERM, as Kubernetes sends) turned into a cancellation token, the Prometheus
+//! recorder, and the wall clock (for stamping records and measuring latency only —
+//! deciding never reads it).
 
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
+
+/// Buckets of every `*_seconds` histogram: decisions and requests take milliseconds and
+/// the tail matters.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+
+/// Wall clock, epoch ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Install the global metrics recorder; the handle renders `/metrics`.
+pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .install_recorder()
+}
 
 /// Log with `tracing` to stderr; `RUST_LOG` filters (default: info, librdkafka warnings).
 pub fn init_logging() {
