@@ -1,5 +1,5 @@
 //! The admin HTTP API, compatible with the reference engine's (section 8.1), plus health,
-//! readiness, per-schedule state and `/metrics`.
+//! readiness, per-schedule state, `/metrics` and the status page (`/`, see [`crate::status`]).
 //!
 //! Writes never change state directly: `PUT /config` and `POST .../manual` validate what
 //! they can and publish a record to `schedule.config`; the owning processor applies it
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dry_run::reference_contract;
 use crate::pipeline::{ProcessorView, now_ms};
 use crate::spec::ScheduleSpec;
+use crate::status::StatusDocument;
 use crate::validate::validate;
 
 /// What the handlers share.
@@ -44,6 +45,8 @@ pub struct AdminState {
 /// The routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(status_page))
+        .route("/status.json", get(status_document))
         .route("/schedule", get(list_schedules))
         .route("/schedule/{ns}/{name}", get(get_schedule))
         .route("/schedule/{ns}/{name}/state", get(get_state))
@@ -137,6 +140,18 @@ async fn get_state(
         Some(s) => reply(StatusCode::OK, json!(s.value())),
         None => unknown(&state, &id),
     }
+}
+
+async fn status_page() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        crate::status::PAGE,
+    )
+        .into_response()
+}
+
+async fn status_document(State(state): State<AdminState>) -> Response {
+    reply(StatusCode::OK, json!(StatusDocument::of(&state.view)))
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

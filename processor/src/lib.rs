@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod spec;
 pub mod state;
+pub mod status;
 pub mod throttle;
 pub mod validate;
 pub mod weights;

@@ -3,15 +3,15 @@
 //! letters. Labels are bounded: schedule, flavour, component, cause, topic, error kind;
 //! never offsets, versions or error strings.
 
+use carbonflow_schemas::CodecError;
+use carbonflow_schemas::bus::Topic;
 use carbonflow_schemas::records::ScheduleDecision;
+
+use crate::pipeline::ScheduleSummary;
 
 /// Export the figures of a decision just made.
 pub fn decision(d: &ScheduleDecision) {
-    let (namespace, schedule) = d
-        .schedule
-        .split_once('/')
-        .map_or(("", d.schedule.as_str()), |(n, s)| (n, s));
-    let (ns, sc) = (namespace.to_string(), schedule.to_string());
+    let (ns, sc) = split_id(&d.schedule);
     metrics::counter!("carbonflow_decisions_total", "cause" => cause_label(&d.provenance.cause))
         .increment(1);
     for f in &d.flavours {
@@ -31,6 +31,8 @@ pub fn decision(d: &ScheduleDecision) {
         ("carbonflow_credit_velocity", d.credits.velocity),
         ("carbonflow_avg_precision", d.avg_precision),
         ("carbonflow_processing_throttle", d.processing.throttle),
+        ("carbonflow_credit_min", d.credits.min),
+        ("carbonflow_credit_max", d.credits.max),
     ];
     for (name, value) in by_policy {
         metrics::gauge!(name, "namespace" => ns.clone(), "schedule" => sc.clone()).set(value);
@@ -46,6 +48,48 @@ pub fn decision(d: &ScheduleDecision) {
                     .set(v);
             }
         }
+    }
+}
+
+/// Start the counters that alerts watch at zero, so that their first increase is seen
+/// (a series that appears at 1 has no increase to alert on).
+pub fn start_at_zero() {
+    metrics::counter!("carbonflow_config_rejections_total").increment(0);
+    for topic in [Topic::Config, Topic::Forecasts, Topic::Telemetry, Topic::Ticks] {
+        for kind in CodecError::DECODE_KINDS {
+            metrics::counter!("carbonflow_dead_letters_total", "topic" => topic.base_name(), "kind" => kind)
+                .increment(0);
+        }
+    }
+    metrics::gauge!("carbonflow_processor_ready").set(0.0);
+}
+
+/// Export what was delivered and emitted, as the state holds it (so restored figures are
+/// exported again after a restart rather than starting from zero).
+pub fn summary(id: &str, s: &ScheduleSummary) {
+    let (ns, sc) = split_id(id);
+    for (flavour, share) in &s.delivered_shares {
+        metrics::gauge!("carbonflow_delivered_share", "namespace" => ns.clone(), "schedule" => sc.clone(), "flavour" => flavour.clone())
+            .set(*share);
+    }
+    // Counters in whole units: the index is request-equivalents × g/kWh, so rounding
+    // loses nothing a dashboard shows.
+    for (basis, value) in [
+        ("delivered", s.emissions.delivered),
+        ("full-precision", s.emissions.full_precision),
+    ] {
+        metrics::counter!("carbonflow_emissions_index_total", "namespace" => ns.clone(), "schedule" => sc.clone(), "basis" => basis)
+            .absolute(value.max(0.0).round() as u64);
+    }
+    metrics::gauge!("carbonflow_schedule_requests_seen", "namespace" => ns.clone(), "schedule" => sc.clone())
+        .set(s.requests_seen as f64);
+}
+
+/// `namespace/name` as the two labels the reference uses.
+fn split_id(id: &str) -> (String, String) {
+    match id.split_once('/') {
+        Some((n, s)) => (n.to_string(), s.to_string()),
+        None => (String::new(), id.to_string()),
     }
 }
 

@@ -13,7 +13,7 @@
 //! written, see [`crate::journal`]). Snapshots are taken only when every queued record
 //! has been acknowledged, so a snapshot's journal offset is exact.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{RestoreError, restore, snapshot_of};
-use crate::state::{Input, Output, PartitionState, ScheduleState};
+use crate::state::{DeliveredWindow, EmissionsAccount, Input, Output, PartitionState, ScheduleState};
 
 /// Consumer group name reported in lag metrics (no group commits are made).
 pub const GROUP: &str = "carbonflow-processor";
@@ -126,6 +126,14 @@ pub struct ScheduleSummary {
     pub requests_accounted: i64,
     /// A manual override is set.
     pub manual: bool,
+    /// Share of answered requests per flavour in the last closed telemetry window.
+    pub delivered_shares: BTreeMap<String, f64>,
+    /// End of that window, epoch ms.
+    pub delivered_window_end_ms: Option<i64>,
+    /// Emissions index of every closed window, delivered and at full precision.
+    pub emissions: EmissionsAccount,
+    /// Fraction of emissions saved against always-full-precision.
+    pub carbon_saved: Option<f64>,
 }
 
 impl ScheduleSummary {
@@ -139,9 +147,20 @@ impl ScheduleSummary {
             requests_seen: s.requests_seen,
             requests_accounted: s.requests_accounted,
             manual: s.manual.is_some(),
+            delivered_shares: s
+                .last_window
+                .as_ref()
+                .map(DeliveredWindow::shares)
+                .unwrap_or_default(),
+            delivered_window_end_ms: s.last_window.as_ref().map(|w| w.end_ms),
+            emissions: s.emissions,
+            carbon_saved: s.emissions.saved_fraction(),
         }
     }
 }
+
+/// How many recent decisions per schedule the view keeps for the status page.
+pub const RECENT_DECISIONS: usize = 8;
 
 /// State shared between the pipeline and the admin API.
 #[derive(Debug)]
@@ -156,6 +175,8 @@ pub struct ProcessorView {
     pub decisions: DashMap<String, ScheduleDecision>,
     /// Summary per owned schedule.
     pub schedules: DashMap<String, ScheduleSummary>,
+    /// The last [`RECENT_DECISIONS`] decisions per owned schedule, newest last.
+    pub recent: DashMap<String, VecDeque<ScheduleDecision>>,
     /// Consumer lag gauges.
     pub lag: LagMetrics,
 }
@@ -169,6 +190,7 @@ impl ProcessorView {
             partitions,
             decisions: DashMap::new(),
             schedules: DashMap::new(),
+            recent: DashMap::new(),
             lag: LagMetrics::new(),
         }
     }
@@ -177,12 +199,21 @@ impl ProcessorView {
         if s.config.is_none() {
             self.schedules.remove(id);
             self.decisions.remove(id);
+            self.recent.remove(id);
             return;
         }
-        self.schedules
-            .insert(id.to_string(), ScheduleSummary::of(partition, s));
+        let summary = ScheduleSummary::of(partition, s);
+        crate::metrics::summary(id, &summary);
+        self.schedules.insert(id.to_string(), summary);
         if let Some(d) = &s.last_decision {
             self.decisions.insert(id.to_string(), d.clone());
+            let mut recent = self.recent.entry(id.to_string()).or_default();
+            if recent.back().is_none_or(|last| last.version < d.version) {
+                if recent.len() == RECENT_DECISIONS {
+                    recent.pop_front();
+                }
+                recent.push_back(d.clone());
+            }
         }
     }
 }
@@ -574,6 +605,7 @@ pub async fn run(
             instances: settings.instances,
         });
     }
+    crate::metrics::start_at_zero();
     let layout = args.layout();
     {
         let (args, layout) = (args.clone(), layout.clone());
@@ -678,6 +710,7 @@ pub async fn run(
         &forecast_inputs,
     )?;
     view.ready.store(true, Ordering::SeqCst);
+    metrics::gauge!("carbonflow_processor_ready").set(1.0);
     tracing::info!("restored; consuming inputs");
 
     let ticker = tokio::spawn(write_ticks(
@@ -715,6 +748,7 @@ pub async fn run(
     };
     ticker.abort();
     view.ready.store(false, Ordering::SeqCst);
+    metrics::gauge!("carbonflow_processor_ready").set(0.0);
     consumer.context().revoked(&schedule_inputs);
     forecast_consumer.context().revoked(&forecast_inputs);
     if outcome.is_ok() {

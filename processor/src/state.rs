@@ -30,7 +30,7 @@ use crate::validate::validate;
 /// Version of the JSON encoding of [`PartitionState`] inside snapshots. Bump it when the
 /// struct changes incompatibly: restore then ignores older snapshots and replays the
 /// journal, which always works.
-pub const STATE_FORMAT: i32 = 1;
+pub const STATE_FORMAT: i32 = 2;
 
 /// Length of a telemetry window, event-time ms. Windows are aligned to multiples of it.
 pub const TELEMETRY_WINDOW_MS: i64 = 5_000;
@@ -166,6 +166,54 @@ pub struct ScheduleState {
     pub requests_accounted: i64,
     /// Request rate of the last closed window, requests/s.
     pub observed_rate: Option<f64>,
+    /// The last closed telemetry window: what was actually delivered, per flavour.
+    #[serde(default)]
+    pub last_window: Option<DeliveredWindow>,
+    /// Emissions of every closed window, against always-full-precision.
+    #[serde(default)]
+    pub emissions: EmissionsAccount,
+}
+
+/// Answered requests per flavour of one closed telemetry window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveredWindow {
+    /// Window start, epoch ms.
+    pub start_ms: i64,
+    /// Window end, epoch ms.
+    pub end_ms: i64,
+    /// Answered requests per configured flavour.
+    pub served: BTreeMap<String, i64>,
+}
+
+impl DeliveredWindow {
+    /// Share of the answered requests each flavour took, in `[0, 1]` (empty if none).
+    pub fn shares(&self) -> BTreeMap<String, f64> {
+        let total: i64 = self.served.values().sum();
+        self.served
+            .iter()
+            .filter(|_| total > 0)
+            .map(|(f, n)| (f.clone(), *n as f64 / total as f64))
+            .collect()
+    }
+}
+
+/// Emissions index of the requests served, with the reference's accounting (section 9.2):
+/// each window adds `intensity_now × Σ requests_f × relative_energy_f`. Multiply by the
+/// kWh of one full-precision request to get grams. Windows closed while no forecast was
+/// known add nothing to either side, so the saving is never overstated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EmissionsAccount {
+    /// What the requests as served emitted (g/kWh × full-precision-request energy).
+    pub delivered: f64,
+    /// What the same requests would have emitted all served at full precision.
+    pub full_precision: f64,
+}
+
+impl EmissionsAccount {
+    /// Fraction saved against full precision, `None` before anything was accounted.
+    pub fn saved_fraction(&self) -> Option<f64> {
+        (self.full_precision > 0.0).then(|| 1.0 - self.delivered / self.full_precision)
+    }
 }
 
 /// The state of one schedule partition.
@@ -374,7 +422,7 @@ impl PartitionState {
             .as_ref()
             .is_some_and(|w| b.bucket_start_ms >= w.end_ms)
         {
-            closed = close_window(s);
+            closed = close_window(s, &self.forecasts);
         }
         let w = s.window.get_or_insert_with(|| {
             let start = b.bucket_start_ms.div_euclid(TELEMETRY_WINDOW_MS) * TELEMETRY_WINDOW_MS;
@@ -429,7 +477,7 @@ impl PartitionState {
                 .as_ref()
                 .is_some_and(|w| w.end_ms + LATE_GRACE_MS <= clock)
             {
-                window = close_window(s);
+                window = close_window(s, &self.forecasts);
                 cause = Some("telemetry");
             }
             if s.slot_end_ms.is_some_and(|end| end <= clock) {
@@ -515,17 +563,41 @@ impl PartitionState {
 
 /// Close the open window: account its answered requests in the ledger (telemetry feed)
 /// and return what the next decision records about it.
-fn close_window(s: &mut ScheduleState) -> Option<TelemetryWindow> {
+fn close_window(
+    s: &mut ScheduleState,
+    forecasts: &BTreeMap<String, Forecast>,
+) -> Option<TelemetryWindow> {
     let w = s.window.take()?;
     // No config (never created, or deleted): no flavour precisions to account against.
     let config = s.config.as_ref()?;
-    let (mut served, mut weighted) = (0_i64, 0.0);
+    let (mut served, mut weighted, mut energy) = (0_i64, 0.0, 0.0);
+    let mut delivered = DeliveredWindow {
+        start_ms: w.start_ms,
+        end_ms: w.end_ms,
+        served: BTreeMap::new(),
+    };
     for (name, count) in &w.served {
         if let Some(f) = config.flavours.iter().find(|f| &f.name == name) {
             served += count;
             weighted += *count as f64 * f.precision;
+            energy += *count as f64 * f.relative_energy;
+            delivered.served.insert(name.clone(), *count);
         }
     }
+    // Full precision is the most precise flavour's energy (1.0 in every sample config).
+    let full_energy = config
+        .flavours
+        .iter()
+        .max_by(|a, b| a.precision.total_cmp(&b.precision))
+        .map_or(1.0, |f| f.relative_energy);
+    let intensity = forecasts
+        .get(&config.zone)
+        .and_then(|f| ForecastSnapshot::at(f, w.end_ms).intensity_now);
+    if let Some(g) = intensity {
+        s.emissions.delivered += g * energy;
+        s.emissions.full_precision += g * full_energy * served as f64;
+    }
+    s.last_window = Some(delivered);
     let realised = if served > 0 {
         weighted / served as f64
     } else {
@@ -717,6 +789,42 @@ mod tests {
         let expected = CreditLedger::delta(&ledger_params(&config(1, T0)), p);
         assert!((st.ledger.balance() - expected).abs() < 1e-12);
         assert_eq!(d.provenance.ledger_after.balance, st.ledger.balance());
+    }
+
+    #[test]
+    fn closed_windows_record_delivered_shares_and_emissions_against_full_precision() {
+        let mut g = given();
+        g.config(config(1, T0));
+        // No forecast yet: shares are known, emissions are not accounted.
+        g.bucket(T0, &[("precision-100", Outcome::Success, 3)]);
+        g.tick(T0 + TELEMETRY_WINDOW_MS + LATE_GRACE_MS);
+        assert_eq!(g.schedule().emissions, EmissionsAccount::default());
+        assert_eq!(g.schedule().emissions.saved_fraction(), None);
+
+        let mut f = samples::forecast(); // 180 g/kWh from T0
+        f.issued_at_ms = T0 + 6_000;
+        g.when("carbon.forecasts", Input::Forecast(f));
+        let s = T0 + 2 * TELEMETRY_WINDOW_MS;
+        g.bucket(
+            s,
+            &[
+                ("precision-100", Outcome::Success, 30),
+                ("precision-50", Outcome::Success, 10),
+                ("precision-50", Outcome::ServerError, 5),
+            ],
+        );
+        g.tick(s + TELEMETRY_WINDOW_MS + LATE_GRACE_MS);
+        let st = g.schedule();
+        let w = st.last_window.as_ref().expect("closed window");
+        assert_eq!((w.start_ms, w.end_ms), (s, s + TELEMETRY_WINDOW_MS));
+        assert_eq!(w.shares()["precision-100"], 0.75);
+        assert_eq!(w.shares()["precision-50"], 0.25);
+        let energy_50 = config(1, T0).flavours[1].relative_energy;
+        let delivered = 180.0 * (30.0 + 10.0 * energy_50);
+        assert!((st.emissions.delivered - delivered).abs() < 1e-9);
+        assert!((st.emissions.full_precision - 180.0 * 40.0).abs() < 1e-9);
+        let saved = st.emissions.saved_fraction().expect("accounted");
+        assert!((saved - (1.0 - delivered / 7200.0)).abs() < 1e-12);
     }
 
     #[test]

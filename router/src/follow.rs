@@ -161,6 +161,7 @@ fn apply(
     ts: Option<i64>,
 ) {
     let (schedule, version) = (d.schedule.clone(), d.version);
+    let fallback_rules = d.fallbacks.len();
     let weights: Vec<(String, i32)> = d
         .flavours
         .iter()
@@ -176,6 +177,11 @@ fn apply(
             }
             metrics::gauge!("carbonflow_router_decision_version", "schedule" => schedule.clone())
                 .set(version as f64);
+            // Fallback series start at zero (rule index, as the proxy labels them).
+            for rule in 0..fallback_rules {
+                metrics::counter!("carbonflow_router_fallbacks_total", "schedule" => schedule.clone(), "rule" => rule.to_string())
+                    .increment(0);
+            }
             for (flavour, w) in weights {
                 metrics::gauge!("carbonflow_router_commanded_weight", "schedule" => schedule.clone(), "flavour" => flavour)
                     .set(f64::from(w));

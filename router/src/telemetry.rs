@@ -108,6 +108,9 @@ impl Telemetry {
     }
 }
 
+/// Why a bucket can be dropped (the `reason` label).
+const DROP_REASONS: [&str; 4] = ["encode", "delivery", "queue_full", "refused"];
+
 fn dropped(buckets: u64, why: &'static str) {
     metrics::counter!("carbonflow_router_telemetry_dropped_total", "reason" => why)
         .increment(buckets);
@@ -122,6 +125,10 @@ pub async fn flush_loop(
     shutdown: CancellationToken,
 ) {
     let topic = layout.name(Topic::Telemetry);
+    // Series start at zero, so that an alert on their increase sees the first drop.
+    for why in DROP_REASONS {
+        dropped(0, why);
+    }
     let mut every = tokio::time::interval(Duration::from_millis(BUCKET_MS as u64));
     loop {
         let stopping = tokio::select! {

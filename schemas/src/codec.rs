@@ -115,6 +115,18 @@ pub enum CodecError {
 }
 
 impl CodecError {
+    /// Every class name [`CodecError::kind`] gives for a record that failed to decode
+    /// (all but `encode`), so that metrics can start each series at zero.
+    pub const DECODE_KINDS: [&'static str; 7] = [
+        "too_short",
+        "bad_marker",
+        "unknown_fingerprint",
+        "wrong_record",
+        "truncated",
+        "schema_mismatch",
+        "trailing_bytes",
+    ];
+
     /// Bounded class name, for metric labels and dead letters.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -1,5 +1,6 @@
 //! `carbonstat`: the sample flavour service (see `carbonflow_benchmarks::carbonstat`).
-//! `GET /precision-NN/stats?n=POINTS` computes over NN % of the input.
+//! `GET /precision-NN/stats?n=POINTS` computes over NN % of the input; `GET /metrics`
+//! counts requests and points computed per flavour (the work, hence energy, each did).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,17 +46,28 @@ async fn handle(
         .and_then(|n| n.parse().ok())
         .unwrap_or(points)
         .clamp(1, 10_000_000);
-    axum::Json(compute(&flavour, precision, n)).into_response()
+    let stats = compute(&flavour, precision, n);
+    // Bounded label: only `precision-NN` with NN in 1..=100 gets here.
+    metrics::counter!("carbonstat_requests_total", "flavour" => flavour.clone()).increment(1);
+    metrics::counter!("carbonstat_points_total", "flavour" => flavour).increment(stats.used as u64);
+    axum::Json(stats).into_response()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let points = cli.points;
-    let app = axum::Router::new().route(
-        "/{flavour}/{*rest}",
-        axum::routing::get(move |p, q| handle(p, q, points)),
-    );
+    let handle_metrics =
+        carbonflow_schemas::service::install_metrics().context("installing metrics")?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || std::future::ready(handle_metrics.render())),
+        )
+        .route(
+            "/{flavour}/{*rest}",
+            axum::routing::get(move |p, q| handle(p, q, points)),
+        );
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding {}", cli.listen))?;
@@ -63,10 +75,10 @@ async fn main() -> anyhow::Result<()> {
         "carbonstat on http://{} (flavours /precision-100, /precision-50, /precision-30)",
         cli.listen
     );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("serving")
 }

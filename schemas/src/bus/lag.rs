@@ -165,46 +165,71 @@ impl LagMetrics {
         }
     }
 
-    /// Prometheus text exposition of every tracked series, at `now_ms`.
-    pub fn render(&self, now_ms: i64) -> String {
-        let mut rows: Vec<(SeriesKey, Option<i64>, Option<f64>)> = self
+    /// Every tracked series at `now_ms`, sorted by group, topic and partition.
+    pub fn rows(&self, now_ms: i64) -> Vec<LagRow> {
+        let mut rows: Vec<LagRow> = self
             .series
             .iter()
-            .map(|e| {
-                (
-                    e.key().clone(),
-                    e.value().messages(),
-                    e.value().seconds(now_ms),
-                )
+            .map(|e| LagRow {
+                group: e.key().group.clone(),
+                topic: e.key().topic.clone(),
+                partition: e.key().partition,
+                messages: e.value().messages(),
+                seconds: e.value().seconds(now_ms),
             })
             .collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows.sort_by(|a, b| {
+            (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
+        });
+        rows
+    }
+
+    /// Prometheus text exposition of every tracked series, at `now_ms`.
+    pub fn render(&self, now_ms: i64) -> String {
+        let rows = self.rows(now_ms);
         let mut out = String::new();
         out.push_str("# HELP carbonflow_consumer_lag_messages Records between the consumer's position and the readable end of the partition.\n");
         out.push_str("# TYPE carbonflow_consumer_lag_messages gauge\n");
-        for (k, m, _) in &rows {
-            if let Some(m) = m {
-                let _ = writeln!(out, "carbonflow_consumer_lag_messages{} {m}", labels(k));
+        for r in &rows {
+            if let Some(m) = r.messages {
+                let _ = writeln!(out, "carbonflow_consumer_lag_messages{} {m}", r.labels());
             }
         }
         out.push_str("# HELP carbonflow_consumer_lag_seconds Age of the last processed record while behind; 0 when caught up.\n");
         out.push_str("# TYPE carbonflow_consumer_lag_seconds gauge\n");
-        for (k, _, s) in &rows {
-            if let Some(s) = s {
-                let _ = writeln!(out, "carbonflow_consumer_lag_seconds{} {s}", labels(k));
+        for r in &rows {
+            if let Some(s) = r.seconds {
+                let _ = writeln!(out, "carbonflow_consumer_lag_seconds{} {s}", r.labels());
             }
         }
         out
     }
 }
 
-fn labels(k: &SeriesKey) -> String {
-    format!(
-        "{{group=\"{}\",topic=\"{}\",partition=\"{}\"}}",
-        escape(&k.group),
-        escape(&k.topic),
-        k.partition
-    )
+/// Lag of one group/topic/partition at a moment (status pages, `/metrics`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LagRow {
+    /// Consumer group reported.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Records still to process, once known.
+    pub messages: Option<i64>,
+    /// Age of the last processed record while behind, once known.
+    pub seconds: Option<f64>,
+}
+
+impl LagRow {
+    fn labels(&self) -> String {
+        format!(
+            "{{group=\"{}\",topic=\"{}\",partition=\"{}\"}}",
+            escape(&self.group),
+            escape(&self.topic),
+            self.partition
+        )
+    }
 }
 
 fn escape(v: &str) -> String {

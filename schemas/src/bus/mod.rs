@@ -13,7 +13,7 @@ pub mod producer;
 pub mod topics;
 
 pub use config::KafkaArgs;
-pub use lag::{LagContext, LagMetrics};
+pub use lag::{LagContext, LagMetrics, LagRow};
 pub use producer::{Delivered, RecordProducer};
 pub use topics::{Topic, TopicLayout};
 
