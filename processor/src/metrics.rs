@@ -24,8 +24,6 @@ pub fn decision(d: &ScheduleDecision) {
     }
     metrics::gauge!("carbonflow_schedule_valid_until_seconds", "namespace" => ns.clone(), "schedule" => sc.clone())
         .set(d.valid_until_ms as f64 / 1000.0);
-    metrics::gauge!("carbonflow_schedule_version", "namespace" => ns.clone(), "schedule" => sc.clone())
-        .set(d.version as f64);
     let by_policy = [
         ("carbonflow_credit_balance", d.credits.balance),
         ("carbonflow_credit_velocity", d.credits.velocity),
@@ -48,6 +46,28 @@ pub fn decision(d: &ScheduleDecision) {
                     .set(v);
             }
         }
+        // The forecast ahead, slot 0 being the current one. A fixed number of slots keeps
+        // the label bounded (the reference made one series per hour offset, never removed);
+        // slots the forecast does not reach are NaN, which dashboards show as gaps.
+        for slot in 0..FORECAST_SLOTS_EXPORTED {
+            metrics::gauge!("carbonflow_forecast_slot_intensity", "namespace" => ns.clone(), "schedule" => sc.clone(), "slot" => slot.to_string())
+                .set(f.slots.get(slot).copied().unwrap_or(f64::NAN));
+        }
+    }
+}
+
+/// Slots of the forecast ahead exported per schedule.
+pub const FORECAST_SLOTS_EXPORTED: usize = 12;
+
+/// A schedule was deleted. Its series cannot be removed from the exporter, so the ones that
+/// alerts compare against time are set to NaN, which no comparison matches.
+pub fn removed(id: &str) {
+    let (ns, sc) = split_id(id);
+    for name in [
+        "carbonflow_schedule_version",
+        "carbonflow_schedule_valid_until_seconds",
+    ] {
+        metrics::gauge!(name, "namespace" => ns.clone(), "schedule" => sc.clone()).set(f64::NAN);
     }
 }
 
@@ -83,6 +103,9 @@ pub fn summary(id: &str, s: &ScheduleSummary) {
     }
     metrics::gauge!("carbonflow_schedule_requests_seen", "namespace" => ns.clone(), "schedule" => sc.clone())
         .set(s.requests_seen as f64);
+    // 0 until the schedule's first decision (an alert watches for that).
+    metrics::gauge!("carbonflow_schedule_version", "namespace" => ns, "schedule" => sc)
+        .set(s.version as f64);
 }
 
 /// `namespace/name` as the two labels the reference uses.

@@ -197,7 +197,9 @@ impl ProcessorView {
 
     fn refresh(&self, partition: i32, id: &str, s: &ScheduleState) {
         if s.config.is_none() {
-            self.schedules.remove(id);
+            if self.schedules.remove(id).is_some() {
+                crate::metrics::removed(id);
+            }
             self.decisions.remove(id);
             self.recent.remove(id);
             return;
