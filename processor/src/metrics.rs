@@ -75,7 +75,12 @@ pub fn removed(id: &str) {
 /// (a series that appears at 1 has no increase to alert on).
 pub fn start_at_zero() {
     metrics::counter!("carbonflow_config_rejections_total").increment(0);
-    for topic in [Topic::Config, Topic::Forecasts, Topic::Telemetry, Topic::Ticks] {
+    for topic in [
+        Topic::Config,
+        Topic::Forecasts,
+        Topic::Telemetry,
+        Topic::Ticks,
+    ] {
         for kind in CodecError::DECODE_KINDS {
             metrics::counter!("carbonflow_dead_letters_total", "topic" => topic.base_name(), "kind" => kind)
                 .increment(0);

@@ -37,7 +37,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{RestoreError, restore, snapshot_of};
-use crate::state::{DeliveredWindow, EmissionsAccount, Input, Output, PartitionState, ScheduleState};
+use crate::state::{
+    DeliveredWindow, EmissionsAccount, Input, Output, PartitionState, ScheduleState,
+};
 
 /// Consumer group name reported in lag metrics (no group commits are made).
 pub const GROUP: &str = "carbonflow-processor";
