@@ -88,6 +88,7 @@ cat <<MSG
 
 Routers       http://127.0.0.1:8080 (smooth)  http://127.0.0.1:8081 (random)
               try: curl -s http://127.0.0.1:8080/stats?n=1000 -i
+Status page   http://$admin/   (live weights, delivered shares, ledger, lag; no Grafana needed)
 Admin API     http://$admin/schedule/demo/carbonstat   (state: .../state)
 Metrics       http://$admin/metrics  http://127.0.0.1:9401/metrics  http://127.0.0.1:9402/metrics
 Override      $bin/ingest override --schedule demo/carbonstat --weight precision-30=1 --ttl 30s
