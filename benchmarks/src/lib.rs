@@ -7,6 +7,8 @@
 pub mod carbonstat;
 pub mod hop;
 pub mod http;
+pub mod pipeline;
+pub mod plot;
 pub mod procs;
 pub mod prom;
 pub mod stats;

@@ -8,16 +8,15 @@
 //! `target/release/propagation --routers 1 --changes 500`
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
-use carbonflow_benchmarks::procs::{Children, free_port};
+use carbonflow_benchmarks::pipeline::{Pipeline, RouterSpec, held};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use carbonflow_benchmarks::stats::Summary;
 use carbonflow_schemas::bus::admin::ensure_topics;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
-use carbonflow_schemas::records::{ConfigCommand, Forecast, ForecastPoint, ScheduleDecision};
+use carbonflow_schemas::records::{Forecast, ForecastPoint, ScheduleDecision};
 use clap::Parser;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -45,19 +44,7 @@ struct Cli {
     pause_ms: u64,
 }
 
-use carbonflow_benchmarks::http::get_json;
 use carbonflow_benchmarks::now_ms;
-
-/// Version and apply time (epoch ms) a router holds for `schedule`.
-async fn held(admin: &str, schedule: &str) -> Option<(i64, i64)> {
-    let v = get_json(&format!("{admin}/decisions")).await?;
-    let d = v["decisions"]
-        .as_array()?
-        .iter()
-        .find(|d| d["schedule"] == schedule)?
-        .clone();
-    Some((d["version"].as_i64()?, d["appliedAtMs"].as_i64()?))
-}
 
 fn forecast(g: f64, at: i64) -> Forecast {
     let slot = 1_800_000;
@@ -89,34 +76,16 @@ async fn main() -> anyhow::Result<()> {
         .context("creating topics")?;
     let schedule = "bench/propagation";
 
-    // The pipeline: one processor, N routers.
-    let mut procs = Children::default();
-    let common = |c: &mut Command| {
-        c.args(args.to_flags())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-    };
-    let padmin = free_port()?;
-    let mut p = Command::new(cli.bin_dir.join("processor"));
-    p.args(["run", "--admin-listen", &format!("127.0.0.1:{padmin}")]);
-    common(&mut p);
-    procs.0.push(
-        p.spawn()
-            .context("starting the processor (build with cargo build --release)")?,
-    );
-    let mut admins = vec![];
-    for i in 0..cli.routers {
-        let (port, admin) = (free_port()?, free_port()?);
-        let mut r = Command::new(cli.bin_dir.join("router"));
-        r.args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--router-id", &format!("bench-{i}"), "--schedule", schedule]);
-        common(&mut r);
-        procs.0.push(r.spawn().context("starting a router")?);
-        admins.push(format!("http://127.0.0.1:{admin}"));
-    }
-
-    // A schedule on its own zone; validity long enough that no refresh interleaves.
+    // The pipeline: one processor, N routers, a schedule on its own zone with a validity
+    // long enough that no refresh interleaves.
+    let specs: Vec<RouterSpec> = (0..cli.routers)
+        .map(|i| RouterSpec {
+            id: format!("bench-{i}"),
+            mode: "random",
+        })
+        .collect();
+    let pipeline = Pipeline::start(&args, &cli.bin_dir, schedule, &specs)?;
+    let admins: Vec<String> = pipeline.routers.iter().map(|r| r.admin.clone()).collect();
     let producer = RecordProducer::new(&args, "propagation-bench")?;
     let mut config =
         carbonflow_processor::spec::ScheduleSpec::default().to_config(schedule, now_ms(), now_ms());
@@ -125,30 +94,7 @@ async fn main() -> anyhow::Result<()> {
     for f in &mut config.flavours {
         f.upstream_url = "http://127.0.0.1:9".into();
     }
-    let bytes = ConfigCommand::Config(Box::new(config)).encode()?;
-    producer
-        .send_bytes(
-            &layout.name(Topic::Config),
-            schedule.as_bytes(),
-            None,
-            &bytes,
-            None,
-        )
-        .await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut version = 0;
-    for admin in &admins {
-        loop {
-            if let Some((v, _)) = held(admin, schedule).await {
-                version = v;
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("router {admin} never received the first decision");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    let mut version = pipeline.configure(&args, &producer, config).await?;
 
     // Decision record timestamps, read by our own consumer.
     let decisions: StreamConsumer = args
