@@ -5,6 +5,7 @@
 //! one-hop yardstick.
 
 pub mod carbonstat;
+pub mod history;
 pub mod hop;
 pub mod http;
 pub mod pipeline;

@@ -57,14 +57,8 @@ impl Pipeline {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
         };
-        let padmin = free_port()?;
-        let mut p = Command::new(bin_dir.join("processor"));
-        p.args(["run", "--admin-listen", &format!("127.0.0.1:{padmin}")]);
-        common(&mut p);
-        procs.0.push(
-            p.spawn()
-                .context("starting the processor (build with cargo build --release)")?,
-        );
+        let (processor, processor_admin) = spawn_processor(args, bin_dir)?;
+        procs.0.push(processor);
         let mut started = vec![];
         for spec in routers {
             let (port, admin) = (free_port()?, free_port()?);
@@ -83,7 +77,7 @@ impl Pipeline {
         }
         Ok(Self {
             procs,
-            processor_admin: format!("http://127.0.0.1:{padmin}"),
+            processor_admin,
             routers: started,
         })
     }
@@ -123,6 +117,67 @@ impl Pipeline {
         }
         Ok(version)
     }
+}
+
+/// Start `processor run` on `args`' topics; returns the child and its admin base URL.
+pub fn spawn_processor(
+    args: &KafkaArgs,
+    bin_dir: &Path,
+) -> anyhow::Result<(std::process::Child, String)> {
+    let admin = free_port()?;
+    let child = Command::new(bin_dir.join("processor"))
+        .arg("run")
+        .args(args.to_flags())
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the processor (build with cargo build --release)")?;
+    Ok((child, format!("http://127.0.0.1:{admin}")))
+}
+
+/// Poll `{admin}/metrics` until the sum of the samples starting with `prefix` reaches
+/// `target`. Returns the time from the first value above `from` to the target and the
+/// increase over that time, so that start-up and restore are not counted.
+pub async fn metric_reaches(
+    admin: &str,
+    prefix: &str,
+    from: f64,
+    target: f64,
+    limit: Duration,
+) -> anyhow::Result<(Duration, f64)> {
+    let http = crate::http::client();
+    let url = format!("{admin}/metrics");
+    let deadline = Instant::now() + limit;
+    let mut first: Option<(Instant, f64)> = None;
+    loop {
+        let v = crate::prom::sum(&crate::http::get_text(&http, &url).await, prefix);
+        let now = Instant::now();
+        if first.is_none() && v > from {
+            first = Some((now, v));
+        }
+        if v >= target {
+            let (t0, v0) = first.unwrap_or((now, from));
+            return Ok((now.duration_since(t0), target - v0));
+        }
+        if now > deadline {
+            bail!("{prefix} reached {v} of {target} within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait until `{admin}/readyz` answers 200; returns how long that took.
+pub async fn wait_ready(admin: &str, limit: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let url = format!("{admin}/readyz");
+    while get_json(&url).await.is_none() {
+        if started.elapsed() > limit {
+            bail!("{admin} not ready within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(started.elapsed())
 }
 
 /// Version and apply time (epoch ms) a router holds for `schedule`.

@@ -13,6 +13,8 @@ pub struct Summary {
     pub p99: f64,
     /// Largest.
     pub max: f64,
+    /// Smallest.
+    pub min: f64,
     /// Mean.
     pub mean: f64,
 }
@@ -34,8 +36,16 @@ impl Summary {
             p50: rank(0.5),
             p99: rank(0.99),
             max: s.last().copied().unwrap_or(f64::NAN),
+            min: s.first().copied().unwrap_or(f64::NAN),
             mean: s.iter().sum::<f64>() / s.len().max(1) as f64,
         }
+    }
+}
+
+impl Summary {
+    /// Largest minus smallest: how far runs of a benchmark differ.
+    pub fn spread(&self) -> f64 {
+        self.max - self.min
     }
 }
 

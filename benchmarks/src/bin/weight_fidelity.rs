@@ -23,6 +23,7 @@ use carbonflow_benchmarks::now_ms;
 use carbonflow_benchmarks::pipeline::{Pipeline, RouterSpec};
 use carbonflow_benchmarks::plot::{Chart, Series, Style, draw};
 use carbonflow_benchmarks::procs::{Children, free_port};
+use carbonflow_benchmarks::stats::Summary;
 use carbonflow_schemas::bus::admin::ensure_topics;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::records::{ConfigCommand, FlavourWeight, ManualOverride};
@@ -171,15 +172,6 @@ fn samples(
         }
     }
     out
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// Figures of one router mode in one run.
@@ -373,10 +365,11 @@ async fn main() -> anyhow::Result<()> {
                 figures(&s)
             })
             .collect();
-        let m = |f: &dyn Fn(&Figures) -> f64| median(per_run.iter().map(f).collect());
+        let m = |f: &dyn Fn(&Figures) -> f64| {
+            Summary::of(&per_run.iter().map(f).collect::<Vec<_>>()).p50
+        };
         let spread = |f: &dyn Fn(&Figures) -> f64| {
-            let v: Vec<f64> = per_run.iter().map(f).collect();
-            v.iter().copied().fold(f64::MIN, f64::max) - v.iter().copied().fold(f64::MAX, f64::min)
+            Summary::of(&per_run.iter().map(f).collect::<Vec<_>>()).spread()
         };
         println!(
             "| {} | {} | {:.2} / {:.2} / {:.2} | {:.1} (spread {:.1}) | {:.1} | {:.1} % |",
