@@ -45,16 +45,21 @@ enum Command {
     /// Set a schedule's weights by hand for a time to live.
     Override {
         /// Schedule, namespace/name.
-        #[arg(long)]
+        #[arg(long, env = "CARBONFLOW_SCHEDULE")]
         schedule: String,
         /// flavour=weight, repeatable (weights are proportional).
-        #[arg(long = "weight", required = true)]
+        #[arg(
+            long = "weight",
+            required = true,
+            env = "CARBONFLOW_OVERRIDE_WEIGHTS",
+            value_delimiter = ','
+        )]
         weights: Vec<String>,
         /// How long the override lives, e.g. 90s or 10m.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "CARBONFLOW_OVERRIDE_TTL")]
         ttl: Duration,
         /// Why (kept in the record for audit).
-        #[arg(long)]
+        #[arg(long, env = "CARBONFLOW_OVERRIDE_REASON")]
         reason: Option<String>,
     },
 }
@@ -77,62 +82,64 @@ enum ForecastSource {
     /// time/intensity list): forecast k is issued at the start of slot k.
     Scenario {
         /// Scenario file (JSON).
+        #[arg(env = "CARBONFLOW_SCENARIO_FILE")]
         file: PathBuf,
         /// Zone the forecasts are for.
-        #[arg(long, default_value = "GB")]
+        #[arg(long, default_value = "GB", env = "CARBONFLOW_ZONE")]
         zone: String,
         /// Length of one scenario slot, e.g. 30m (default: the file's own interval, else 30m).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = humantime::parse_duration, env = "CARBONFLOW_SLOT")]
         slot: Option<Duration>,
         /// Speed-up: a slot lasts slot/speed on the replay's clock (e.g. 120 turns 30 min
         /// slots into 15 s).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, env = "CARBONFLOW_SCENARIO_SPEED")]
         speed: f64,
         /// Start of slot 0, RFC 3339 UTC (default: now). The same start gives identical records.
-        #[arg(long)]
+        #[arg(long, env = "CARBONFLOW_SCENARIO_START")]
         start: Option<String>,
         /// Slots per forecast.
-        #[arg(long, default_value_t = 48)]
+        #[arg(long, default_value_t = 48, env = "CARBONFLOW_FORECAST_HORIZON")]
         horizon: usize,
         /// Forecasts to publish (default: until Ctrl-C, or the end of a non-repeating scenario).
-        #[arg(long)]
+        #[arg(long, env = "CARBONFLOW_SCENARIO_STEPS")]
         steps: Option<usize>,
         /// Publish every forecast at once instead of each at its slot's start.
-        #[arg(long)]
+        #[arg(long, env = "CARBONFLOW_SCENARIO_NO_WAIT")]
         no_wait: bool,
     },
     /// Poll a forecast API and publish its forecast whenever it changes. Credentials come
     /// from ELECTRICITYMAPS_API_KEY, WATTTIME_TOKEN or CARBON_AWARE_SDK_API_KEY.
     Poll {
         /// Which API.
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, env = "CARBONFLOW_PROVIDER")]
         provider: carbonflow_ingest::providers::Provider,
         /// Provider-side area: UK region id (1-17), Electricity Maps zone, WattTime
         /// region, or Carbon Aware SDK location.
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", env = "CARBONFLOW_PROVIDER_AREA")]
         area: String,
         /// carbonflow zone to publish the forecasts for.
-        #[arg(long, default_value = "GB")]
+        #[arg(long, default_value = "GB", env = "CARBONFLOW_ZONE")]
         zone: String,
         /// Base URL (default: the provider's public API).
-        #[arg(long)]
+        #[arg(long, env = "CARBONFLOW_PROVIDER_URL")]
         base_url: Option<String>,
         /// Time between polls, e.g. 5m.
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "CARBONFLOW_POLL_INTERVAL")]
         interval: Duration,
         /// Time allowed for one request.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, env = "CARBONFLOW_POLL_TIMEOUT")]
         timeout: Duration,
         /// Largest retry delay after failures (retries start at 1 s and double).
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "CARBONFLOW_POLL_BACKOFF_MAX")]
         backoff_max: Duration,
     },
     /// Publish forecasts from a CSV file `timestamp,zone,g_per_kwh[,index]` (one per zone).
     Csv {
         /// CSV file.
+        #[arg(env = "CARBONFLOW_FORECAST_CSV")]
         file: PathBuf,
         /// Length of the last slot of each zone.
-        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, env = "CARBONFLOW_SLOT")]
         slot: Duration,
     },
 }
@@ -143,19 +150,19 @@ enum ConfigAction {
     /// invalid file publishes nothing.
     Apply {
         /// Schedule file.
-        #[arg(short = 'f', long)]
+        #[arg(short = 'f', long, env = "CARBONFLOW_SCHEDULE_FILE")]
         file: PathBuf,
         /// Config version (default: now in epoch ms, so later applies win).
-        #[arg(long)]
+        #[arg(long, env = "CARBONFLOW_CONFIG_VERSION")]
         config_version: Option<i64>,
         /// Validate only.
-        #[arg(long)]
+        #[arg(long, env = "CARBONFLOW_DRY_RUN")]
         dry_run: bool,
     },
     /// Delete a schedule.
     Delete {
         /// Schedule, namespace/name.
-        #[arg(long)]
+        #[arg(long, env = "CARBONFLOW_SCHEDULE")]
         schedule: String,
     },
 }
