@@ -125,14 +125,17 @@ pub fn spawn_processor(
     bin_dir: &Path,
 ) -> anyhow::Result<(std::process::Child, String)> {
     let admin = free_port()?;
+    // Its log goes to a file: a benchmark that stalls usually has its cause there.
+    let log = std::env::temp_dir().join(format!("carbonflow-bench-processor-{admin}.log"));
     let child = Command::new(bin_dir.join("processor"))
         .arg("run")
         .args(args.to_flags())
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?)
         .spawn()
         .context("starting the processor (build with cargo build --release)")?;
+    eprintln!("processor log: {}", log.display());
     Ok((child, format!("http://127.0.0.1:{admin}")))
 }
 

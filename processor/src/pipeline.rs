@@ -563,11 +563,25 @@ impl Shell {
                 &snap,
             )
             .await;
-        result.map_err(|source| PipelineError::Delivery {
-            what: "a snapshot",
-            partition: p,
-            source,
-        })?;
+        match result {
+            Ok(_) => {}
+            // A snapshot only shortens restores; one the broker refuses for its size must
+            // not stop the processor (it would fail again on every restart). Restore then
+            // replays the journal from the previous snapshot: slower, still exact.
+            Err(e) if e.is_message_too_large() => {
+                tracing::warn!(partition = p, bytes = size, error = %e, "snapshot larger than the broker accepts; skipped (raise message.max.bytes on the broker and with --kafka-option, or spread schedules over more partitions)");
+                metrics::counter!("carbonflow_snapshots_skipped_total", "reason" => "too_large")
+                    .increment(1);
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(PipelineError::Delivery {
+                    what: "a snapshot",
+                    partition: p,
+                    source,
+                });
+            }
+        }
         metrics::gauge!("carbonflow_snapshot_bytes", "partition" => p.to_string()).set(size as f64);
         metrics::counter!("carbonflow_snapshots_total").increment(1);
         Ok(())

@@ -27,10 +27,10 @@ use crate::ledger::CreditLedger;
 use crate::policy::PolicyMemory;
 use crate::validate::validate;
 
-/// Version of the JSON encoding of [`PartitionState`] inside snapshots. Bump it when the
-/// struct changes incompatibly: restore then ignores older snapshots and replays the
-/// journal, which always works.
-pub const STATE_FORMAT: i32 = 2;
+/// Version of the encoding of [`PartitionState`] inside snapshots (gzip-compressed JSON
+/// since 3). Bump it when the struct or the encoding changes incompatibly: restore then
+/// ignores older snapshots and replays the journal, which always works.
+pub const STATE_FORMAT: i32 = 3;
 
 /// Length of a telemetry window, event-time ms. Windows are aligned to multiples of it.
 pub const TELEMETRY_WINDOW_MS: i64 = 5_000;

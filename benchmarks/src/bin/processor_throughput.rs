@@ -75,8 +75,8 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// One telemetry run: (bare buckets/s, processor buckets/s).
-async fn telemetry_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64)> {
+/// One telemetry run: (bare read, bare read+write, processor) in buckets/s.
+async fn telemetry_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64, f64)> {
     let args = fresh(cli, &format!("telemetry{run}")).await?;
     let producer = RecordProducer::new(&args, "throughput-bench")?;
     publish_configs(&args, &producer, cli.telemetry_schedules).await?;
@@ -109,6 +109,7 @@ async fn telemetry_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64)> {
     }
     let bare_s = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
     drop(bare);
+    let pipe_rate = bare_pipe(&args, &producer, &topic, cli.buckets).await?;
 
     let mut procs = Children::default();
     let (child, admin) = spawn_processor(&args, &cli.bin_dir)?;
@@ -123,8 +124,58 @@ async fn telemetry_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64)> {
     .await?;
     let bare_rate = (cli.buckets - 1) as f64 / bare_s;
     let proc_rate = counted / took.as_secs_f64();
-    eprintln!("telemetry run {run}: bare {bare_rate:.0}/s, processor {proc_rate:.0}/s");
-    Ok((bare_rate, proc_rate))
+    eprintln!(
+        "telemetry run {run}: bare {bare_rate:.0}/s, bare read+write {pipe_rate:.0}/s, processor {proc_rate:.0}/s"
+    );
+    Ok((bare_rate, pipe_rate, proc_rate))
+}
+
+/// A second yardstick: read each bucket and write one record per bucket (what a journal
+/// costs at least), acknowledgements checked as they complete, as the processor does.
+async fn bare_pipe(
+    args: &KafkaArgs,
+    producer: &RecordProducer,
+    topic: &str,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let consumer: BaseConsumer = args
+        .consumer_config("throughput-pipe", &format!("throughput-pipe-{}", now_ms()))?
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let out = args.layout().name(Topic::DeadLetters);
+    let (mut seen, mut first) = (0usize, None);
+    let mut pending = std::collections::VecDeque::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while seen < n {
+        match consumer.poll(Duration::ZERO) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                let payload = m.payload().unwrap_or_default();
+                let _: TelemetryBucket = carbonflow_schemas::decode(payload)?;
+                pending.push_back(
+                    producer
+                        .enqueue(&out, b"pipe", Some(0), Some(payload), None)
+                        .await?,
+                );
+                seen += 1;
+                // Keep a bounded window of unacknowledged writes, like the processor.
+                while pending.len() > 10_000 {
+                    if let Some(p) = pending.pop_front() {
+                        p.await?;
+                    }
+                }
+            }
+            Some(Err(e)) => bail!("pipe consumer: {e}"),
+            None if Instant::now() > deadline => bail!("pipe read {seen} of {n}"),
+            None => tokio::task::yield_now().await,
+        }
+    }
+    for p in pending {
+        p.await?;
+    }
+    Ok((n - 1) as f64 / first.map_or(f64::NAN, |t| t.elapsed().as_secs_f64()))
 }
 
 /// One decisions run: (configs → decisions /s, forecast → decisions /s, RSS MiB).
@@ -192,13 +243,15 @@ async fn decisions_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64, f64)>
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (mut bare, mut processor, mut ratio) = (vec![], vec![], vec![]);
+    let (mut bare, mut pipe, mut processor) = (vec![], vec![], vec![]);
     for run in 0..cli.runs {
-        let (b, p) = telemetry_run(&cli, run).await?;
+        let (b, w, p) = telemetry_run(&cli, run).await?;
         bare.push(b);
+        pipe.push(w);
         processor.push(p);
-        ratio.push(p / b);
     }
+    let ratio: Vec<f64> = processor.iter().zip(&bare).map(|(p, b)| p / b).collect();
+    let ratio_pipe: Vec<f64> = processor.iter().zip(&pipe).map(|(p, w)| p / w).collect();
     let (mut configs, mut fanout, mut rss) = (vec![], vec![], vec![]);
     for run in 0..cli.runs {
         let (c, f, r) = decisions_run(&cli, run).await?;
@@ -212,40 +265,66 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| Measure | Median | Spread |");
     println!("|---|---|---|");
-    println!(
-        "| Bare consumer, read + decode ({} buckets) | {:.0} buckets/s | {:.0} |",
-        cli.buckets,
-        Summary::of(&bare).p50,
-        Summary::of(&bare).spread()
-    );
-    println!(
-        "| Processor, applied + journaled ({} schedules) | {:.0} buckets/s | {:.0} |",
-        cli.telemetry_schedules,
-        Summary::of(&processor).p50,
-        Summary::of(&processor).spread()
-    );
-    println!(
-        "| Ratio processor / bare (target ≥ 0.8) | {:.2} | {:.2} |",
-        Summary::of(&ratio).p50,
-        Summary::of(&ratio).spread()
-    );
-    println!(
-        "| {} configs → first decisions | {:.0} decisions/s | {:.0} |",
-        cli.schedules,
-        Summary::of(&configs).p50,
-        Summary::of(&configs).spread()
-    );
-    println!(
-        "| One forecast → {} decisions | {:.0} decisions/s | {:.0} |",
-        cli.schedules,
-        Summary::of(&fanout).p50,
-        Summary::of(&fanout).spread()
-    );
-    println!(
-        "| Processor RSS with {} schedules | {:.0} MiB | {:.0} |",
-        cli.schedules,
-        Summary::of(&rss).p50,
-        Summary::of(&rss).spread()
-    );
+    let rows: [(String, &[f64], &str, usize); 8] = [
+        (
+            format!("Bare consumer, read + decode ({} buckets)", cli.buckets),
+            &bare,
+            "buckets/s",
+            0,
+        ),
+        (
+            "Bare consumer, read + decode + write one record each".into(),
+            &pipe,
+            "buckets/s",
+            0,
+        ),
+        (
+            format!(
+                "Processor, applied + journaled ({} schedules)",
+                cli.telemetry_schedules
+            ),
+            &processor,
+            "buckets/s",
+            0,
+        ),
+        (
+            "Ratio processor / bare read (target ≥ 0.8)".into(),
+            &ratio,
+            "",
+            2,
+        ),
+        (
+            "Ratio processor / bare read + write".into(),
+            &ratio_pipe,
+            "",
+            2,
+        ),
+        (
+            format!("{} configs → first decisions", cli.schedules),
+            &configs,
+            "decisions/s",
+            0,
+        ),
+        (
+            format!("One forecast → {} decisions", cli.schedules),
+            &fanout,
+            "decisions/s",
+            0,
+        ),
+        (
+            format!("Processor RSS with {} schedules", cli.schedules),
+            &rss,
+            "MiB",
+            0,
+        ),
+    ];
+    for (label, values, unit, decimals) in rows {
+        let s = Summary::of(values);
+        println!(
+            "| {label} | {:.decimals$} {unit} | {:.decimals$} |",
+            s.p50,
+            s.spread()
+        );
+    }
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! reads the latest snapshot and the journal after it, so the time should stay flat.
 //!
 //! Run (after `cargo build --release`, with the local broker up):
-//! `target/release/restore [--histories 10000,100000,300000] [--restarts 3]`
+//! `target/release/restore [--histories 10000,100000,1000000] [--restarts 3]`
 //! Writes `benchmarks/results/restore.png`.
 
 use std::path::PathBuf;
@@ -32,7 +32,7 @@ struct Cli {
     #[command(flatten)]
     kafka: KafkaArgs,
     /// History lengths (input records), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000,300000")]
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
     histories: Vec<usize>,
     /// Schedules the inputs are spread over.
     #[arg(long, default_value_t = 100)]

@@ -57,15 +57,29 @@ pub enum BusError {
 impl BusError {
     /// The producer's local queue was full (the broker is slow or unreachable).
     pub fn is_queue_full(&self) -> bool {
+        self.production_error() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+    }
+
+    /// The record is larger than the client or the broker accepts (`message.max.bytes`).
+    pub fn is_message_too_large(&self) -> bool {
+        // Client-side (librdkafka's own check) and broker-side refusals both map here.
         matches!(
-            self,
-            Self::Kafka {
-                source: rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull
-                ),
-                ..
-            }
+            self.production_error(),
+            Some(
+                rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
+                    | rdkafka::types::RDKafkaErrorCode::InvalidMessageSize
+            )
         )
+    }
+
+    fn production_error(&self) -> Option<rdkafka::types::RDKafkaErrorCode> {
+        match self {
+            Self::Kafka {
+                source: rdkafka::error::KafkaError::MessageProduction(code),
+                ..
+            } => Some(*code),
+            _ => None,
+        }
     }
 
     pub(crate) fn kafka(operation: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
