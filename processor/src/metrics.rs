@@ -75,6 +75,7 @@ pub fn removed(id: &str) {
 /// (a series that appears at 1 has no increase to alert on).
 pub fn start_at_zero() {
     metrics::counter!("carbonflow_config_rejections_total").increment(0);
+    metrics::counter!("carbonflow_snapshots_skipped_total", "reason" => "too_large").increment(0);
     for topic in [
         Topic::Config,
         Topic::Forecasts,

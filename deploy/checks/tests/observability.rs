@@ -435,6 +435,7 @@ async fn prometheus_scrapes_every_component_and_every_dashboard_and_rule_express
     for r in &loaded {
         let name = r["name"].as_str().unwrap_or_default();
         if [
+            "CarbonflowSnapshotsSkipped",
             "CarbonflowConfigRejected",
             "CarbonflowDeadLetters",
             "CarbonflowTelemetryDropped",
