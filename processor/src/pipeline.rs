@@ -40,6 +40,7 @@ use crate::journal::{RestoreError, restore, snapshot_of};
 use crate::state::{
     DeliveredWindow, EmissionsAccount, Input, Output, PartitionState, ScheduleState,
 };
+use crate::status::RecentDecision;
 
 /// Consumer group name reported in lag metrics (no group commits are made).
 pub const GROUP: &str = "carbonflow-processor";
@@ -136,6 +137,11 @@ pub struct ScheduleSummary {
     pub emissions: EmissionsAccount,
     /// Fraction of emissions saved against always-full-precision.
     pub carbon_saved: Option<f64>,
+    /// Forecast zone the schedule follows.
+    pub zone: String,
+    /// Intensities of the forecast slots from the current one, as the last decision saw
+    /// them, g/kWh.
+    pub forecast_slots: Vec<f64>,
 }
 
 impl ScheduleSummary {
@@ -157,6 +163,17 @@ impl ScheduleSummary {
             delivered_window_end_ms: s.last_window.as_ref().map(|w| w.end_ms),
             emissions: s.emissions,
             carbon_saved: s.emissions.saved_fraction(),
+            zone: s
+                .config
+                .as_ref()
+                .map(|c| c.zone.clone())
+                .unwrap_or_default(),
+            forecast_slots: s
+                .last_decision
+                .as_ref()
+                .and_then(|d| d.provenance.forecast.as_ref())
+                .map(|f| f.slots.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -178,7 +195,7 @@ pub struct ProcessorView {
     /// Summary per owned schedule.
     pub schedules: DashMap<String, ScheduleSummary>,
     /// The last [`RECENT_DECISIONS`] decisions per owned schedule, newest last.
-    pub recent: DashMap<String, VecDeque<ScheduleDecision>>,
+    pub recent: DashMap<String, VecDeque<RecentDecision>>,
     /// Consumer lag gauges.
     pub lag: LagMetrics,
 }
@@ -207,8 +224,8 @@ impl ProcessorView {
             return;
         }
         let summary = ScheduleSummary::of(partition, s);
-        crate::metrics::summary(id, &summary);
-        self.schedules.insert(id.to_string(), summary);
+        let previous = self.schedules.insert(id.to_string(), summary.clone());
+        crate::metrics::summary(id, &summary, previous.as_ref().map(|p| p.zone.as_str()));
         if let Some(d) = &s.last_decision {
             self.decisions.insert(id.to_string(), d.clone());
             let mut recent = self.recent.entry(id.to_string()).or_default();
@@ -216,7 +233,7 @@ impl ProcessorView {
                 if recent.len() == RECENT_DECISIONS {
                     recent.pop_front();
                 }
-                recent.push_back(d.clone());
+                recent.push_back(RecentDecision::of(d));
             }
         }
     }

@@ -47,8 +47,9 @@ pub struct ScheduleStatus {
     pub recent: Vec<RecentDecision>,
 }
 
-/// A past decision, briefly.
-#[derive(Debug, Serialize)]
+/// A past decision, briefly (what the view keeps per schedule: a few of these cost little
+/// even with 10,000 schedules, where whole decisions would not).
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RecentDecision {
     /// Version.
@@ -59,6 +60,22 @@ pub struct RecentDecision {
     pub cause: String,
     /// Integer weights per flavour.
     pub weights: Vec<(String, i32)>,
+}
+
+impl RecentDecision {
+    /// The brief of `d`.
+    pub fn of(d: &ScheduleDecision) -> Self {
+        Self {
+            version: d.version,
+            decided_at_ms: d.decided_at_ms,
+            cause: d.provenance.cause.clone(),
+            weights: d
+                .flavours
+                .iter()
+                .map(|f| (f.name.clone(), f.weight_percent))
+                .collect(),
+        }
+    }
 }
 
 impl StatusDocument {
@@ -73,21 +90,7 @@ impl StatusDocument {
                 let recent = view
                     .recent
                     .get(&id)
-                    .map(|r| {
-                        r.iter()
-                            .rev()
-                            .map(|d| RecentDecision {
-                                version: d.version,
-                                decided_at_ms: d.decided_at_ms,
-                                cause: d.provenance.cause.clone(),
-                                weights: d
-                                    .flavours
-                                    .iter()
-                                    .map(|f| (f.name.clone(), f.weight_percent))
-                                    .collect(),
-                            })
-                            .collect()
-                    })
+                    .map(|r| r.iter().rev().cloned().collect())
                     .unwrap_or_default();
                 ScheduleStatus {
                     decision: view.decisions.get(&id).map(|d| d.clone()),

@@ -358,6 +358,7 @@ async fn prometheus_scrapes_every_component_and_every_dashboard_and_rule_express
         ("namespace", "demo"),
         ("schedule", "carbonstat"),
         ("flavour", ".*"),
+        ("zone", "GB"),
         ("__rate_interval", "30s"),
         ("__interval", "5s"),
         ("__range", "5m"),
