@@ -68,13 +68,15 @@ pub enum PlotError {
     },
 }
 
-const PALETTE: [RGBColor; 6] = [
+const PALETTE: [RGBColor; 8] = [
     RGBColor(47, 111, 79),
     RGBColor(214, 124, 26),
     RGBColor(70, 110, 180),
     RGBColor(179, 52, 43),
     RGBColor(120, 90, 160),
     RGBColor(110, 110, 110),
+    RGBColor(20, 160, 170),
+    RGBColor(200, 170, 30),
 ];
 
 fn load_font() -> Result<(), PlotError> {

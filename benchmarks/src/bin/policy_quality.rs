@@ -13,6 +13,7 @@
 use std::path::PathBuf;
 
 use carbonflow_benchmarks::now_ms;
+use carbonflow_benchmarks::plot::{Chart, Series, Style, draw};
 use carbonflow_ingest::scenario::Scenario;
 use carbonflow_processor::policy::policy_names;
 use carbonflow_processor::spec::ScheduleSpec;
@@ -40,6 +41,12 @@ struct Cli {
     /// Slot length, seconds.
     #[arg(long, default_value_t = 15)]
     slot_seconds: i64,
+    /// Scenario (file name without .json) whose credit-balance trajectories are plotted.
+    #[arg(long, default_value = "forecast-aware-challenge")]
+    plot_scenario: String,
+    /// Where the PNG goes.
+    #[arg(long, default_value = "benchmarks/results")]
+    out_dir: PathBuf,
 }
 
 /// What one run measured.
@@ -51,6 +58,8 @@ struct Run {
     credit_min: f64,
     credit_final: f64,
     decisions: usize,
+    /// Credit balance after each simulated second.
+    trajectory: Vec<(f64, f64)>,
 }
 
 const SCHEDULE: &str = "sim/app";
@@ -119,6 +128,7 @@ fn simulate(cli: &Cli, scenario: &Scenario, policy: &str) -> Run {
         credit_min: f64::MAX,
         credit_final: 0.0,
         decisions: 0,
+        trajectory: Vec::new(),
     };
     for second in 0..cli.seconds {
         let at = T0 + second * 1000;
@@ -174,6 +184,7 @@ fn simulate(cli: &Cli, scenario: &Scenario, policy: &str) -> Run {
         let balance = state.schedules[SCHEDULE].ledger.balance();
         run.credit_min = run.credit_min.min(balance);
         run.credit_final = balance;
+        run.trajectory.push((second as f64, balance));
     }
     run.decisions = decisions;
     run
@@ -210,8 +221,20 @@ fn main() -> anyhow::Result<()> {
             "credit end",
             "decisions"
         );
-        for policy in policy_names() {
+        let plotted = file
+            .file_stem()
+            .is_some_and(|s| s == cli.plot_scenario.as_str());
+        let mut series = Vec::new();
+        for (colour, policy) in policy_names().into_iter().enumerate() {
             let r = simulate(&cli, &scenario, policy);
+            if plotted {
+                series.push(Series {
+                    label: policy.to_string(),
+                    colour,
+                    style: Style::Line,
+                    points: r.trajectory.clone(),
+                });
+            }
             let reduction = 100.0 * (1.0 - r.emissions / r.baseline.max(f64::MIN_POSITIVE));
             let precision = r.precision_sum / r.requests.max(1) as f64;
             let loss = 100.0 * (1.0 - precision);
@@ -230,6 +253,22 @@ fn main() -> anyhow::Result<()> {
                 r.credit_final,
                 r.decisions
             );
+        }
+        if plotted {
+            std::fs::create_dir_all(&cli.out_dir)?;
+            let png = cli.out_dir.join("policy-credit.png");
+            draw(
+                &png,
+                1000,
+                &[Chart {
+                    title: format!("Credit balance per policy: {}", scenario.name),
+                    x_label: "simulated seconds".into(),
+                    y_label: "credit balance".into(),
+                    log_x: false,
+                    series,
+                }],
+            )?;
+            println!("  plot: {}", png.display());
         }
     }
     eprintln!("\n({} ms)", now_ms() - started);
