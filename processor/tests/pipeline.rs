@@ -11,8 +11,8 @@ use carbonflow_processor::pipeline::now_ms;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::decode;
 use carbonflow_schemas::records::{
-    ConfigRejection, DeadLetter, Forecast, ForecastPoint, Outcome, OutcomeCount, ScheduleConfig,
-    ScheduleDecision, TelemetryBucket,
+    ConfigRejection, DeadLetter, Forecast, Outcome, OutcomeCount, ScheduleConfig, ScheduleDecision,
+    TelemetryBucket,
 };
 use carbonflow_schemas::testing::{fresh_layout, samples};
 use common::{ProcessorProcess, eventually, http, read_all};
@@ -29,23 +29,8 @@ fn config(schedule: &str, version: i64) -> ScheduleConfig {
 }
 
 fn forecast(g_per_kwh: f64) -> Forecast {
-    let now = now_ms();
-    let slot = 60_000;
-    let start = now - now.rem_euclid(slot);
-    Forecast {
-        zone: "GB".into(),
-        issuer: "test".into(),
-        issued_at_ms: now,
-        points: (0..4)
-            .map(|i| ForecastPoint {
-                start_ms: start + i * slot,
-                end_ms: start + (i + 1) * slot,
-                g_per_kwh: g_per_kwh + 20.0 * i as f64,
-                index: None,
-            })
-            .collect(),
-        demand: None,
-    }
+    let slots: Vec<f64> = (0..4).map(|i| g_per_kwh + 20.0 * f64::from(i)).collect();
+    samples::forecast_from("GB", "test", now_ms(), 60_000, &slots)
 }
 
 fn bucket(schedule: &str, router: &str, counts: [i64; 3]) -> TelemetryBucket {

@@ -254,6 +254,33 @@ pub fn read_all(args: &KafkaArgs, topic: Topic, partition: i32) -> Vec<Record> {
 pub mod samples {
     use crate::records::*;
 
+    /// A forecast for `zone` issued at `at_ms`: consecutive slots of `slot_ms`, the first
+    /// being the one that contains `at_ms`, with the given intensities (g/kWh).
+    pub fn forecast_from(
+        zone: &str,
+        issuer: &str,
+        at_ms: i64,
+        slot_ms: i64,
+        intensities: &[f64],
+    ) -> Forecast {
+        let start = at_ms - at_ms.rem_euclid(slot_ms);
+        Forecast {
+            zone: zone.into(),
+            issuer: issuer.into(),
+            issued_at_ms: at_ms,
+            points: (0_i64..)
+                .zip(intensities)
+                .map(|(i, g)| ForecastPoint {
+                    start_ms: start + i * slot_ms,
+                    end_ms: start + (i + 1) * slot_ms,
+                    g_per_kwh: *g,
+                    index: None,
+                })
+                .collect(),
+            demand: None,
+        }
+    }
+
     /// A forecast with demand.
     pub fn forecast() -> Forecast {
         Forecast {

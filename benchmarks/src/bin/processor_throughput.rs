@@ -22,7 +22,7 @@ use carbonflow_benchmarks::procs::Children;
 use carbonflow_benchmarks::stats::Summary;
 use carbonflow_schemas::bus::admin::ensure_topics;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
-use carbonflow_schemas::records::{Forecast, ForecastPoint, TelemetryBucket};
+use carbonflow_schemas::records::TelemetryBucket;
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -225,23 +225,13 @@ async fn decisions_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64, f64)>
     let took_configs = nth.duration_since(first);
     let counted = n - 1.0;
     publishing.await??;
-    let now = now_ms();
-    let slot = 1_800_000;
-    let start = now - now.rem_euclid(slot);
-    let forecast = Forecast {
-        zone: ZONE.into(),
-        issuer: "throughput-bench".into(),
-        issued_at_ms: now,
-        points: (0..4)
-            .map(|i| ForecastPoint {
-                start_ms: start + i * slot,
-                end_ms: start + (i + 1) * slot,
-                g_per_kwh: 300.0 - 50.0 * i as f64,
-                index: None,
-            })
-            .collect(),
-        demand: None,
-    };
+    let forecast = carbonflow_schemas::testing::samples::forecast_from(
+        ZONE,
+        "throughput-bench",
+        now_ms(),
+        1_800_000,
+        &[300.0, 250.0, 200.0, 150.0],
+    );
     let sent = Instant::now();
     producer
         .send(&args.layout().name(Topic::Forecasts), ZONE, None, &forecast)

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use carbonflow_benchmarks::stats::Summary;
 use carbonflow_schemas::bus::admin::ensure_topics;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
-use carbonflow_schemas::records::{Forecast, ForecastPoint, ScheduleDecision};
+use carbonflow_schemas::records::{Forecast, ScheduleDecision};
 use clap::Parser;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -47,22 +47,14 @@ struct Cli {
 use carbonflow_benchmarks::now_ms;
 
 fn forecast(g: f64, at: i64) -> Forecast {
-    let slot = 1_800_000;
-    let start = at - at.rem_euclid(slot);
-    Forecast {
-        zone: "BENCH".into(),
-        issuer: "propagation-benchmark".into(),
-        issued_at_ms: at,
-        points: (0..4)
-            .map(|i| ForecastPoint {
-                start_ms: start + i * slot,
-                end_ms: start + (i + 1) * slot,
-                g_per_kwh: g + i as f64,
-                index: None,
-            })
-            .collect(),
-        demand: None,
-    }
+    let slots: Vec<f64> = (0..4).map(|i| g + f64::from(i)).collect();
+    carbonflow_schemas::testing::samples::forecast_from(
+        "BENCH",
+        "propagation-benchmark",
+        at,
+        1_800_000,
+        &slots,
+    )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

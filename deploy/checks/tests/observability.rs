@@ -22,8 +22,8 @@ use carbonflow_deploy_checks::{
     yaml_document,
 };
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
-use carbonflow_schemas::records::{Forecast, ForecastPoint};
-use carbonflow_schemas::testing::{eventually, free_port, fresh_layout, try_http};
+use carbonflow_schemas::records::Forecast;
+use carbonflow_schemas::testing::{eventually, free_port, fresh_layout, samples, try_http};
 use serde_json::{Value, json};
 
 const SCHEDULE: &str = "demo/carbonstat";
@@ -78,27 +78,22 @@ async fn wait_ready(url: &str, what: &str) {
 
 /// A forecast of 12 half-hour slots from the current one, `now_g` g/kWh now.
 fn forecast(now_g: f64) -> Forecast {
-    let now = carbonflow_schemas::service::now_ms();
-    let slot = 30 * 60 * 1000;
-    let start = now - now.rem_euclid(slot);
-    Forecast {
-        zone: "GB".into(),
-        issuer: "observability-test".into(),
-        issued_at_ms: now,
-        points: (0..12)
-            .map(|i| ForecastPoint {
-                start_ms: start + i * slot,
-                end_ms: start + (i + 1) * slot,
-                g_per_kwh: if i == 0 {
-                    now_g
-                } else {
-                    150.0 + 20.0 * i as f64
-                },
-                index: None,
-            })
-            .collect(),
-        demand: None,
-    }
+    let slots: Vec<f64> = (0..12)
+        .map(|i| {
+            if i == 0 {
+                now_g
+            } else {
+                150.0 + 20.0 * f64::from(i)
+            }
+        })
+        .collect();
+    samples::forecast_from(
+        "GB",
+        "observability-test",
+        carbonflow_schemas::service::now_ms(),
+        30 * 60 * 1000,
+        &slots,
+    )
 }
 
 /// Broker topics, processor, two routers, carbonstat, the sample schedule, a forecast and
