@@ -85,20 +85,25 @@ pub fn start_at_zero() {
 
 /// Export what was delivered and emitted, as the state holds it (so restored figures are
 /// exported again after a restart rather than starting from zero).
-pub fn summary(id: &str, s: &ScheduleSummary, previous_zone: Option<&str>) {
+pub fn summary(id: &str, s: &ScheduleSummary, previous: Option<&ScheduleSummary>) {
     let (ns, sc) = split_id(id);
-    // Which zone a schedule follows (dashboards join the zone's forecast through it).
-    if let Some(old) = previous_zone.filter(|z| *z != s.zone) {
-        metrics::gauge!("carbonflow_schedule_zone", "namespace" => ns.clone(), "schedule" => sc.clone(), "zone" => old.to_string())
-            .set(0.0);
+    // Which zone a schedule follows (dashboards join the zone's forecast through it); set
+    // only when it changes, since this runs for every input that touches the schedule.
+    let old_zone = previous.map(|p| p.zone.as_str());
+    if old_zone != Some(s.zone.as_str()) {
+        if let Some(old) = old_zone {
+            metrics::gauge!("carbonflow_schedule_zone", "namespace" => ns.clone(), "schedule" => sc.clone(), "zone" => old.to_string())
+                .set(0.0);
+        }
+        metrics::gauge!("carbonflow_schedule_zone", "namespace" => ns.clone(), "schedule" => sc.clone(), "zone" => s.zone.clone())
+            .set(1.0);
     }
-    metrics::gauge!("carbonflow_schedule_zone", "namespace" => ns.clone(), "schedule" => sc.clone(), "zone" => s.zone.clone())
-        .set(1.0);
     // The forecast ahead per zone, not per schedule: thousands of schedules share a few
     // zones. Slot 0 is the current one; a fixed number of slots keeps the label bounded
     // (the reference made one series per hour offset, never removed). Slots the forecast
     // does not reach are NaN, which dashboards show as gaps.
-    if !s.forecast_slots.is_empty() {
+    let slots_changed = previous.is_none_or(|p| p.forecast_slots != s.forecast_slots);
+    if slots_changed && !s.forecast_slots.is_empty() {
         for slot in 0..FORECAST_SLOTS_EXPORTED {
             metrics::gauge!("carbonflow_forecast_slot_intensity", "zone" => s.zone.clone(), "slot" => slot.to_string())
                 .set(s.forecast_slots.get(slot).copied().unwrap_or(f64::NAN));

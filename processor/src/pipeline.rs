@@ -224,8 +224,11 @@ impl ProcessorView {
             return;
         }
         let summary = ScheduleSummary::of(partition, s);
-        let previous = self.schedules.insert(id.to_string(), summary.clone());
-        crate::metrics::summary(id, &summary, previous.as_ref().map(|p| p.zone.as_str()));
+        {
+            let previous = self.schedules.get(id);
+            crate::metrics::summary(id, &summary, previous.as_deref());
+        }
+        self.schedules.insert(id.to_string(), summary);
         if let Some(d) = &s.last_decision {
             self.decisions.insert(id.to_string(), d.clone());
             let mut recent = self.recent.entry(id.to_string()).or_default();
