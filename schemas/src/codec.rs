@@ -8,10 +8,10 @@
 //! up in the [catalog](crate::catalog), reads the datum with that (writer) schema and
 //! resolves it to the newest (reader) schema, so fields added later get their defaults.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
-use std::sync::Once;
+use std::sync::{LazyLock, Once};
 
-use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::{from_value, to_value};
@@ -149,28 +149,71 @@ fn limit_allocations() {
     });
 }
 
+/// Datum writers and readers, built once per schema version.
+///
+/// Why: building one resolves every named type of its schema, which costs more than
+/// encoding or decoding a small record; the processor does both for every input.
+/// Building cannot fail for a schema that parsed, but an error is kept (not a panic) so
+/// it surfaces as the codec error of the record that needed it.
+struct Codecs {
+    /// By record full name: the current version and its writer.
+    writers: HashMap<
+        &'static str,
+        (
+            &'static SchemaVersion,
+            Result<GenericDatumWriter<'static>, String>,
+        ),
+    >,
+    /// By writer fingerprint: a reader resolving that version to the current one.
+    readers: HashMap<u64, Result<GenericDatumReader<'static>, String>>,
+}
+
+fn codecs() -> &'static Codecs {
+    static CODECS: LazyLock<Codecs> = LazyLock::new(|| {
+        let catalog = catalog();
+        let mut writers = HashMap::new();
+        let mut readers = HashMap::new();
+        for v in catalog.versions() {
+            let Some(current) = catalog.current(&v.full_name) else {
+                continue;
+            };
+            if std::ptr::eq(v, current) {
+                let writer = GenericDatumWriter::builder(&v.schema)
+                    .build()
+                    .map_err(|e| e.to_string());
+                writers.insert(v.full_name.as_str(), (v, writer));
+            }
+            let reader = GenericDatumReader::builder(&v.schema)
+                .reader_schema(&current.schema)
+                .build()
+                .map_err(|e| e.to_string());
+            readers.insert(v.fingerprint, reader);
+        }
+        Codecs { writers, readers }
+    });
+    &CODECS
+}
+
 /// Encode `record` with the newest schema of its type, in single-object encoding.
 pub fn encode<T: AvroRecord>(record: &T) -> Result<Vec<u8>, CodecError> {
     let err = |detail: String| CodecError::Encode {
         record: T::FULL_NAME,
         detail,
     };
-    let current = catalog()
-        .current(T::FULL_NAME)
+    let (current, writer) = codecs()
+        .writers
+        .get(T::FULL_NAME)
         .ok_or_else(|| err("record type is not in the schema catalog".into()))?;
+    let writer = writer.as_ref().map_err(|e| err(e.clone()))?;
     let value = to_value(record)
         .and_then(|v| v.resolve(&current.schema))
         .map_err(|e| err(e.to_string()))?;
-    let writer = GenericDatumWriter::builder(&current.schema)
-        .build()
+    let mut out = Vec::with_capacity(HEADER_LEN + 64);
+    out.extend_from_slice(&MARKER);
+    out.extend_from_slice(&current.fingerprint.to_le_bytes());
+    writer
+        .write_value_ref(&mut out, &value)
         .map_err(|e| err(e.to_string()))?;
-    let mut out = RabinFingerprintHeader::from_schema(&current.schema).build_header();
-    debug_assert_eq!(out.len(), HEADER_LEN);
-    out.extend(
-        writer
-            .write_value_to_vec(value)
-            .map_err(|e| err(e.to_string()))?,
-    );
     Ok(out)
 }
 
@@ -216,13 +259,12 @@ pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
         version: writer.version,
         detail,
     };
-    let reader = catalog()
-        .current(T::FULL_NAME)
-        .ok_or_else(|| mismatch("record type has no reader schema in the catalog".into()))?;
-    let datum_reader = GenericDatumReader::builder(&writer.schema)
-        .reader_schema(&reader.schema)
-        .build()
-        .map_err(|e| mismatch(e.to_string()))?;
+    let datum_reader = codecs()
+        .readers
+        .get(&writer.fingerprint)
+        .ok_or_else(|| mismatch("record type has no reader schema in the catalog".into()))?
+        .as_ref()
+        .map_err(|e| mismatch(e.clone()))?;
     let body = &bytes[HEADER_LEN..];
     let mut cursor = StrictReader { rest: body };
     let value = datum_reader.read_value(&mut cursor).map_err(|e| {

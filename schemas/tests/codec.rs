@@ -58,12 +58,25 @@ fn every_record_type_round_trips() {
 }
 
 #[test]
+fn headers_are_the_ones_apache_avro_computes() {
+    use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
+    for v in catalog().versions() {
+        let expected = RabinFingerprintHeader::from_schema(&v.schema).build_header();
+        let mut ours = vec![0xC3, 0x01];
+        ours.extend_from_slice(&v.fingerprint.to_le_bytes());
+        assert_eq!(ours, expected, "{} v{}", v.full_name, v.version);
+    }
+}
+
+#[test]
 fn current_version_fixtures_still_decode() {
     macro_rules! check {
         ($file:literal, $sample:expr, $ty:ty) => {{
             let bytes = golden($file, || encode(&$sample).expect("encode"));
             let decoded: $ty = decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", $file));
             assert_eq!(decoded, $sample, "{}", $file);
+            // Today's encoder writes exactly what the fixture's writer wrote.
+            assert_eq!(encode(&$sample).expect("encode"), bytes, "{}", $file);
         }};
     }
     check!("forecast-v2.bin", samples::forecast(), Forecast);
