@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 
 use carbonflow_schemas::bus::{KafkaArgs, Topic};
 use carbonflow_schemas::decode;
-use carbonflow_schemas::records::{ConfigCommand, JournalEntry, ScheduleDecision};
+use carbonflow_schemas::records::{ConfigCommand, ScheduleDecision, journal_entries};
 use serde_json::{Value, json};
 
 use crate::dry_run::{format_time, reference_contract};
@@ -80,65 +80,68 @@ pub fn replay(args: &KafkaArgs, opts: &ReplayOptions<'_>) -> Result<Replay, Audi
             ));
         }
         let mut state = PartitionState::new(p);
-        let mut read = 0_u64;
+        let (mut records, mut entries) = (0_u64, 0_u64);
         reader.read(&journal, low, high, |offset, payload| {
-            read += 1;
-            if read.is_multiple_of(100_000) {
+            records += 1;
+            if records.is_multiple_of(10_000) {
                 eprintln!(
-                    "audit: journal partition {p}: {} of {} entries",
+                    "audit: journal partition {p}: record {} of {} ({entries} entries so far)",
                     offset - low + 1,
                     high - low
                 );
             }
-            let Some(entry) = payload.and_then(|b| decode::<JournalEntry>(b).ok()) else {
+            let Some(batch) = payload.and_then(|b| journal_entries(b).ok()) else {
                 out.gaps.push(format!(
                     "journal partition {p} offset {offset} is unreadable; skipped"
                 ));
                 return Ok(());
             };
-            if state.already_applied(&entry.input) {
-                return Ok(());
-            }
-            let mut input = match Input::decode_record(&entry.record) {
-                Ok(i) => i,
-                Err(_) => {
-                    state.skip(&entry.input);
-                    return Ok(());
-                }
-            };
-            if let (Some(rewrite), Input::Config(ConfigCommand::Config(c))) =
-                (opts.rewrite, &mut input)
-                && opts.schedule.is_none_or(|s| s == c.schedule)
-            {
-                rewrite(c);
-            }
-            // The windows this input may close, captured before it is applied.
-            let windows: BTreeMap<String, BTreeMap<String, i64>> = state
-                .schedules
-                .iter()
-                .filter_map(|(id, s)| Some((id.clone(), s.window.as_ref()?.served.clone())))
-                .collect();
-            for o in state.apply(&input, &entry.input) {
-                let Output::Decision(d) = o else { continue };
-                if opts.schedule.is_some_and(|s| s != d.schedule) {
+            for entry in batch {
+                entries += 1;
+                if state.already_applied(&entry.input) {
                     continue;
                 }
-                let delivered = if d.provenance.telemetry_window.is_some() {
-                    windows.get(&d.schedule).cloned().unwrap_or_default()
-                } else {
-                    BTreeMap::new()
+                let mut input = match Input::decode_record(&entry.record) {
+                    Ok(i) => i,
+                    Err(_) => {
+                        state.skip(&entry.input);
+                        continue;
+                    }
                 };
-                out.decisions
-                    .entry(d.schedule.clone())
-                    .or_default()
-                    .push(Derived {
-                        decision: *d,
-                        delivered,
-                    });
+                if let (Some(rewrite), Input::Config(ConfigCommand::Config(c))) =
+                    (opts.rewrite, &mut input)
+                    && opts.schedule.is_none_or(|s| s == c.schedule)
+                {
+                    rewrite(c);
+                }
+                // The windows this input may close, captured before it is applied.
+                let windows: BTreeMap<String, BTreeMap<String, i64>> = state
+                    .schedules
+                    .iter()
+                    .filter_map(|(id, s)| Some((id.clone(), s.window.as_ref()?.served.clone())))
+                    .collect();
+                for o in state.apply(&input, &entry.input) {
+                    let Output::Decision(d) = o else { continue };
+                    if opts.schedule.is_some_and(|s| s != d.schedule) {
+                        continue;
+                    }
+                    let delivered = if d.provenance.telemetry_window.is_some() {
+                        windows.get(&d.schedule).cloned().unwrap_or_default()
+                    } else {
+                        BTreeMap::new()
+                    };
+                    out.decisions
+                        .entry(d.schedule.clone())
+                        .or_default()
+                        .push(Derived {
+                            decision: *d,
+                            delivered,
+                        });
+                }
             }
             Ok(())
         })?;
-        out.entries += read;
+        out.entries += entries;
     }
     Ok(out)
 }

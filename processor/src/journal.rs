@@ -3,11 +3,14 @@
 //!
 //! Journal (`processor.journal`, partition p): one [`JournalEntry`] per input applied to
 //! partition p's state, in the order applied, carrying the input record as consumed and
-//! its position. State = fold of [`PartitionState::apply`] over the entries.
+//! its position. Entries are written in [`JournalBatch`] records (older journals hold one
+//! entry per record; [`journal_entries`] reads both). State = fold of
+//! [`PartitionState::apply`] over the entries.
 //!
 //! Snapshots (`processor.snapshots`, partition p, compacted): the state after a journal
-//! prefix, with `journal_next_offset` = offset of the last entry folded in **+ 1**, so
-//! restore never re-applies that entry and never skips the one after it.
+//! prefix, with `journal_next_offset` = offset of the last *record* folded in **+ 1**
+//! (a batch is folded whole), so restore never re-applies that record and never skips
+//! the one after it.
 //!
 //! Restore of partition p = latest readable snapshot + the journal from its
 //! `journal_next_offset` to the end, then a scan of `schedule.decisions` written since the
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use carbonflow_schemas::bus::{KafkaArgs, Topic};
 use carbonflow_schemas::records::{
-    InputPosition, JournalEntry, PartitionSnapshot, ScheduleDecision,
+    InputPosition, JournalEntry, PartitionSnapshot, ScheduleDecision, journal_entries,
 };
 use carbonflow_schemas::{CodecError, decode};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -74,7 +77,7 @@ pub enum RestoreError {
         topic: String,
         /// Partition.
         partition: i32,
-        /// Offset of the bad entry.
+        /// Offset of the unreadable journal record.
         offset: i64,
         /// Decode error.
         #[source]
@@ -307,48 +310,52 @@ pub fn restore(
         journal_from.max(low),
         journal_end,
         |offset, payload| {
-            let entry: JournalEntry =
-                decode(payload.unwrap_or_default()).map_err(|source| RestoreError::Journal {
+            let entries = journal_entries(payload.unwrap_or_default()).map_err(|source| {
+                RestoreError::Journal {
                     topic: journal.clone(),
                     partition,
                     offset,
                     source,
-                })?;
-            let outputs = replay_entry(&mut state, &entry);
-            replayed += 1;
-            let produced: Vec<(String, i64)> = outputs
-                .iter()
-                .filter_map(|o| match o {
-                    Output::Decision(d) => Some((d.schedule.clone(), d.version)),
-                    _ => None,
-                })
-                .collect();
-            let recorded: Vec<(String, i64)> = entry
-                .decisions
-                .iter()
-                .map(|d| (d.schedule.clone(), d.version))
-                .collect();
-            if produced != recorded {
-                divergent += 1;
-                tracing::error!(
-                    partition,
-                    offset,
-                    ?produced,
-                    ?recorded,
-                    "journal replay diverges from what was recorded"
-                );
-            }
-            for o in outputs {
-                match o {
-                    Output::Decision(d) => {
-                        removed.retain(|s| s != &d.schedule);
-                        last_decision.insert(d.schedule.clone(), *d);
+                }
+            })?;
+            for (index, entry) in entries.iter().enumerate() {
+                let outputs = replay_entry(&mut state, entry);
+                replayed += 1;
+                let produced: Vec<(String, i64)> = outputs
+                    .iter()
+                    .filter_map(|o| match o {
+                        Output::Decision(d) => Some((d.schedule.clone(), d.version)),
+                        _ => None,
+                    })
+                    .collect();
+                let recorded: Vec<(String, i64)> = entry
+                    .decisions
+                    .iter()
+                    .map(|d| (d.schedule.clone(), d.version))
+                    .collect();
+                if produced != recorded {
+                    divergent += 1;
+                    tracing::error!(
+                        partition,
+                        offset,
+                        index,
+                        ?produced,
+                        ?recorded,
+                        "journal replay diverges from what was recorded"
+                    );
+                }
+                for o in outputs {
+                    match o {
+                        Output::Decision(d) => {
+                            removed.retain(|s| s != &d.schedule);
+                            last_decision.insert(d.schedule.clone(), *d);
+                        }
+                        Output::Removed { schedule } => {
+                            last_decision.remove(&schedule);
+                            removed.push(schedule);
+                        }
+                        Output::Rejection(_) => {}
                     }
-                    Output::Removed { schedule } => {
-                        last_decision.remove(&schedule);
-                        removed.push(schedule);
-                    }
-                    Output::Rejection(_) => {}
                 }
             }
             Ok(())

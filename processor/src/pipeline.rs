@@ -7,11 +7,15 @@
 //! partition `p` plus the single forecast partition. No group membership is needed, so a
 //! SIGKILLed instance that restarts resumes its own partitions at once.
 //!
-//! Write order and crash safety: for each input, the journal entry and the outputs are
-//! queued on one idempotent producer without waiting; deliveries are checked as they
-//! complete and any failure stops the processor (restore then rebuilds from what was
-//! written, see [`crate::journal`]). Snapshots are taken only when every queued record
-//! has been acknowledged, so a snapshot's journal offset is exact.
+//! Write order and crash safety: an input's outputs are queued at once on one idempotent
+//! producer without waiting (decisions are latency-critical); its journal entry joins the
+//! partition's unwritten batch, written as one [`JournalBatch`] record as soon as no input
+//! is waiting, or when the batch is full. Deliveries are checked as they complete and any
+//! failure stops the processor. A crash loses at most the unwritten batch: its inputs are
+//! read again from the journaled positions and applied once, and a decision they had
+//! already produced is adopted (see [`crate::journal`]). Snapshots are taken only after
+//! every batch is written and every queued record acknowledged, so a snapshot's journal
+//! offset is exact.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use carbonflow_schemas::bus::{
     BusError, Delivered, KafkaArgs, LagContext, LagMetrics, RecordProducer, Topic, TopicLayout,
 };
 use carbonflow_schemas::records::{
-    DeadLetter, DecisionRef, InputPosition, JournalEntry, ScheduleDecision, Tick,
+    DeadLetter, DecisionRef, InputPosition, JournalBatch, JournalEntry, ScheduleDecision, Tick,
 };
 use carbonflow_schemas::{AvroRecord, encode};
 use dashmap::DashMap;
@@ -41,6 +45,14 @@ use crate::state::{
     DeliveredWindow, EmissionsAccount, Input, Output, PartitionState, ScheduleState,
 };
 use crate::status::RecentDecision;
+
+/// A partition's journal batch is written once it holds this many entries, or
+/// [`JOURNAL_BATCH_BYTES`] of input records, if inputs keep arriving; otherwise as soon as
+/// none is waiting. The byte bound keeps a batch well under the broker's default 1 MB
+/// record limit.
+const JOURNAL_BATCH_ENTRIES: usize = 1000;
+/// See [`JOURNAL_BATCH_ENTRIES`].
+const JOURNAL_BATCH_BYTES: usize = 256 * 1024;
 
 /// Consumer group name reported in lag metrics (no group commits are made).
 pub const GROUP: &str = "carbonflow-processor";
@@ -268,6 +280,10 @@ struct Owned {
     decisions_next: i64,
     since_snapshot: u64,
     last_snapshot: Instant,
+    /// Entries applied to `state` but not yet queued for the journal, oldest first.
+    unwritten: Vec<JournalEntry>,
+    /// Input bytes held by `unwritten`.
+    unwritten_bytes: usize,
 }
 
 struct Shell {
@@ -367,8 +383,53 @@ impl Shell {
         Ok(())
     }
 
-    /// Wait until everything queued has been acknowledged.
+    /// True when some partition has applied entries not yet queued for the journal.
+    fn has_unwritten_journal(&self) -> bool {
+        self.owned.values().any(|o| !o.unwritten.is_empty())
+    }
+
+    /// Queue partition `p`'s unwritten journal entries as one batch record.
+    async fn write_journal(&mut self, p: i32) -> Result<(), PipelineError> {
+        let Some(o) = self.owned.get_mut(&p) else {
+            return Ok(());
+        };
+        if o.unwritten.is_empty() {
+            return Ok(());
+        }
+        let batch = JournalBatch {
+            partition: p,
+            entries: std::mem::take(&mut o.unwritten),
+        };
+        o.unwritten_bytes = 0;
+        let bytes = encode(&batch).map_err(|e| PipelineError::Bus(e.into()))?;
+        metrics::counter!("carbonflow_journal_entries_total").increment(batch.entries.len() as u64);
+        metrics::counter!("carbonflow_journal_records_total").increment(1);
+        metrics::counter!("carbonflow_journal_bytes_total").increment(bytes.len() as u64);
+        let key = p.to_string();
+        self.queue(
+            Topic::Journal,
+            p,
+            key.as_bytes(),
+            Some(&bytes),
+            Written::Journal,
+            None,
+        )
+        .await
+    }
+
+    /// Queue every partition's unwritten journal entries.
+    async fn write_journals(&mut self) -> Result<(), PipelineError> {
+        let partitions: Vec<i32> = self.owned.keys().copied().collect();
+        for p in partitions {
+            self.write_journal(p).await?;
+        }
+        Ok(())
+    }
+
+    /// Write every unwritten journal entry and wait until everything queued has been
+    /// acknowledged.
     async fn drain(&mut self) -> Result<(), PipelineError> {
+        self.write_journals().await?;
         while let Some(d) = self.pending.next().await {
             self.delivered(d)?;
         }
@@ -485,20 +546,15 @@ impl Shell {
                 }
             }
         }
-        let key = p.to_string();
-        let bytes = encode(&entry).map_err(|e| PipelineError::Bus(e.into()))?;
-        metrics::counter!("carbonflow_journal_entries_total").increment(1);
-        metrics::counter!("carbonflow_journal_bytes_total").increment(bytes.len() as u64);
-        self.queue(
-            Topic::Journal,
-            p,
-            key.as_bytes(),
-            Some(&bytes),
-            Written::Journal,
-            None,
-        )
-        .await?;
-        self.emit(p, outputs, input_ts_ms).await
+        o.unwritten_bytes += entry.record.len();
+        o.unwritten.push(entry);
+        let full =
+            o.unwritten.len() >= JOURNAL_BATCH_ENTRIES || o.unwritten_bytes >= JOURNAL_BATCH_BYTES;
+        self.emit(p, outputs, input_ts_ms).await?;
+        if full {
+            self.write_journal(p).await?;
+        }
+        Ok(())
     }
 
     async fn on_message(&mut self, m: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
@@ -694,6 +750,8 @@ pub async fn run(
                 decisions_next: r.decisions_next,
                 since_snapshot: 0,
                 last_snapshot: Instant::now(),
+                unwritten: Vec::new(),
+                unwritten_bytes: 0,
             },
         );
         for (pos, bytes) in &r.orphans {
@@ -781,6 +839,11 @@ pub async fn run(
             },
             _ = snapshot_check.tick() => {
                 if let Err(e) = shell.snapshots_due(&settings, false).await { break Err(e) }
+            }
+            // Last in this biased select, so it runs only when no input is waiting: the
+            // journal batch holds what was applied since the previous one.
+            _ = std::future::ready(()), if shell.has_unwritten_journal() => {
+                if let Err(e) = shell.write_journals().await { break Err(e) }
             }
         }
     };

@@ -57,6 +57,11 @@ const SHIPPED: &[(&str, u32, &str)] = &[
         include_str!("../avro/journal_entry/v1.avsc"),
     ),
     (
+        "journal_batch",
+        1,
+        include_str!("../avro/journal_batch/v1.avsc"),
+    ),
+    (
         "partition_snapshot",
         1,
         include_str!("../avro/partition_snapshot/v1.avsc"),

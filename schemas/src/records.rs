@@ -512,6 +512,28 @@ pub struct JournalEntry {
     pub decisions: Vec<DecisionRef>,
 }
 
+/// Consecutive journal entries of one partition written as one record
+/// (`processor.journal`). Why: one record per input made the broker's per-record cost the
+/// processor's ceiling; a batch keeps every entry (and its input position) while writing
+/// one record per poll batch. Read with [`journal_entries`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalBatch {
+    /// Schedule partition whose state changed.
+    pub partition: i32,
+    /// The entries, oldest first.
+    pub entries: Vec<JournalEntry>,
+}
+
+/// The entries of one `processor.journal` record, oldest first: a [`JournalBatch`], or a
+/// single [`JournalEntry`] (written before batching, still readable).
+pub fn journal_entries(bytes: &[u8]) -> Result<Vec<JournalEntry>, crate::CodecError> {
+    if crate::codec::record_name(bytes)? == JournalBatch::FULL_NAME {
+        Ok(crate::decode::<JournalBatch>(bytes)?.entries)
+    } else {
+        Ok(vec![crate::decode::<JournalEntry>(bytes)?])
+    }
+}
+
 /// Full state of one partition after a journal prefix (`processor.snapshots`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionSnapshot {
@@ -547,6 +569,7 @@ avro_record! {
     ConfigRejection => "carbonflow.ConfigRejection",
     DeadLetter => "carbonflow.DeadLetter",
     JournalEntry => "carbonflow.JournalEntry",
+    JournalBatch => "carbonflow.JournalBatch",
     PartitionSnapshot => "carbonflow.PartitionSnapshot",
 }
 

@@ -581,6 +581,18 @@ pub mod samples {
         }
     }
 
+    /// A journal batch of two entries.
+    pub fn journal_batch() -> JournalBatch {
+        let first = journal_entry();
+        let mut second = journal_entry();
+        second.input.offset += 1;
+        second.decisions.clear();
+        JournalBatch {
+            partition: first.partition,
+            entries: vec![first, second],
+        }
+    }
+
     /// A partition snapshot.
     pub fn partition_snapshot() -> PartitionSnapshot {
         PartitionSnapshot {

@@ -54,6 +54,7 @@ fn every_record_type_round_trips() {
     round_trip(samples::config_rejection());
     round_trip(samples::dead_letter());
     round_trip(samples::journal_entry());
+    round_trip(samples::journal_batch());
     round_trip(samples::partition_snapshot());
 }
 
@@ -116,6 +117,11 @@ fn current_version_fixtures_still_decode() {
         "journal_entry-v1.bin",
         samples::journal_entry(),
         JournalEntry
+    );
+    check!(
+        "journal_batch-v1.bin",
+        samples::journal_batch(),
+        JournalBatch
     );
     check!(
         "partition_snapshot-v1.bin",
@@ -253,7 +259,30 @@ fn every_strict_prefix_of_every_record_is_truncated() {
     all_prefixes!(samples::schedule_decision(), ScheduleDecision);
     all_prefixes!(samples::dead_letter(), DeadLetter);
     all_prefixes!(samples::journal_entry(), JournalEntry);
+    all_prefixes!(samples::journal_batch(), JournalBatch);
     all_prefixes!(samples::partition_snapshot(), PartitionSnapshot);
+}
+
+#[test]
+fn journal_records_read_as_entries_whether_batched_or_single() {
+    let batch = samples::journal_batch();
+    let bytes = encode(&batch).expect("encode");
+    assert_eq!(journal_entries(&bytes).expect("batch"), batch.entries);
+    // A journal written before batching holds single entries; they still read.
+    let single = samples::journal_entry();
+    let bytes = encode(&single).expect("encode");
+    assert_eq!(journal_entries(&bytes).expect("single"), vec![single]);
+    // Anything else on the journal topic is an error naming what was found.
+    let tick = encode(&samples::tick()).expect("encode");
+    match journal_entries(&tick) {
+        Err(CodecError::WrongRecord {
+            expected, found, ..
+        }) => {
+            assert_eq!(expected, "carbonflow.JournalEntry");
+            assert_eq!(found, "carbonflow.Tick");
+        }
+        other => panic!("a tick is not a journal record: {other:?}"),
+    }
 }
 
 #[test]
