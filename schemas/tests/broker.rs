@@ -161,6 +161,17 @@ async fn topic_creation_is_idempotent_and_partitioned_as_laid_out() {
         .await
         .expect_err("mismatch");
     assert!(err.to_string().contains("partitions"), "{err}");
+
+    // Topics that were never created are named as missing, with how to create them.
+    let mut missing = args.clone();
+    missing.topic_prefix = format!("{}never.", args.topic_prefix);
+    let err = carbonflow_schemas::bus::admin::check_partition_counts(&missing, &missing.layout())
+        .expect_err("no topics");
+    let text = err.to_string();
+    assert!(
+        text.contains("does not exist") && text.contains("ingest topics create"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -81,6 +81,9 @@ pub fn check_partition_counts(args: &KafkaArgs, layout: &TopicLayout) -> Result<
         let name = layout.name(t);
         let found = partition_count(&consumer, &name)?;
         let expected = layout.partitions(t);
+        if found == 0 {
+            return Err(BusError::TopicMissing { topic: name });
+        }
         if found != expected {
             return Err(BusError::TopicMismatch {
                 topic: name,

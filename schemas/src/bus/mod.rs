@@ -32,6 +32,14 @@ pub enum BusError {
     /// A record could not be encoded.
     #[error(transparent)]
     Codec(#[from] crate::CodecError),
+    /// A topic carbonflow needs does not exist.
+    #[error(
+        "topic {topic} does not exist: create carbonflow's topics first with `ingest topics create` (with the same --topic-prefix and --schedule-partitions)"
+    )]
+    TopicMissing {
+        /// Topic name.
+        topic: String,
+    },
     /// A topic exists with settings we cannot use.
     #[error("topic {topic} exists with {found}, expected {expected}")]
     TopicMismatch {
