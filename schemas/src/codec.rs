@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::{LazyLock, Once};
 
+use apache_avro::from_value;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
-use apache_avro::{from_value, to_value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -177,17 +177,19 @@ fn codecs() -> &'static Codecs {
             let Some(current) = catalog.current(&v.full_name) else {
                 continue;
             };
-            if std::ptr::eq(v, current) {
+            let reader = if std::ptr::eq(v, current) {
                 let writer = GenericDatumWriter::builder(&v.schema)
                     .build()
                     .map_err(|e| e.to_string());
                 writers.insert(v.full_name.as_str(), (v, writer));
-            }
-            let reader = GenericDatumReader::builder(&v.schema)
-                .reader_schema(&current.schema)
-                .build()
-                .map_err(|e| e.to_string());
-            readers.insert(v.fingerprint, reader);
+                // Written with the reader's own schema: nothing to resolve.
+                GenericDatumReader::builder(&v.schema).build()
+            } else {
+                GenericDatumReader::builder(&v.schema)
+                    .reader_schema(&current.schema)
+                    .build()
+            };
+            readers.insert(v.fingerprint, reader.map_err(|e| e.to_string()));
         }
         Codecs { writers, readers }
     });
@@ -205,14 +207,13 @@ pub fn encode<T: AvroRecord>(record: &T) -> Result<Vec<u8>, CodecError> {
         .get(T::FULL_NAME)
         .ok_or_else(|| err("record type is not in the schema catalog".into()))?;
     let writer = writer.as_ref().map_err(|e| err(e.clone()))?;
-    let value = to_value(record)
-        .and_then(|v| v.resolve(&current.schema))
-        .map_err(|e| err(e.to_string()))?;
     let mut out = Vec::with_capacity(HEADER_LEN + 64);
     out.extend_from_slice(&MARKER);
     out.extend_from_slice(&current.fingerprint.to_le_bytes());
+    // Serialized straight against the schema (no intermediate `Value`); the golden
+    // fixtures pin the bytes.
     writer
-        .write_value_ref(&mut out, &value)
+        .write_ser(&mut out, record)
         .map_err(|e| err(e.to_string()))?;
     Ok(out)
 }
@@ -259,6 +260,9 @@ pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
         version: writer.version,
         detail,
     };
+    let reader_version = catalog()
+        .current(T::FULL_NAME)
+        .ok_or_else(|| mismatch("record type has no reader schema in the catalog".into()))?;
     let datum_reader = codecs()
         .readers
         .get(&writer.fingerprint)
@@ -267,7 +271,7 @@ pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
         .map_err(|e| mismatch(e.clone()))?;
     let body = &bytes[HEADER_LEN..];
     let mut cursor = StrictReader { rest: body };
-    let value = datum_reader.read_value(&mut cursor).map_err(|e| {
+    let read_error = |e: apache_avro::Error| {
         if is_end_of_input(&e) {
             CodecError::Truncated {
                 record: writer.full_name.clone(),
@@ -277,7 +281,17 @@ pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
         } else {
             mismatch(e.to_string())
         }
-    })?;
+    };
+    // Records written with the current schema are deserialized straight from the bytes;
+    // older versions go through a `Value`, which resolves them to the current schema.
+    let record = if std::ptr::eq(writer, reader_version) {
+        datum_reader
+            .read_deser::<T>(&mut cursor)
+            .map_err(read_error)?
+    } else {
+        let value = datum_reader.read_value(&mut cursor).map_err(read_error)?;
+        from_value::<T>(&value).map_err(|e| mismatch(e.to_string()))?
+    };
     let extra = cursor.rest.len();
     if extra != 0 {
         return Err(CodecError::TrailingBytes {
@@ -286,7 +300,7 @@ pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
             extra,
         });
     }
-    from_value::<T>(&value).map_err(|e| mismatch(e.to_string()))
+    Ok(record)
 }
 
 /// Marker carried by the I/O error [`StrictReader`] returns at the end of the record.
