@@ -17,7 +17,7 @@
 //! every batch is written and every queued record acknowledged, so a snapshot's journal
 //! offset is exact.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -284,6 +284,18 @@ struct Owned {
     unwritten: Vec<JournalEntry>,
     /// Input bytes held by `unwritten`.
     unwritten_bytes: usize,
+    /// Schedules whose state changed since the view last showed them.
+    view_behind: BTreeSet<String>,
+}
+
+/// Show schedule `id` of partition `p` as `state` holds it (or drop it if it is gone).
+fn refresh_view(view: &ProcessorView, p: i32, state: &PartitionState, id: &str) {
+    match state.schedules.get(id) {
+        Some(s) => view.refresh(p, id, s),
+        None => {
+            view.schedules.remove(id);
+        }
+    }
 }
 
 struct Shell {
@@ -383,9 +395,23 @@ impl Shell {
         Ok(())
     }
 
-    /// True when some partition has applied entries not yet queued for the journal.
-    fn has_unwritten_journal(&self) -> bool {
-        self.owned.values().any(|o| !o.unwritten.is_empty())
+    /// True when some partition has applied entries not yet queued for the journal, or
+    /// changes not yet shown by the view.
+    fn behind(&self) -> bool {
+        self.owned
+            .values()
+            .any(|o| !o.unwritten.is_empty() || !o.view_behind.is_empty())
+    }
+
+    /// Catch up once no input is waiting: queue the journal batches and refresh the view.
+    async fn catch_up(&mut self) -> Result<(), PipelineError> {
+        self.write_journals().await?;
+        for (&p, o) in &mut self.owned {
+            for id in std::mem::take(&mut o.view_behind) {
+                refresh_view(&self.view, p, &o.state, &id);
+            }
+        }
+        Ok(())
     }
 
     /// Queue partition `p`'s unwritten journal entries as one batch record.
@@ -527,7 +553,7 @@ impl Shell {
                 .collect(),
         };
         // Refresh what the admin API shows for every schedule this input touched.
-        let mut touched: Vec<String> = outputs
+        let touched: Vec<String> = outputs
             .iter()
             .map(|out| match out {
                 Output::Decision(d) => d.schedule.clone(),
@@ -535,16 +561,16 @@ impl Shell {
                 Output::Removed { schedule } => schedule.clone(),
             })
             .collect();
-        if let Some(Input::Telemetry(b)) = input {
-            touched.push(b.schedule.clone());
+        if let Some(Input::Telemetry(b)) = input
+            && !touched.contains(&b.schedule)
+        {
+            // A bucket that closes no window changes only counters the view shows: they
+            // are refreshed once no input is waiting, not for every bucket.
+            o.view_behind.insert(b.schedule.clone());
         }
         for id in &touched {
-            match o.state.schedules.get(id) {
-                Some(s) => self.view.refresh(p, id, s),
-                None => {
-                    self.view.schedules.remove(id);
-                }
-            }
+            o.view_behind.remove(id);
+            refresh_view(&self.view, p, &o.state, id);
         }
         o.unwritten_bytes += entry.record.len();
         o.unwritten.push(entry);
@@ -752,6 +778,7 @@ pub async fn run(
                 last_snapshot: Instant::now(),
                 unwritten: Vec::new(),
                 unwritten_bytes: 0,
+                view_behind: BTreeSet::new(),
             },
         );
         for (pos, bytes) in &r.orphans {
@@ -842,8 +869,8 @@ pub async fn run(
             }
             // Last in this biased select, so it runs only when no input is waiting: the
             // journal batch holds what was applied since the previous one.
-            _ = std::future::ready(()), if shell.has_unwritten_journal() => {
-                if let Err(e) = shell.write_journals().await { break Err(e) }
+            _ = std::future::ready(()), if shell.behind() => {
+                if let Err(e) = shell.catch_up().await { break Err(e) }
             }
         }
     };
