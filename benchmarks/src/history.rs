@@ -25,7 +25,7 @@ pub async fn publish_configs(
     let mut pending = Vec::with_capacity(n);
     for i in 0..n {
         let id = schedule_id(i);
-        let mut c = carbonflow_processor::spec::ScheduleSpec::default().to_config(&id, 1, now_ms());
+        let mut c = carbonflow_core::spec::ScheduleSpec::default().to_config(&id, 1, now_ms());
         c.zone = ZONE.into();
         c.valid_for_seconds = 3600;
         for f in &mut c.flavours {

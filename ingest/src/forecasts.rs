@@ -74,7 +74,7 @@ pub async fn replay(
         producer.send(&topic, &r.zone, None, &f).await?;
         println!(
             "forecast {k:>4}  {}  {:>6.1} gCO2/kWh now, {:>6.1} next  ({} slots)",
-            carbonflow_processor::dry_run::format_time(f.issued_at_ms),
+            carbonflow_schemas::time::format_rfc3339_ms(f.issued_at_ms),
             f.points[0].g_per_kwh,
             f.points
                 .get(1)
@@ -117,16 +117,8 @@ pub fn from_csv(
                 row.len()
             )));
         }
-        let ts = humantime::parse_rfc3339_weak(&row[0])
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .ok_or_else(|| {
-                bad(format!(
-                    "line {line}: timestamp {:?} is not RFC 3339 UTC",
-                    &row[0]
-                ))
-            })?
-            .as_millis() as i64;
+        let ts = carbonflow_schemas::time::parse_rfc3339_ms(&row[0])
+            .map_err(|e| bad(format!("line {line}: timestamp {e}")))?;
         let g: f64 = row[2]
             .parse()
             .ok()

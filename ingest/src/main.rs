@@ -212,13 +212,8 @@ async fn main() -> anyhow::Result<()> {
             let slot = slot.or(scenario.slot).unwrap_or(Duration::from_secs(1800));
             let slot_ms = ((slot.as_millis() as f64 / speed).round() as i64).max(1);
             let start_ms = match start {
-                Some(s) => humantime::parse_rfc3339_weak(&s)
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .with_context(|| {
-                        format!("--start {s:?} must be RFC 3339 UTC, e.g. 2025-11-18T12:00:00Z")
-                    })?
-                    .as_millis() as i64,
+                Some(s) => carbonflow_schemas::time::parse_rfc3339_ms(&s)
+                    .with_context(|| format!("--start {s:?}"))?,
                 None => now_ms(),
             };
             let shutdown = CancellationToken::new();

@@ -27,7 +27,7 @@
 //!   "timestamp": "2025-11-18T12:00:00+00:00", "duration": 5, "value": 350.5}]}]`,
 //!   durations in minutes, values in g/kWh.
 
-use std::time::UNIX_EPOCH;
+use carbonflow_schemas::time::{format_rfc3339_ms, parse_rfc3339_ms};
 
 use carbonflow_schemas::records::ForecastPoint;
 use serde_json::Value;
@@ -81,10 +81,7 @@ pub fn default_base(p: &Provider) -> &'static str {
 
 /// Path and query of the request for `area` at `now_ms`.
 pub fn request_path(p: &Provider, area: &str, now_ms: i64) -> String {
-    let from = humantime::format_rfc3339_seconds(
-        UNIX_EPOCH + std::time::Duration::from_millis(now_ms.max(0) as u64),
-    )
-    .to_string();
+    let from = format_rfc3339_ms(now_ms);
     // The API takes minutes: 2025-11-18T12:00Z.
     let from_minutes = format!("{}Z", &from[..16]);
     let enc = |s: &str| {
@@ -127,11 +124,7 @@ fn time_ms(v: &Value, field: &str) -> Result<i64, ParseError> {
     } else {
         s.replace("+00:00", "Z")
     };
-    humantime::parse_rfc3339_weak(&normalised)
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as i64)
-        .ok_or_else(|| bad(format!("{field} {s:?} is not an RFC 3339 UTC time")))
+    parse_rfc3339_ms(&normalised).map_err(|_| bad(format!("{field} {s:?} is not an RFC 3339 UTC time")))
 }
 
 fn number(v: &Value, field: &str) -> Result<f64, ParseError> {

@@ -8,8 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
-use carbonflow_processor::spec::ScheduleSpec;
-use carbonflow_processor::validate::validate;
+use carbonflow_core::spec::ScheduleSpec;
+use carbonflow_core::validate::validate;
 use carbonflow_schemas::bus::{BusError, KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::records::{
     ConfigCommand, FlavourWeight, ManualOverride, ScheduleConfig, ScheduleDeletion,

@@ -23,11 +23,11 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::dry_run::reference_contract;
+use carbonflow_core::contract::reference_contract;
 use crate::pipeline::{ProcessorView, now_ms};
-use crate::spec::ScheduleSpec;
+use carbonflow_core::spec::ScheduleSpec;
 use crate::status::StatusDocument;
-use crate::validate::validate;
+use carbonflow_core::validate::validate;
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -5,7 +5,7 @@
 //! partition p's state, in the order applied, carrying the input record as consumed and
 //! its position. Entries are written in [`JournalBatch`] records (older journals hold one
 //! entry per record; [`journal_entries`] reads both). State = fold of
-//! [`PartitionState::apply`] over the entries.
+//! [`PartitionState::replay`] over the entries.
 //!
 //! Snapshots (`processor.snapshots`, partition p, compacted): the state after a journal
 //! prefix, with `journal_next_offset` = offset of the last *record* folded in **+ 1**
@@ -14,62 +14,32 @@
 //!
 //! Restore of partition p = latest readable snapshot + the journal from its
 //! `journal_next_offset` to the end, then a scan of `schedule.decisions` written since the
-//! snapshot: a decision whose journal entry was lost in a crash is *adopted* (its version
-//! is taken, so no version is issued twice with different content), and a journaled
-//! decision that never reached the topic is sent again (routers ignore versions they hold,
-//! so a duplicate is harmless). Journal and decisions are written without transactions;
-//! these two rules are what make the outputs exactly-once in effect.
+//! snapshot. What the two disagree on, and what to write about it, is decided by the pure
+//! [`Reconciliation`]: this module only reads.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use carbonflow_schemas::bus::{KafkaArgs, Topic};
-use carbonflow_schemas::records::{
-    InputPosition, JournalEntry, PartitionSnapshot, ScheduleDecision, journal_entries,
-};
+use carbonflow_core::reconcile::{Reconciliation, Repairs};
+use carbonflow_core::state::{PartitionState, STATE_FORMAT};
+use carbonflow_schemas::bus::{BusError, KafkaArgs, RangeReader, Topic};
+use carbonflow_schemas::records::{PartitionSnapshot, journal_entries};
 use carbonflow_schemas::{CodecError, decode};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
-
-use crate::state::{Input, Output, PartitionState, STATE_FORMAT};
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 
-/// How long a restore read waits for the broker before giving up.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Why a partition could not be restored.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    /// The broker refused or timed out.
-    #[error("restoring partition {partition}: kafka {operation} failed: {source}")]
-    Kafka {
+    /// The broker refused, timed out, or a topic is missing.
+    #[error("restoring partition {partition}: {source}")]
+    Bus {
         /// Partition being restored.
         partition: i32,
-        /// What we were doing.
-        operation: String,
-        /// Client error.
+        /// Cause.
         #[source]
-        source: rdkafka::error::KafkaError,
-    },
-    /// Reading stopped before the end offset measured at the start.
-    #[error(
-        "restoring partition {partition}: {topic} stopped at offset {at} before its end {end} (no record for {timeout:?})"
-    )]
-    Stalled {
-        /// Partition being restored.
-        partition: i32,
-        /// Topic read.
-        topic: String,
-        /// Offset reached.
-        at: i64,
-        /// End expected.
-        end: i64,
-        /// Wait that expired.
-        timeout: Duration,
+        source: BusError,
     },
     /// A journal entry cannot be read: the journal is the truth, so restore stops.
     #[error("journal {topic} partition {partition} offset {offset} is unreadable: {source}")]
@@ -84,9 +54,6 @@ pub enum RestoreError {
         #[source]
         source: CodecError,
     },
-    /// The client configuration is unusable.
-    #[error(transparent)]
-    Config(#[from] carbonflow_schemas::bus::BusError),
     /// The state inside the snapshot could not be encoded.
     #[error("encoding the state of partition {partition}: {source}")]
     Encode {
@@ -96,6 +63,18 @@ pub enum RestoreError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// Why reading the journal tail stopped, before the error names the partition.
+enum TailError {
+    Bus(BusError),
+    Unreadable { offset: i64, source: CodecError },
+}
+
+impl From<BusError> for TailError {
+    fn from(e: BusError) -> Self {
+        Self::Bus(e)
+    }
 }
 
 /// A partition restored from the log.
@@ -113,13 +92,9 @@ pub struct Restored {
     pub replayed: u64,
     /// Entries whose recorded decision versions differ from the replay (should be 0).
     pub divergent: u64,
-    /// Decisions found on the topic but missing from the journal; the caller journals
-    /// them as [`Input::Adopted`] before anything else.
-    pub orphans: Vec<(InputPosition, Vec<u8>)>,
-    /// Journaled decisions that never reached the topic; the caller sends them again.
-    pub unsent: Vec<ScheduleDecision>,
-    /// Schedules deleted during the replayed tail; the caller sends their tombstones again.
-    pub removed: Vec<String>,
+    /// What the caller writes before taking new inputs: orphans to adopt, decisions to
+    /// resend, tombstones to resend.
+    pub repairs: Repairs,
     /// Time the restore took.
     pub took: Duration,
 }
@@ -163,144 +138,34 @@ fn decode_state(bytes: &[u8]) -> Option<PartitionState> {
     serde_json::from_reader(GzDecoder::new(bytes)).ok()
 }
 
-/// Apply one journal entry to `state`; returns the outputs the replay produced. An entry
-/// whose record no longer decodes only advances the position, as the live path did when
-/// it dead-lettered that record.
-pub fn replay_entry(state: &mut PartitionState, entry: &JournalEntry) -> Vec<Output> {
-    if state.already_applied(&entry.input) {
-        return vec![];
-    }
-    match Input::decode_record(&entry.record) {
-        Ok(input) => state.apply(&input, &entry.input),
-        Err(_) => {
-            state.skip(&entry.input);
-            vec![]
-        }
-    }
-}
-
-/// Reads partitions of our topics from a start offset to the end measured at the start.
-pub struct RangeReader {
-    consumer: BaseConsumer,
-    partition: i32,
-}
-
-impl RangeReader {
-    /// A reader of partition `partition` of any topic.
-    pub fn new(args: &KafkaArgs, partition: i32) -> Result<Self, RestoreError> {
-        let consumer: BaseConsumer = args
-            .consumer_config(
-                &format!("carbonflow-restore-{partition}"),
-                "carbonflow-restore",
-            )?
-            .create()
-            .map_err(|source| RestoreError::Kafka {
-                partition,
-                operation: "create consumer".into(),
-                source,
-            })?;
-        Ok(Self {
-            consumer,
-            partition,
-        })
-    }
-
-    fn kafka(&self, operation: String) -> impl FnOnce(rdkafka::error::KafkaError) -> RestoreError {
-        let partition = self.partition;
-        move |source| RestoreError::Kafka {
-            partition,
-            operation,
-            source,
-        }
-    }
-
-    /// `(low, high)` watermarks: the first offset kept and the next offset to be written.
-    pub fn watermarks(&self, topic: &str) -> Result<(i64, i64), RestoreError> {
-        self.consumer
-            .fetch_watermarks(topic, self.partition, READ_TIMEOUT)
-            .map_err(self.kafka(format!("read end offsets of {topic}")))
-    }
-
-    /// Call `f(offset, payload)` for every record of `topic` in `[from, end)`.
-    pub fn read(
-        &self,
-        topic: &str,
-        from: i64,
-        end: i64,
-        mut f: impl FnMut(i64, Option<&[u8]>) -> Result<(), RestoreError>,
-    ) -> Result<(), RestoreError> {
-        if from >= end {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, self.partition, Offset::Offset(from))
-            .map_err(self.kafka(format!("assign {topic}")))?;
-        self.consumer
-            .assign(&tpl)
-            .map_err(self.kafka(format!("assign {topic}")))?;
-        let mut at = from;
-        while at < end {
-            match self.consumer.poll(READ_TIMEOUT) {
-                Some(Ok(m)) => {
-                    at = m.offset() + 1;
-                    if m.offset() < end {
-                        f(m.offset(), m.payload())?;
-                    }
-                }
-                Some(Err(e)) => return Err(self.kafka(format!("read {topic}"))(e)),
-                None => {
-                    return Err(RestoreError::Stalled {
-                        partition: self.partition,
-                        topic: topic.into(),
-                        at,
-                        end,
-                        timeout: READ_TIMEOUT,
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Restore `partition` from the journal, using the latest snapshot unless
-/// `use_snapshot` is false (then the whole journal is folded: audit and tests).
-/// Blocking; call from a blocking thread.
+/// `use_snapshot` is false (then the whole journal is folded: tests). Blocking; call from
+/// a blocking thread.
 pub fn restore(
     args: &KafkaArgs,
     partition: i32,
     use_snapshot: bool,
 ) -> Result<Restored, RestoreError> {
+    let bus = |source| RestoreError::Bus { partition, source };
     let started = Instant::now();
     let layout = args.layout();
-    let reader = RangeReader::new(args, partition)?;
+    let reader = RangeReader::new(args, &format!("carbonflow-restore-{partition}")).map_err(bus)?;
     let mut state = PartitionState::new(partition);
     let (mut journal_from, mut decisions_from, mut from_snapshot) = (0, 0, false);
 
-    if use_snapshot {
-        let topic = layout.name(Topic::Snapshots);
-        let (low, high) = reader.watermarks(&topic)?;
-        // The last few records suffice: the newest readable snapshot wins.
-        reader.read(&topic, low.max(high - 4), high, |_, payload| {
-            let Some(snap) = payload.and_then(|p| decode::<PartitionSnapshot>(p).ok()) else {
-                return Ok(());
-            };
-            if snap.state_format != STATE_FORMAT || snap.partition != partition {
-                return Ok(());
-            }
-            if let Some(s) = decode_state(&snap.state) {
-                state = s;
-                journal_from = snap.journal_next_offset;
-                decisions_from = snap.decisions_next_offset;
-                from_snapshot = true;
-            }
-            Ok(())
-        })?;
+    if use_snapshot
+        && let Some((snap, s)) =
+            latest_snapshot(&reader, &layout.name(Topic::Snapshots), partition).map_err(bus)?
+    {
+        state = s;
+        journal_from = snap.journal_next_offset;
+        decisions_from = snap.decisions_next_offset;
+        from_snapshot = true;
     }
 
     // Journal tail.
     let journal = layout.name(Topic::Journal);
-    let (low, journal_end) = reader.watermarks(&journal)?;
+    let (low, journal_end) = reader.watermarks(&journal, partition).map_err(bus)?;
     if !from_snapshot && low > 0 {
         tracing::warn!(
             partition,
@@ -308,109 +173,52 @@ pub fn restore(
             "journal starts at offset {low}: older entries were deleted by retention and no snapshot covers them; the state folds only what is left"
         );
     }
-    let (mut replayed, mut divergent) = (0_u64, 0_u64);
-    let mut last_decision: BTreeMap<String, ScheduleDecision> = BTreeMap::new();
-    let mut removed = Vec::new();
-    reader.read(
-        &journal,
-        journal_from.max(low),
-        journal_end,
-        |offset, payload| {
-            let entries = journal_entries(payload.unwrap_or_default()).map_err(|source| {
-                RestoreError::Journal {
-                    topic: journal.clone(),
-                    partition,
-                    offset,
+    let mut reconciliation = Reconciliation::new();
+    let mut divergent = 0_u64;
+    reader
+        .read(&journal, partition, journal_from.max(low), journal_end, |r| {
+            let entries = journal_entries(r.payload.unwrap_or_default()).map_err(|source| {
+                TailError::Unreadable {
+                    offset: r.offset,
                     source,
                 }
             })?;
             for (index, entry) in entries.iter().enumerate() {
-                let outputs = replay_entry(&mut state, entry);
-                replayed += 1;
-                let produced: Vec<(String, i64)> = outputs
-                    .iter()
-                    .filter_map(|o| match o {
-                        Output::Decision(d) => Some((d.schedule.clone(), d.version)),
-                        _ => None,
-                    })
-                    .collect();
-                let recorded: Vec<(String, i64)> = entry
-                    .decisions
-                    .iter()
-                    .map(|d| (d.schedule.clone(), d.version))
-                    .collect();
-                if produced != recorded {
+                if let Some(d) = reconciliation.replay(&mut state, entry) {
                     divergent += 1;
                     tracing::error!(
                         partition,
-                        offset,
+                        offset = r.offset,
                         index,
-                        ?produced,
-                        ?recorded,
+                        produced = ?d.produced,
+                        recorded = ?d.recorded,
                         "journal replay diverges from what was recorded"
                     );
                 }
-                for o in outputs {
-                    match o {
-                        Output::Decision(d) => {
-                            removed.retain(|s| s != &d.schedule);
-                            last_decision.insert(d.schedule.clone(), *d);
-                        }
-                        Output::Removed { schedule } => {
-                            last_decision.remove(&schedule);
-                            removed.push(schedule);
-                        }
-                        Output::Rejection(_) => {}
-                    }
-                }
             }
             Ok(())
-        },
-    )?;
+        })
+        .map_err(|e| match e {
+            TailError::Bus(source) => bus(source),
+            TailError::Unreadable { offset, source } => RestoreError::Journal {
+                topic: journal.clone(),
+                partition,
+                offset,
+                source,
+            },
+        })?;
 
     // Decisions written since the snapshot: which reached the topic, and which are orphans.
     let decisions = layout.name(Topic::Decisions);
-    let (low, decisions_end) = reader.watermarks(&decisions)?;
-    let mut on_topic: BTreeMap<String, (i64, i64, Vec<u8>)> = BTreeMap::new();
-    reader.read(
-        &decisions,
-        decisions_from.max(low),
-        decisions_end,
-        |offset, payload| {
-            if let Some(d) = payload.and_then(|p| decode::<ScheduleDecision>(p).ok()) {
-                let held = on_topic.get(&d.schedule).map_or(i64::MIN, |(v, _, _)| *v);
-                if d.version > held {
-                    on_topic.insert(
-                        d.schedule.clone(),
-                        (d.version, offset, payload.unwrap_or_default().to_vec()),
-                    );
-                }
-            }
-            Ok(())
-        },
-    )?;
-    let mut orphans = Vec::new();
-    for (schedule, (version, offset, bytes)) in &on_topic {
-        let journaled = state.schedules.get(schedule).map_or(0, |s| s.version);
-        if *version > journaled {
-            orphans.push((
-                InputPosition {
-                    topic: decisions.clone(),
-                    partition,
-                    offset: *offset,
-                },
-                bytes.clone(),
-            ));
-        }
-    }
-    let unsent = last_decision
-        .into_values()
-        .filter(|d| {
-            on_topic
-                .get(&d.schedule)
-                .is_none_or(|(v, _, _)| *v < d.version)
+    let (low, decisions_end) = reader.watermarks(&decisions, partition).map_err(bus)?;
+    reader
+        .read(&decisions, partition, decisions_from.max(low), decisions_end, |r| {
+            reconciliation.seen_on_topic(r.offset, r.payload);
+            Ok::<(), BusError>(())
         })
-        .collect();
+        .map_err(bus)?;
+    let replayed = reconciliation.replayed;
+    let repairs = reconciliation.conclude(&state, &decisions, partition);
     Ok(Restored {
         state,
         journal_next: journal_end,
@@ -418,16 +226,37 @@ pub fn restore(
         from_snapshot,
         replayed,
         divergent,
-        orphans,
-        unsent,
-        removed,
+        repairs,
         took: started.elapsed(),
     })
+}
+
+/// The newest readable snapshot of `partition` in this state format, with its state, if
+/// any. The last few records suffice: the topic is compacted by partition key.
+fn latest_snapshot(
+    reader: &RangeReader,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<(PartitionSnapshot, PartitionState)>, BusError> {
+    let (low, high) = reader.watermarks(topic, partition)?;
+    let mut latest = None;
+    reader.read(topic, partition, low.max(high - 4), high, |r| {
+        if let Some(snap) = r.payload.and_then(|p| decode::<PartitionSnapshot>(p).ok())
+            && snap.state_format == STATE_FORMAT
+            && snap.partition == partition
+            && let Some(state) = decode_state(&snap.state)
+        {
+            latest = Some((snap, state));
+        }
+        Ok::<(), BusError>(())
+    })?;
+    Ok(latest)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use carbonflow_core::state::Input;
     use carbonflow_schemas::records::{ConfigCommand, InputPosition};
     use carbonflow_schemas::testing::samples;
 

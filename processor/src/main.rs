@@ -137,16 +137,13 @@ enum AuditAction {
 fn time_arg(name: &str, value: Option<&str>, default: i64) -> anyhow::Result<i64> {
     match value {
         None => Ok(default),
-        Some(v) => Ok(humantime::parse_rfc3339_weak(v)
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .with_context(|| format!("--{name} {v:?} must be an RFC 3339 UTC time"))?
-            .as_millis() as i64),
+        Some(v) => carbonflow_schemas::time::parse_rfc3339_ms(v).with_context(|| format!("--{name}")),
     }
 }
 
 fn audit(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
-    use carbonflow_processor::audit::{self as a, ReplayOptions};
+    use carbonflow_core::audit::{self as a, ReplayOptions};
+    use carbonflow_processor::audit::{emitted, replay};
     let kafka = &args.kafka;
     let opts = |schedule| ReplayOptions {
         schedule,
@@ -169,8 +166,8 @@ fn audit(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
                 time_arg("from", from.as_deref(), i64::MIN)?,
                 time_arg("to", to.as_deref(), i64::MAX)?,
             );
-            let replay = a::replay(kafka, &opts(schedule.as_deref()))?;
-            let (emitted, gaps) = a::emitted(kafka)?;
+            let replay = replay(kafka, opts(schedule.as_deref()))?;
+            let (emitted, gaps) = emitted(kafka)?;
             report_gaps(&replay.gaps);
             report_gaps(&gaps);
             let v = a::verify(&replay, &emitted, schedule.as_deref(), from, to);
@@ -205,7 +202,7 @@ fn audit(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
             at,
             version,
         } => {
-            let replay = a::replay(kafka, &opts(Some(&schedule)))?;
+            let replay = replay(kafka, opts(Some(&schedule)))?;
             report_gaps(&replay.gaps);
             let ds = history(&replay, &schedule)?;
             let index = match (version, at) {
@@ -230,7 +227,7 @@ fn audit(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
                 time_arg("from", from.as_deref(), i64::MIN)?,
                 time_arg("to", to.as_deref(), i64::MAX)?,
             );
-            let replay = a::replay(kafka, &opts(Some(&schedule)))?;
+            let replay = replay(kafka, opts(Some(&schedule)))?;
             report_gaps(&replay.gaps);
             let ds = history(&replay, &schedule)?;
             let rows: Vec<serde_json::Value> = a::export_rows(&ds)
@@ -256,22 +253,22 @@ fn audit(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
             sets,
         } => {
             let rewrite = a::rewrite_for(policy.clone(), &sets)?;
-            let actual = a::replay(kafka, &opts(Some(&schedule)))?;
+            let actual = replay(kafka, opts(Some(&schedule)))?;
             report_gaps(&actual.gaps);
-            let what_if = a::replay(
+            let what_if = replay(
                 kafka,
-                &ReplayOptions {
+                ReplayOptions {
                     schedule: Some(&schedule),
-                    rewrite: Some(&rewrite),
+                    rewrite: Some(rewrite.as_ref()),
                 },
             )?;
             let line = |name: &str, acc: &a::Accounting| {
                 println!(
-                    "{name:<8} requests {:>10}  mean precision {:.6}  emissions {:.3}  baseline {:.3}  reduction vs full precision {:.3} %",
+                    "{name:<8} requests {:>10}  mean delivered precision {:.6}  emissions {:.3}  baseline {:.3}  reduction vs full precision {:.3} %",
                     acc.requests,
-                    acc.mean_precision(),
-                    acc.emissions,
-                    acc.baseline,
+                    acc.mean_delivered_precision(),
+                    acc.emissions.delivered,
+                    acc.emissions.full_precision,
                     100.0 * acc.reduction()
                 )
             };
@@ -312,7 +309,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             std::io::stdin()
                 .read_to_string(&mut input)
                 .context("reading the decide document from stdin")?;
-            let out = carbonflow_processor::dry_run::run(&input)?;
+            let out = carbonflow_core::dry_run::run(&input)?;
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(std::process::ExitCode::SUCCESS)
         }

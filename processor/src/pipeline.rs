@@ -41,7 +41,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{RestoreError, restore, snapshot_of};
-use crate::state::{
+use carbonflow_core::state::{
     DeliveredWindow, EmissionsAccount, Input, Output, PartitionState, ScheduleState,
 };
 use crate::status::RecentDecision;
@@ -755,8 +755,8 @@ pub async fn run(
             partition = p,
             from_snapshot = r.from_snapshot,
             replayed = r.replayed,
-            orphans = r.orphans.len(),
-            unsent = r.unsent.len(),
+            orphans = r.repairs.orphans.len(),
+            unsent = r.repairs.unsent.len(),
             took_ms = r.took.as_millis() as u64,
             "partition restored"
         );
@@ -781,7 +781,7 @@ pub async fn run(
                 view_behind: BTreeSet::new(),
             },
         );
-        for (pos, bytes) in &r.orphans {
+        for (pos, bytes) in &r.repairs.orphans {
             let input = Input::decode(Topic::Decisions, bytes).ok();
             tracing::warn!(
                 partition = p,
@@ -790,13 +790,13 @@ pub async fn run(
             );
             shell.apply(p, pos, bytes, input.as_ref(), None).await?;
         }
-        for d in r.unsent {
+        for d in r.repairs.unsent {
             tracing::info!(schedule = %d.schedule, version = d.version, "re-sending a journaled decision that never reached the topic");
             shell
                 .emit(p, vec![Output::Decision(Box::new(d))], None)
                 .await?;
         }
-        for schedule in r.removed {
+        for schedule in r.repairs.removed {
             shell
                 .emit(p, vec![Output::Removed { schedule }], None)
                 .await?;

@@ -456,7 +456,7 @@ async fn invalid_configs_are_refused_over_http_and_topic_and_the_previous_stays(
     // The same rules over the topic: rejection records, previous config in force.
     for (_, break_it) in &cases {
         break_it(&mut spec);
-        let mut c = carbonflow_processor::spec::ScheduleSpec::from_value(spec.clone())
+        let mut c = carbonflow_core::spec::ScheduleSpec::from_value(spec.clone())
             .expect("spec")
             .to_config("ns/app", version + 1, now_ms());
         c.schedule = "ns/app".into();

@@ -244,6 +244,19 @@ pub fn record_name(bytes: &[u8]) -> Result<&'static str, CodecError> {
     writer_schema(bytes).map(|v| v.full_name.as_str())
 }
 
+/// The error for a record that is not one of the types a reader accepts; `expected` says
+/// what it accepts (for readers of several types, where [`decode`] cannot say it).
+pub fn wrong_record(expected: &'static str, bytes: &[u8]) -> CodecError {
+    match writer_schema(bytes) {
+        Ok(writer) => CodecError::WrongRecord {
+            expected,
+            found: writer.full_name.clone(),
+            version: writer.version,
+        },
+        Err(e) => e,
+    }
+}
+
 /// Decode a single-object-encoded record into `T`, resolving older schema versions.
 pub fn decode<T: AvroRecord>(bytes: &[u8]) -> Result<T, CodecError> {
     limit_allocations();

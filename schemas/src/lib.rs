@@ -7,17 +7,27 @@
 //! * [`catalog`] — every schema version compiled into the binary, keyed by fingerprint;
 //! * [`codec`] — Avro single-object encoding (`C3 01` + CRC-64-AVRO fingerprint + datum),
 //!   decoding with the writer's schema resolved to the current reader schema;
-//! * [`bus`] — topic names and settings, client configuration, the producer helper,
-//!   topic creation and consumer-lag metrics;
-//! * [`service`] — logging and shutdown signals shared by the binaries.
+//! * [`time`] — event times: epoch ms ↔ RFC 3339, the one conversion;
+//! * [`topics`] — topic names (with a prefix), partition counts, cleanup policies;
+//! * `bus` — client configuration, the producer helper, range reads, topic creation and
+//!   consumer-lag metrics (feature `bus`, on by default: it is what links librdkafka);
+//! * `service` — logging, shutdown signals, the metrics recorder and the wall clock
+//!   shared by the binaries (feature `bus`).
 //!
-//! With the `testing` feature, [`testing`] gives integration tests a running broker.
+//! Without default features the crate is the records, codec and topic names alone: what
+//! the pure decision core (`carbonflow-core`) depends on.
+//!
+//! With the `testing` feature, `testing` gives integration tests a running broker.
 
+#[cfg(feature = "bus")]
 pub mod bus;
 pub mod catalog;
 pub mod codec;
 pub mod records;
+#[cfg(feature = "bus")]
 pub mod service;
+pub mod time;
+pub mod topics;
 #[cfg(feature = "testing")]
 pub mod testing;
 

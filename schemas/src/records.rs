@@ -207,6 +207,15 @@ pub struct ManualOverride {
     pub reason: Option<String>,
 }
 
+impl ManualOverride {
+    /// End of the override's life, epoch ms. Saturating: a lifetime too large to add is
+    /// "forever", never a wrapped time in the past.
+    pub fn expires_at_ms(&self) -> i64 {
+        self.issued_at_ms
+            .saturating_add(self.ttl_seconds.saturating_mul(1000))
+    }
+}
+
 /// Removal of a schedule (`schedule.config`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleDeletion {

@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let admins: Vec<String> = pipeline.routers.iter().map(|r| r.admin.clone()).collect();
     let producer = RecordProducer::new(&args, "propagation-bench")?;
     let mut config =
-        carbonflow_processor::spec::ScheduleSpec::default().to_config(schedule, now_ms(), now_ms());
+        carbonflow_core::spec::ScheduleSpec::default().to_config(schedule, now_ms(), now_ms());
     config.zone = "BENCH".into();
     config.valid_for_seconds = 3600;
     for f in &mut config.flavours {

@@ -243,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
     let pipeline = Pipeline::start(&args, &cli.bin_dir, SCHEDULE, &routers)?;
     let producer = RecordProducer::new(&args, "fidelity-bench")?;
     let mut config =
-        carbonflow_processor::spec::ScheduleSpec::default().to_config(SCHEDULE, now_ms(), now_ms());
+        carbonflow_core::spec::ScheduleSpec::default().to_config(SCHEDULE, now_ms(), now_ms());
     config.valid_for_seconds = 3600;
     for f in &mut config.flavours {
         f.upstream_url = format!("http://{carbonstat}/{}", f.name);

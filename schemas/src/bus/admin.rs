@@ -7,7 +7,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::topics::{Topic, TopicLayout};
+use crate::topics::{Topic, TopicLayout};
 use super::{BusError, KafkaArgs};
 
 /// What happened to one topic.
@@ -81,9 +81,6 @@ pub fn check_partition_counts(args: &KafkaArgs, layout: &TopicLayout) -> Result<
         let name = layout.name(t);
         let found = partition_count(&consumer, &name)?;
         let expected = layout.partitions(t);
-        if found == 0 {
-            return Err(BusError::TopicMissing { topic: name });
-        }
         if found != expected {
             return Err(BusError::TopicMismatch {
                 topic: name,
@@ -97,14 +94,20 @@ pub fn check_partition_counts(args: &KafkaArgs, layout: &TopicLayout) -> Result<
     Ok(())
 }
 
-/// Number of partitions of `topic` (0 if the topic does not exist).
+/// Number of partitions of `topic`; [`BusError::TopicMissing`] if it does not exist.
 pub fn partition_count(consumer: &BaseConsumer, topic: &str) -> Result<i32, BusError> {
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| BusError::kafka(format!("fetch metadata of {topic}"), e))?;
-    Ok(md
+    let count = md
         .topics()
         .iter()
         .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len() as i32))
+        .map_or(0, |t| t.partitions().len() as i32);
+    if count == 0 {
+        return Err(BusError::TopicMissing {
+            topic: topic.into(),
+        });
+    }
+    Ok(count)
 }

@@ -8,7 +8,7 @@
 use rdkafka::ClientConfig;
 
 use super::BusError;
-use super::topics::{DEFAULT_SCHEDULE_PARTITIONS, TopicLayout};
+use crate::topics::{DEFAULT_SCHEDULE_PARTITIONS, TopicLayout};
 
 /// Flags for reaching the Kafka cluster (flatten into a component's clap `Parser`).
 #[derive(Debug, Clone, clap::Args)]

@@ -29,6 +29,16 @@ struct SeriesKey {
     partition: i32,
 }
 
+impl SeriesKey {
+    fn of(group: &str, topic: &str, partition: i32) -> Self {
+        Self {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            partition,
+        }
+    }
+}
+
 /// Live lag figures of one assigned partition.
 #[derive(Debug)]
 pub struct PartitionLag {
@@ -90,26 +100,15 @@ impl LagMetrics {
     /// Start reporting `group/topic/partition`; returns the handle the consumer loop
     /// stamps processed records on. Idempotent.
     pub fn track(&self, group: &str, topic: &str, partition: i32) -> Arc<PartitionLag> {
-        let key = SeriesKey {
-            group: group.to_string(),
-            topic: topic.to_string(),
-            partition,
-        };
         self.series
-            .entry(key)
+            .entry(SeriesKey::of(group, topic, partition))
             .or_insert_with(|| Arc::new(PartitionLag::new()))
             .clone()
     }
 
     /// Stop reporting `group/topic/partition` (partition revoked or unassigned).
     pub fn untrack(&self, group: &str, topic: &str, partition: i32) {
-        self.series
-            .retain(|k, _| !(k.group == group && k.topic == topic && k.partition == partition));
-    }
-
-    /// Stop reporting every partition of `group`.
-    pub fn untrack_group(&self, group: &str) {
-        self.series.retain(|k, _| k.group != group);
+        self.series.remove(&SeriesKey::of(group, topic, partition));
     }
 
     /// Number of series reported.
@@ -125,10 +124,7 @@ impl LagMetrics {
     /// The handle of a tracked partition.
     pub fn get(&self, group: &str, topic: &str, partition: i32) -> Option<Arc<PartitionLag>> {
         self.series
-            .iter()
-            .find(|e| {
-                e.key().group == group && e.key().topic == topic && e.key().partition == partition
-            })
+            .get(&SeriesKey::of(group, topic, partition))
             .map(|e| e.value().clone())
     }
 

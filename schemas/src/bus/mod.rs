@@ -1,21 +1,22 @@
 //! Shared Kafka plumbing: every component talks to the broker through these pieces.
 //!
-//! * [`topics`] — topic names (with a prefix), partition counts, cleanup policies;
 //! * [`config`] — librdkafka client configuration from flags/env, with reasons;
 //! * [`admin`] — idempotent topic creation;
+//! * [`consumer`] — range reads of `[from, end)` and explicitly assigned input consumers;
 //! * [`producer`] — the idempotent producer that encodes records;
 //! * [`lag`] — consumer-lag gauges that follow partition ownership.
 
 pub mod admin;
 pub mod config;
+pub mod consumer;
 pub mod lag;
 pub mod producer;
-pub mod topics;
 
 pub use config::KafkaArgs;
+pub use consumer::{RangeReader, RangeRecord, add_position, assigned_consumer};
 pub use lag::{LagContext, LagMetrics, LagRow};
 pub use producer::{Delivered, RecordProducer};
-pub use topics::{Topic, TopicLayout};
+pub use crate::topics::{Topic, TopicLayout};
 
 /// Errors of the Kafka plumbing.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,22 @@ pub enum BusError {
         /// The client error.
         #[source]
         source: rdkafka::error::KafkaError,
+    },
+    /// A range read stopped before the end offset measured when it started.
+    #[error(
+        "reading {topic}/{partition} stopped at offset {at} before its end {end}: no record for {timeout:?}"
+    )]
+    Stalled {
+        /// Topic read.
+        topic: String,
+        /// Partition read.
+        partition: i32,
+        /// Next offset that was expected.
+        at: i64,
+        /// End measured at the start (next offset to be written then).
+        end: i64,
+        /// Wait that expired.
+        timeout: std::time::Duration,
     },
     /// A record could not be encoded.
     #[error(transparent)]
@@ -90,7 +107,8 @@ impl BusError {
         }
     }
 
-    pub(crate) fn kafka(operation: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
+    /// librdkafka failed while doing `operation` ("create producer", "assign ...").
+    pub fn kafka(operation: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
         Self::Kafka {
             operation: operation.into(),
             source,

@@ -326,6 +326,29 @@ enum NumberOrString {
     String(String),
 }
 
+impl ScheduleSpec {
+    /// The scalar keys of `config` as a spec document: the inverse of
+    /// [`to_config`](Self::to_config) for everything but flavours, components, fallbacks
+    /// and the expiry behaviour (what `audit what-if --set` patches).
+    pub fn scalar_document(c: &ScheduleConfig) -> serde_json::Map<String, serde_json::Value> {
+        let v = serde_json::json!({
+            "policy": c.policy, "zone": c.zone, "targetError": c.target_error, "creditMin": c.credit_min,
+            "creditMax": c.credit_max, "creditSensitivity": c.credit_sensitivity, "creditWindow": c.credit_window_seconds,
+            "validFor": c.valid_for_seconds, "throttleMin": c.throttle_min,
+            "throttleIntensityFloor": c.throttle_intensity_floor, "throttleIntensityCeiling": c.throttle_intensity_ceiling,
+            "throttleGreenBlend": c.throttle_green_blend, "throttleGreenOverrideThreshold": c.throttle_green_override_threshold,
+            "precisionFeed": match c.precision_feed {
+                PrecisionFeed::Telemetry => "telemetry",
+                PrecisionFeed::Commanded => "commanded",
+            },
+        });
+        match v {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
+}
+
 fn number<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     match NumberOrString::deserialize(d)? {
         NumberOrString::Number(n) => Ok(n),

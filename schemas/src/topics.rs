@@ -2,7 +2,7 @@
 //!
 //! Schedule-keyed topics are *co-partitioned*: they all have the same partition count,
 //! every producer places keys with Kafka's murmur2 partitioner (see
-//! [`config`](super::config)), and the processor writes its journal, snapshots and
+//! `bus::config`), and the processor writes its journal, snapshots and
 //! decisions to the same partition number as the input that caused them. An owner of partition `p` therefore finds everything
 //! about its schedules in partition `p` of every topic. Forecasts are global (every
 //! processor instance reads all of them), so that topic has a single partition.

@@ -1,11 +1,11 @@
 //! Properties of every policy on random valid inputs: weights are ≥ 0 and sum to 1,
 //! integer percentages sum to 100, the ledger never leaves its bounds.
 
-use carbonflow_processor::decide::ledger_params;
-use carbonflow_processor::forecast::ForecastSnapshot;
-use carbonflow_processor::ledger::CreditLedger;
-use carbonflow_processor::policy::{CreditView, POLICIES, PolicyInput, PolicyMemory};
-use carbonflow_processor::weights::integer_percentages;
+use carbonflow_core::decide::ledger_params;
+use carbonflow_core::forecast::ForecastSnapshot;
+use carbonflow_core::ledger::CreditLedger;
+use carbonflow_core::policy::{CreditView, POLICIES, PolicyInput, PolicyMemory};
+use carbonflow_core::weights::integer_percentages;
 use carbonflow_schemas::records::Flavour;
 use carbonflow_schemas::testing::samples;
 use proptest::prelude::*;

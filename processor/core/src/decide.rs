@@ -171,7 +171,7 @@ fn valid_until(ctx: &DecisionContext<'_>, config: &ScheduleConfig) -> i64 {
         until = until.min(end);
     }
     if let Some(m) = ctx.manual {
-        until = until.min(m.issued_at_ms + m.ttl_seconds * 1000);
+        until = until.min(m.expires_at_ms());
     }
     until.div_euclid(1000) * 1000
 }

@@ -1,7 +1,7 @@
 //! The reference's worked examples (sections 1.6, 3.1–3.3, 4.1) through `processor
 //! decide`'s document interface, compared number for number.
 
-use carbonflow_processor::dry_run::run;
+use carbonflow_core::dry_run::run;
 use serde_json::{Value, json};
 
 fn decide(doc: Value) -> Value {

@@ -12,20 +12,21 @@
 
 use std::collections::BTreeMap;
 
-use carbonflow_schemas::bus::Topic;
+use carbonflow_schemas::codec::{record_name, wrong_record};
 use carbonflow_schemas::records::{
     ConfigCommand, ConfigRejection, FieldProblem, Forecast, ForecastUsed, InputPosition,
-    ManualOverride, Outcome, PrecisionFeed, ScheduleConfig, ScheduleDecision, TelemetryBucket,
-    TelemetryWindow, Tick,
+    JournalEntry, ManualOverride, Outcome, PrecisionFeed, ScheduleConfig, ScheduleDecision,
+    ScheduleDeletion, TelemetryBucket, TelemetryWindow, Tick,
 };
-use carbonflow_schemas::{CodecError, decode};
+use carbonflow_schemas::topics::Topic;
+use carbonflow_schemas::{AvroRecord, CodecError, decode};
 use serde::{Deserialize, Serialize};
 
 use crate::decide::{DecisionContext, decide, ledger_params};
 use crate::forecast::ForecastSnapshot;
 use crate::ledger::CreditLedger;
 use crate::policy::PolicyMemory;
-use crate::validate::validate;
+use crate::validate::{validate, validate_override};
 
 /// Version of the encoding of [`PartitionState`] inside snapshots (gzip-compressed JSON
 /// since 3). Bump it when the struct or the encoding changes incompatibly: restore then
@@ -42,6 +43,10 @@ pub const LATE_GRACE_MS: i64 = 1_000;
 
 /// How long before `valid_until` a decision is re-issued (at most half its validity).
 pub const REFRESH_LEAD_MS: i64 = 5_000;
+
+/// What [`Input::decode_record`] accepts, for its error.
+const INPUT_RECORDS: &str =
+    "processor input (config, override, deletion, forecast, telemetry bucket, tick or decision)";
 
 /// One input of the processor, decoded.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,28 +66,33 @@ pub enum Input {
 }
 
 impl Input {
-    /// Decode a record of `topic`.
+    /// Decode a record read from `topic`. Only the processor's input topics hold inputs;
+    /// a record of another type than its topic carries is refused, never guessed.
     pub fn decode(topic: Topic, bytes: &[u8]) -> Result<Self, CodecError> {
-        Ok(match topic {
-            Topic::Config => Input::Config(ConfigCommand::decode(bytes)?),
-            Topic::Forecasts => Input::Forecast(decode(bytes)?),
-            Topic::Telemetry => Input::Telemetry(decode(bytes)?),
-            Topic::Decisions => Input::Adopted(Box::new(decode(bytes)?)),
-            // Ticks, and anything else: a tick is the only other record we consume.
-            _ => Input::Tick(decode(bytes)?),
-        })
+        match topic {
+            Topic::Config => ConfigCommand::decode(bytes).map(Input::Config),
+            Topic::Forecasts => decode(bytes).map(Input::Forecast),
+            Topic::Telemetry => decode(bytes).map(Input::Telemetry),
+            Topic::Ticks => decode(bytes).map(Input::Tick),
+            Topic::Decisions => decode(bytes).map(|d| Input::Adopted(Box::new(d))),
+            Topic::Rejections | Topic::Journal | Topic::Snapshots | Topic::DeadLetters => {
+                Err(wrong_record(INPUT_RECORDS, bytes))
+            }
+        }
     }
 
     /// Decode a record by the name its schema carries (journal replays: the record says
     /// what it is, whatever topic names the deployment used).
     pub fn decode_record(bytes: &[u8]) -> Result<Self, CodecError> {
-        use carbonflow_schemas::AvroRecord;
-        let topic = match carbonflow_schemas::codec::record_name(bytes)? {
+        let topic = match record_name(bytes)? {
             Forecast::FULL_NAME => Topic::Forecasts,
             TelemetryBucket::FULL_NAME => Topic::Telemetry,
             Tick::FULL_NAME => Topic::Ticks,
             ScheduleDecision::FULL_NAME => Topic::Decisions,
-            _ => Topic::Config,
+            ScheduleConfig::FULL_NAME | ManualOverride::FULL_NAME | ScheduleDeletion::FULL_NAME => {
+                Topic::Config
+            }
+            _ => return Err(wrong_record(INPUT_RECORDS, bytes)),
         };
         Self::decode(topic, bytes)
     }
@@ -214,6 +224,22 @@ impl EmissionsAccount {
     pub fn saved_fraction(&self) -> Option<f64> {
         (self.full_precision > 0.0).then(|| 1.0 - self.delivered / self.full_precision)
     }
+
+    /// Both sides summed.
+    pub fn plus(&self, other: &EmissionsAccount) -> EmissionsAccount {
+        EmissionsAccount {
+            delivered: self.delivered + other.delivered,
+            full_precision: self.full_precision + other.full_precision,
+        }
+    }
+
+    /// What was accounted after `earlier`, a previous reading of the same account.
+    pub fn since(&self, earlier: &EmissionsAccount) -> EmissionsAccount {
+        EmissionsAccount {
+            delivered: self.delivered - earlier.delivered,
+            full_precision: self.full_precision - earlier.full_precision,
+        }
+    }
 }
 
 /// The state of one schedule partition.
@@ -264,6 +290,22 @@ impl PartitionState {
         // +1: a position is the next offset to read, so a restart resumes after this record.
         self.positions
             .insert(position_key(&pos.topic, pos.partition), pos.offset + 1);
+    }
+
+    /// Apply one journal entry (restore, audit): the input it holds at its position. An
+    /// entry already folded in produces nothing; one whose record no longer decodes only
+    /// advances the position, as the live path did when it dead-lettered that record.
+    pub fn replay(&mut self, entry: &JournalEntry) -> Vec<Output> {
+        if self.already_applied(&entry.input) {
+            return vec![];
+        }
+        match Input::decode_record(&entry.record) {
+            Ok(input) => self.apply(&input, &entry.input),
+            Err(_) => {
+                self.skip(&entry.input);
+                vec![]
+            }
+        }
     }
 
     /// Apply one input read at `pos`; returns what to write. Callers skip inputs for
@@ -338,52 +380,18 @@ impl PartitionState {
     }
 
     fn apply_override(&mut self, o: &ManualOverride, pos: &InputPosition) -> Vec<Output> {
-        let problem = |field: &str, rule: String| FieldProblem {
-            field: field.into(),
-            rule,
-        };
         let Some(config) = self
             .schedules
             .get(&o.schedule)
             .and_then(|s| s.config.as_ref())
         else {
-            let p = problem("schedule", format!("{} has no config in force", o.schedule));
+            let p = FieldProblem {
+                field: "schedule".into(),
+                rule: format!("{} has no config in force", o.schedule),
+            };
             return self.reject(&o.schedule, 0, pos, vec![p]);
         };
-        let mut problems = Vec::new();
-        for (i, w) in o.weights.iter().enumerate() {
-            if !config
-                .flavours
-                .iter()
-                .any(|f| f.name == w.flavour && f.enabled)
-            {
-                problems.push(problem(
-                    &format!("weights[{i}].flavour"),
-                    format!("must name an enabled flavour, got {:?}", w.flavour),
-                ));
-            }
-            if !(w.weight.is_finite() && w.weight >= 0.0) {
-                problems.push(problem(
-                    &format!("weights[{i}].weight"),
-                    format!("must be a finite number ≥ 0, got {}", w.weight),
-                ));
-            }
-        }
-        if o.weights.iter().map(|w| w.weight.max(0.0)).sum::<f64>() <= 0.0 {
-            problems.push(problem("weights", "must have a positive sum".into()));
-        }
-        if o.ttl_seconds <= 0 {
-            problems.push(problem(
-                "ttl_seconds",
-                format!("must be > 0, got {}", o.ttl_seconds),
-            ));
-        } else if o.issued_at_ms + o.ttl_seconds * 1000 <= self.clock_ms {
-            problems.push(problem(
-                "ttl_seconds",
-                "has already elapsed at the processor's event time".into(),
-            ));
-        }
-        if !problems.is_empty() {
+        if let Err(problems) = validate_override(o, Some(config), Some(self.clock_ms)) {
             return self.reject(&o.schedule, 0, pos, problems);
         }
         if let Some(s) = self.schedules.get_mut(&o.schedule) {
@@ -485,7 +493,7 @@ impl PartitionState {
             }
             if s.manual
                 .as_ref()
-                .is_some_and(|m| m.issued_at_ms + m.ttl_seconds * 1000 <= clock)
+                .is_some_and(|m| m.expires_at_ms() <= clock)
             {
                 s.manual = None;
                 cause = Some("override-end");
@@ -536,7 +544,7 @@ impl PartitionState {
         }
         let manual = manual
             .as_ref()
-            .filter(|m| m.issued_at_ms + m.ttl_seconds * 1000 > clock);
+            .filter(|m| m.expires_at_ms() > clock);
         let version = s.version + 1;
         let ctx = DecisionContext {
             config,

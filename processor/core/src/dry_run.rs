@@ -18,19 +18,18 @@
 //! Output: the reference's schedule contract (section 1.6, keys sorted) plus `version` and
 //! `exactWeights`; `memory` holds the policy memory after the decision.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, UNIX_EPOCH};
-
-use carbonflow_schemas::records::{InputPosition, ScheduleDecision};
+use carbonflow_schemas::records::InputPosition;
+use carbonflow_schemas::time::{TimeError, parse_rfc3339_ms};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::contract::reference_contract;
 use crate::decide::{DecisionContext, decide};
 use crate::forecast::ForecastSnapshot;
 use crate::ledger::CreditLedger;
 use crate::policy::PolicyMemory;
 use crate::spec::ScheduleSpec;
-use crate::validate::validate;
+use crate::validate::{describe_problems, validate};
 
 /// Why a dry run failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +38,13 @@ pub enum DryRunError {
     #[error("input is not a valid decide document: {0}")]
     Parse(#[from] serde_json::Error),
     /// A time is not RFC 3339.
-    #[error("{field} must be an RFC 3339 UTC time like 2025-11-18T12:10:07Z, got {value:?}")]
+    #[error("{field}: {source}")]
     Time {
-        /// Key.
+        /// The document key holding the time (`at`, `forecast.slotEnd`).
         field: &'static str,
-        /// Value.
-        value: String,
+        /// Why the text is not a time.
+        #[source]
+        source: TimeError,
     },
     /// The config breaks a rule.
     #[error("invalid config: {0}")]
@@ -93,23 +93,7 @@ struct MemoryDoc {
 }
 
 fn parse_time(field: &'static str, value: &str) -> Result<i64, DryRunError> {
-    let t = humantime::parse_rfc3339_weak(value).map_err(|_| DryRunError::Time {
-        field,
-        value: value.into(),
-    })?;
-    let d = t
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| DryRunError::Time {
-            field,
-            value: value.into(),
-        })?;
-    Ok(d.as_millis() as i64)
-}
-
-/// RFC 3339 UTC with whole seconds, as the reference writes `validUntil`.
-pub fn format_time(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
+    parse_rfc3339_ms(value).map_err(|source| DryRunError::Time { field, source })
 }
 
 /// Run the dry run on a JSON document; returns the output document.
@@ -138,15 +122,7 @@ pub fn run(input: &str) -> Result<Value, DryRunError> {
     {
         f.upstream_url = "http://dry-run".into();
     }
-    let config = validate(&config).map_err(|problems| {
-        DryRunError::Config(
-            problems
-                .iter()
-                .map(|p| format!("{}: {}", p.field, p.rule))
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })?;
+    let config = validate(&config).map_err(|p| DryRunError::Config(describe_problems(&p)))?;
     let mut forecast = ForecastSnapshot::default();
     if let Some(f) = doc.forecast {
         forecast = ForecastSnapshot::from_values(f.now, f.next, f.slots);
@@ -178,56 +154,4 @@ pub fn run(input: &str) -> Result<Value, DryRunError> {
     let mut out = reference_contract(&decision);
     out["memory"] = json!({"cumulativeCarbon": memory.cumulative_carbon, "evaluationCount": memory.evaluation_count});
     Ok(out)
-}
-
-/// The reference engine's schedule JSON (section 1.6) for a decision, plus `version` and
-/// `exactWeights`. Keys come out sorted (serde_json's map), as Flask sorts them.
-pub fn reference_contract(d: &ScheduleDecision) -> Value {
-    let flavour_weights: BTreeMap<&str, i32> = d
-        .flavours
-        .iter()
-        .filter(|f| f.weight > 0.0)
-        .map(|f| (f.name.as_str(), f.weight_percent))
-        .collect();
-    let exact: BTreeMap<&str, f64> = d
-        .flavours
-        .iter()
-        .map(|f| (f.name.as_str(), f.weight))
-        .collect();
-    let diagnostics: BTreeMap<&str, Option<f64>> = d
-        .diagnostics
-        .iter()
-        .map(|x| (x.name.as_str(), x.value))
-        .collect();
-    let ceilings: BTreeMap<&str, i32> = d
-        .processing
-        .ceilings
-        .iter()
-        .map(|c| (c.component.as_str(), c.replicas))
-        .collect();
-    let mut credits = json!({
-        "balance": d.credits.balance, "velocity": d.credits.velocity, "target": d.credits.target,
-        "min": d.credits.min, "max": d.credits.max,
-    });
-    if let Some(a) = d.credits.allowance {
-        credits["allowance"] = json!(a);
-    }
-    json!({
-        "avgPrecision": d.avg_precision,
-        "credits": credits,
-        "diagnostics": diagnostics,
-        "flavourWeights": flavour_weights,
-        "exactWeights": exact,
-        "flavours": d.flavours.iter().map(|f| json!({
-            "name": f.name, "precision": f.precision_percent, "weight": f.weight_percent,
-            "carbonIntensity": f.relative_energy, "enabled": f.enabled,
-        })).collect::<Vec<_>>(),
-        "policy": {"name": d.policy},
-        "processing": {
-            "throttle": d.processing.throttle, "creditsRatio": d.processing.credits_ratio,
-            "intensityRatio": d.processing.intensity_ratio, "ceilings": ceilings,
-        },
-        "validUntil": format_time(d.valid_until_ms),
-        "version": d.version,
-    })
 }

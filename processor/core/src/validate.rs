@@ -1,11 +1,13 @@
-//! Schedule config validation (deliberate difference: the reference accepts anything).
+//! The rules a schedule config and a manual override must keep (deliberate difference:
+//! the reference accepts anything). One rule set, used by the fold, the admin API, the
+//! ingest CLI and the dry run.
 //!
 //! Every problem is reported, each naming the field and the rule it breaks; the caller
 //! keeps the previous config in force when any is found.
 
 use std::collections::HashSet;
 
-use carbonflow_schemas::records::{FieldProblem, ScheduleConfig};
+use carbonflow_schemas::records::{FieldProblem, ManualOverride, ScheduleConfig};
 
 use crate::policy::{policy_named, policy_names};
 
@@ -212,6 +214,73 @@ pub fn validate(config: &ScheduleConfig) -> Result<ScheduleConfig, Vec<FieldProb
     } else {
         Err(problems)
     }
+}
+
+/// Check manual override `o`. The rules on its own values always apply; those that need
+/// the schedule apply when `config` (the config in force) is given, and the expiry check
+/// when `clock_ms` (the partition's event-time clock) is. Publishers, which know neither,
+/// check what they can; the fold checks everything.
+pub fn validate_override(
+    o: &ManualOverride,
+    config: Option<&ScheduleConfig>,
+    clock_ms: Option<i64>,
+) -> Result<(), Vec<FieldProblem>> {
+    let mut problems = Vec::new();
+    let mut bad = |field: &str, rule: String| {
+        problems.push(FieldProblem {
+            field: field.to_string(),
+            rule,
+        })
+    };
+    if o.weights.is_empty() {
+        bad("weights", "must name at least one flavour".into());
+    }
+    for (i, w) in o.weights.iter().enumerate() {
+        if let Some(c) = config
+            && !c.flavours.iter().any(|f| f.name == w.flavour && f.enabled)
+        {
+            bad(
+                &format!("weights[{i}].flavour"),
+                format!("must name an enabled flavour, got {:?}", w.flavour),
+            );
+        }
+        if !(w.weight.is_finite() && w.weight >= 0.0) {
+            bad(
+                &format!("weights[{i}].weight"),
+                format!("must be a finite number ≥ 0, got {}", w.weight),
+            );
+        }
+    }
+    if !o.weights.is_empty() && o.weights.iter().map(|w| w.weight.max(0.0)).sum::<f64>() <= 0.0 {
+        bad("weights", "must have a positive sum".into());
+    }
+    if o.ttl_seconds <= 0 {
+        bad(
+            "ttl_seconds",
+            format!("must be > 0, got {}", o.ttl_seconds),
+        );
+    } else if let Some(clock) = clock_ms
+        && o.expires_at_ms() <= clock
+    {
+        bad(
+            "ttl_seconds",
+            "has already elapsed at the processor's event time".into(),
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// `field: rule; field: rule` — problems on one line, for errors and logs.
+pub fn describe_problems(problems: &[FieldProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}: {}", p.field, p.rule))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

@@ -1,0 +1,164 @@
+//! Restore's reconciliation: what the journal and `schedule.decisions` disagree on after
+//! a crash, and what the shell must write to make them agree again.
+//!
+//! The journal and the decisions are written without transactions. After a crash either
+//! may be ahead of the other, and these rules make the outputs exactly-once in effect:
+//!
+//! * a decision on the topic newer than any the journal records is an **orphan**: its
+//!   journal entry was lost, so the shell journals it as [`Input::Adopted`] before
+//!   anything else and its version is never issued again with other content;
+//! * a decision the journal tail produced that never reached the topic is **unsent**: the
+//!   shell sends it again (routers ignore versions they already hold);
+//! * a schedule the journal tail deleted gets its **tombstone** sent again, which is
+//!   harmless if it was already written;
+//! * a journal entry whose replay produces other decision versions than it recorded is
+//!   **divergent**: the fold is not deterministic, which is a bug to report, not a state
+//!   to repair.
+//!
+//! [`Reconciliation`] is fed the journal tail entry by entry ([`Reconciliation::replay`])
+//! and the decisions written since the snapshot ([`Reconciliation::seen_on_topic`]), then
+//! [`Reconciliation::conclude`]s. No Kafka: the shell reads, this decides.
+
+use std::collections::BTreeMap;
+
+use carbonflow_schemas::decode;
+use carbonflow_schemas::records::{InputPosition, JournalEntry, ScheduleDecision};
+
+use crate::state::{Output, PartitionState};
+
+/// A journal entry whose replay produced other decision versions than it recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Divergence {
+    /// Decisions the replay produced, `(schedule, version)`.
+    pub produced: Vec<(String, i64)>,
+    /// Decisions the entry recorded when it was first applied.
+    pub recorded: Vec<(String, i64)>,
+}
+
+/// What the shell must write before it takes new inputs.
+#[derive(Debug, Default, PartialEq)]
+pub struct Repairs {
+    /// Decisions on the topic missing from the journal, with their position and bytes as
+    /// read, oldest schedule first: journal them as adopted inputs.
+    pub orphans: Vec<(InputPosition, Vec<u8>)>,
+    /// Journaled decisions that never reached the topic: send them again.
+    pub unsent: Vec<ScheduleDecision>,
+    /// Schedules deleted by the replayed journal tail: send their tombstones again.
+    pub removed: Vec<String>,
+}
+
+/// The newest decision of one schedule found on the topic.
+#[derive(Debug)]
+struct OnTopic {
+    version: i64,
+    offset: i64,
+    bytes: Vec<u8>,
+}
+
+/// Reconciliation of one partition (see the module doc).
+#[derive(Debug, Default)]
+pub struct Reconciliation {
+    /// The newest decision the replayed tail produced per schedule (still existing).
+    last_decision: BTreeMap<String, ScheduleDecision>,
+    removed: Vec<String>,
+    on_topic: BTreeMap<String, OnTopic>,
+    /// Journal entries replayed.
+    pub replayed: u64,
+}
+
+impl Reconciliation {
+    /// Nothing replayed, nothing seen.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replay one journal entry into `state`, remembering what it produced. Returns the
+    /// divergence if the replay does not produce the decision versions the entry recorded.
+    pub fn replay(&mut self, state: &mut PartitionState, entry: &JournalEntry) -> Option<Divergence> {
+        let outputs = state.replay(entry);
+        self.replayed += 1;
+        let produced: Vec<(String, i64)> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Decision(d) => Some((d.schedule.clone(), d.version)),
+                _ => None,
+            })
+            .collect();
+        let recorded: Vec<(String, i64)> = entry
+            .decisions
+            .iter()
+            .map(|d| (d.schedule.clone(), d.version))
+            .collect();
+        for o in outputs {
+            match o {
+                Output::Decision(d) => {
+                    self.removed.retain(|s| s != &d.schedule);
+                    self.last_decision.insert(d.schedule.clone(), *d);
+                }
+                Output::Removed { schedule } => {
+                    self.last_decision.remove(&schedule);
+                    self.removed.push(schedule);
+                }
+                Output::Rejection(_) => {}
+            }
+        }
+        (produced != recorded).then_some(Divergence { produced, recorded })
+    }
+
+    /// A record read from the decisions topic at `offset`. Tombstones and records that do
+    /// not decode say nothing about versions and are passed over.
+    pub fn seen_on_topic(&mut self, offset: i64, payload: Option<&[u8]>) {
+        let Some(bytes) = payload else { return };
+        let Ok(d) = decode::<ScheduleDecision>(bytes) else {
+            return;
+        };
+        if self
+            .on_topic
+            .get(&d.schedule)
+            .is_none_or(|held| d.version > held.version)
+        {
+            self.on_topic.insert(
+                d.schedule,
+                OnTopic {
+                    version: d.version,
+                    offset,
+                    bytes: bytes.to_vec(),
+                },
+            );
+        }
+    }
+
+    /// What to write, given the state after the whole journal tail. `decisions` and
+    /// `partition` name where the orphans were read, for their input positions.
+    pub fn conclude(self, state: &PartitionState, decisions: &str, partition: i32) -> Repairs {
+        let orphans = self
+            .on_topic
+            .iter()
+            .filter(|(schedule, seen)| {
+                seen.version > state.schedules.get(*schedule).map_or(0, |s| s.version)
+            })
+            .map(|(_, seen)| {
+                let position = InputPosition {
+                    topic: decisions.to_string(),
+                    partition,
+                    offset: seen.offset,
+                };
+                (position, seen.bytes.clone())
+            })
+            .collect();
+        let unsent = self
+            .last_decision
+            .into_values()
+            .filter(|d| {
+                self.on_topic
+                    .get(&d.schedule)
+                    .is_none_or(|seen| seen.version < d.version)
+            })
+            .collect();
+        Repairs {
+            orphans,
+            unsent,
+            removed: self.removed,
+        }
+    }
+}
