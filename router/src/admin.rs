@@ -21,19 +21,20 @@ use crate::table::DecisionTable;
 /// What the admin endpoints read.
 #[derive(Clone)]
 pub struct AdminState {
-    /// Caught up with the decisions topic.
+    /// Set by the follower once caught up with the decisions topic; `/readyz` answers
+    /// 503 until then.
     pub ready: Arc<AtomicBool>,
-    /// Decisions held.
+    /// The decisions `/decisions` lists.
     pub table: Arc<DecisionTable>,
-    /// Consumer lag.
+    /// Consumer lag, appended to `/metrics`.
     pub lag: LagMetrics,
-    /// Prometheus handle.
+    /// The installed recorder, rendered by `/metrics`.
     pub metrics: PrometheusHandle,
-    /// Grace before expiry applies, ms.
+    /// Milliseconds past `validUntil` before a decision counts as expired.
     pub expiry_grace_ms: i64,
 }
 
-/// Admin routes.
+/// `/healthz`, `/readyz`, `/decisions` and `/metrics`.
 pub fn router(state: AdminState) -> axum::Router {
     axum::Router::new()
         .route(
@@ -95,7 +96,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 }
 
 /// Every 500 ms: export each decision's age and expiry state, and log once per
-/// decision when it expires (DESIGN invariant 8: never silently stale).
+/// decision when it expires: a router never routes on an expired decision silently.
 pub async fn watch_expiry(table: Arc<DecisionTable>, grace_ms: i64, shutdown: CancellationToken) {
     let mut logged: HashMap<String, i64> = HashMap::new();
     let mut every = tokio::time::interval(Duration::from_millis(500));
@@ -108,10 +109,7 @@ pub async fn watch_expiry(table: Arc<DecisionTable>, grace_ms: i64, shutdown: Ca
         for r in table.all() {
             let d = &r.decision;
             let expired = r.expired(now, grace_ms);
-            metrics::gauge!("carbonflow_router_decision_expired", "schedule" => d.schedule.clone())
-                .set(if expired { 1.0 } else { 0.0 });
-            metrics::gauge!("carbonflow_router_decision_age_seconds", "schedule" => d.schedule.clone())
-                .set((now - d.decided_at_ms).max(0) as f64 / 1000.0);
+            crate::metrics::decision_status(&d.schedule, expired, now - d.decided_at_ms);
             if expired && logged.get(&d.schedule) != Some(&d.version) {
                 tracing::warn!(schedule = %d.schedule, version = d.version, valid_until_ms = d.valid_until_ms, behaviour = ?d.on_expiry, "decision expired without a newer one; applying the expiry behaviour");
                 logged.insert(d.schedule.clone(), d.version);

@@ -172,24 +172,13 @@ fn apply(
             // Propagation is measured for live decisions only, not for history replayed
             // at start.
             if let (false, Some(ts)) = (bootstrapping, ts) {
-                metrics::histogram!("carbonflow_router_decision_propagation_seconds")
-                    .record((now - ts).max(0) as f64 / 1000.0);
+                crate::metrics::decision_propagated(now - ts);
             }
-            metrics::gauge!("carbonflow_router_decision_version", "schedule" => schedule.clone())
-                .set(version as f64);
-            // Fallback series start at zero (rule index, as the proxy labels them).
-            for rule in 0..fallback_rules {
-                metrics::counter!("carbonflow_router_fallbacks_total", "schedule" => schedule.clone(), "rule" => rule.to_string())
-                    .increment(0);
-            }
-            for (flavour, w) in weights {
-                metrics::gauge!("carbonflow_router_commanded_weight", "schedule" => schedule.clone(), "flavour" => flavour)
-                    .set(f64::from(w));
-            }
+            crate::metrics::decision_applied(&schedule, version, fallback_rules, weights);
             tracing::debug!(%schedule, version, ?previous, "decision applied");
         }
         Applied::Ignored { held } => {
-            metrics::counter!("carbonflow_router_decisions_ignored_total").increment(1);
+            crate::metrics::decision_ignored();
             tracing::debug!(%schedule, version, held, "older or duplicate decision ignored");
         }
     }

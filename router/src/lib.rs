@@ -5,10 +5,17 @@
 //! [`table`] (the latest decision per schedule, version-gated, and expiry), [`follow`]
 //! (the decisions consumer and bootstrap), [`proxy`] (forwarding and fallbacks),
 //! [`telemetry`] (per-second request buckets to `request.telemetry`), [`admin`] (health,
-//! readiness, held decisions, `/metrics`).
+//! readiness, held decisions, `/metrics`, and the expiry watcher), [`metrics`] (every
+//! metric the router exports).
+//!
+//! The public surface is what the `router` binary wires together; everything else is
+//! crate-private.
+
+#![warn(unreachable_pub)]
 
 pub mod admin;
 pub mod follow;
+pub mod metrics;
 pub mod proxy;
 pub mod select;
 pub mod table;

@@ -1,4 +1,6 @@
-//! `router`: carbonflow's data plane.
+//! `router`: carbonflow's data plane. Parses the command line and runs the decisions
+//! follower, the telemetry flusher, the expiry watcher, the admin endpoints and the proxy
+//! until Ctrl-C or SIGTERM.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         })
     });
     let handle = carbonflow_schemas::service::install_metrics().context("installing metrics")?;
+    carbonflow_router::metrics::describe();
     let shutdown = CancellationToken::new();
     let table = Arc::new(DecisionTable::default());
     let ready = Arc::new(AtomicBool::new(false));

@@ -2,8 +2,8 @@
 //! it to that flavour's upstream, retry once on a fallback flavour when a rule matches,
 //! and count the outcome for telemetry.
 //!
-//! Errors the router itself produces are JSON bodies naming the problem (DESIGN
-//! invariant 7); errors of an upstream are passed through unchanged.
+//! Errors the router itself produces are JSON bodies naming the problem (`error`, and
+//! `detail` or the values involved); errors of an upstream are passed through unchanged.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -22,25 +22,26 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use crate::metrics;
 use crate::select::Mode;
 use crate::table::{DecisionTable, Route};
 use crate::telemetry::Telemetry;
 
 /// Header naming the schedule a request belongs to (when the router serves several).
-pub const SCHEDULE_HEADER: &str = "x-carbonflow-schedule";
+const SCHEDULE_HEADER: &str = "x-carbonflow-schedule";
 /// Header forcing a flavour by name (the reference's `x-carbonrouter`).
-pub const FORCE_HEADER: &str = "x-carbonrouter";
+const FORCE_HEADER: &str = "x-carbonrouter";
 /// Response header naming the flavour that served the request.
-pub const SERVED_BY_HEADER: &str = "x-carbonflow-flavour";
+const SERVED_BY_HEADER: &str = "x-carbonflow-flavour";
 /// Response header carrying the decision version used.
-pub const VERSION_HEADER: &str = "x-carbonflow-decision-version";
+const VERSION_HEADER: &str = "x-carbonflow-decision-version";
 
 /// How the proxy behaves.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
-    /// Spread mode.
+    /// How requests are spread over the flavours when none is forced.
     pub mode: Mode,
-    /// Schedule of requests without [`SCHEDULE_HEADER`].
+    /// Schedule of requests without an `x-carbonflow-schedule` header.
     pub default_schedule: Option<String>,
     /// Time allowed for an upstream's response headers.
     pub request_timeout: Duration,
@@ -54,16 +55,13 @@ pub struct ProxySettings {
 
 /// Shared state of the proxy handler.
 pub struct Proxy {
-    /// Decisions held.
-    pub table: Arc<DecisionTable>,
-    /// Telemetry being collected.
-    pub telemetry: Arc<Telemetry>,
-    /// Pooled upstream client.
-    pub client: Client<HttpConnector, Full<Bytes>>,
-    /// Settings.
-    pub settings: ProxySettings,
-    /// Fast RNG seeded per router.
-    pub rng: Mutex<SmallRng>,
+    table: Arc<DecisionTable>,
+    telemetry: Arc<Telemetry>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    settings: ProxySettings,
+    /// Seeded from the router id or `--seed`: routers draw different sequences, and a
+    /// run can be repeated.
+    rng: Mutex<SmallRng>,
 }
 
 impl Proxy {
@@ -169,16 +167,6 @@ fn outcome_of(result: &Result<hyper::Response<Incoming>, Failure>) -> Outcome {
     }
 }
 
-fn status_class(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -247,7 +235,7 @@ async fn attempt(
 }
 
 /// The handler of every proxied request.
-pub async fn handle(
+async fn handle(
     State(proxy): State<Arc<Proxy>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
@@ -357,8 +345,7 @@ pub async fn handle(
             Err(f) => f.condition().to_string(),
         };
         tracing::info!(%schedule, rule = index, from = %route.decision.flavours[chosen].name, to = %rule.to, %condition, "fallback");
-        metrics::counter!("carbonflow_router_fallbacks_total", "schedule" => schedule.clone(), "rule" => index.to_string())
-            .increment(1);
+        metrics::fallback_taken(&schedule, index);
         served_by = to;
         result = attempt(&proxy, &route, to, &out).await;
     }
@@ -402,9 +389,6 @@ pub async fn handle(
             json!({"error": "upstream_error", "flavour": flavour, "detail": e}),
         ),
     };
-    metrics::counter!("carbonflow_router_requests_total", "schedule" => schedule.clone(), "flavour" => flavour.clone(), "status" => status_class(response.status()))
-        .increment(1);
-    metrics::histogram!("carbonflow_router_upstream_latency_seconds", "schedule" => schedule, "flavour" => flavour)
-        .record(latency.as_secs_f64());
+    metrics::request_served(&schedule, &flavour, response.status(), latency);
     response
 }

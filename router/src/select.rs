@@ -1,5 +1,5 @@
-//! Flavour selection (seed 003): weights are used proportionally, never normalised; a
-//! weight sum of 0 means there is no provider.
+//! Flavour selection: weights are used proportionally, never normalised (10/10 and
+//! 100/300 split like 50/50 and 25/75); a weight sum of 0 means there is no provider.
 //!
 //! Two modes. *Random* draws each request independently with probability weight / sum.
 //! *Smooth* is smooth weighted round-robin (nginx's): every pick adds each weight to its
@@ -19,7 +19,7 @@ pub enum Mode {
 
 /// Picks flavour indices for one decision's weights.
 #[derive(Debug)]
-pub struct Picker {
+pub(crate) struct Picker {
     weights: Vec<f64>,
     total: f64,
     credit: Mutex<Vec<f64>>,
@@ -28,7 +28,7 @@ pub struct Picker {
 impl Picker {
     /// A picker over `weights` (one per flavour, in order). Negative or non-finite
     /// weights count as 0.
-    pub fn new(weights: impl IntoIterator<Item = f64>) -> Self {
+    pub(crate) fn new(weights: impl IntoIterator<Item = f64>) -> Self {
         let weights: Vec<f64> = weights
             .into_iter()
             .map(|w| if w.is_finite() && w > 0.0 { w } else { 0.0 })
@@ -42,12 +42,13 @@ impl Picker {
     }
 
     /// Sum of the weights as given (not normalised).
-    pub fn total(&self) -> f64 {
+    #[cfg(test)]
+    pub(crate) fn total(&self) -> f64 {
         self.total
     }
 
     /// Pick with a uniform draw `u` in [0, 1) (random mode); `None` when the sum is 0.
-    pub fn pick_random(&self, u: f64) -> Option<usize> {
+    fn pick_random(&self, u: f64) -> Option<usize> {
         if self.total <= 0.0 {
             return None;
         }
@@ -67,7 +68,7 @@ impl Picker {
     }
 
     /// Pick the next flavour in smooth weighted round-robin; `None` when the sum is 0.
-    pub fn pick_smooth(&self) -> Option<usize> {
+    pub(crate) fn pick_smooth(&self) -> Option<usize> {
         if self.total <= 0.0 {
             return None;
         }
@@ -89,7 +90,7 @@ impl Picker {
     }
 
     /// Pick in `mode`, drawing from `u` when random.
-    pub fn pick(&self, mode: Mode, u: impl FnOnce() -> f64) -> Option<usize> {
+    pub(crate) fn pick(&self, mode: Mode, u: impl FnOnce() -> f64) -> Option<usize> {
         match mode {
             Mode::Random => self.pick_random(u()),
             Mode::Smooth => self.pick_smooth(),
@@ -147,7 +148,7 @@ mod tests {
 
     #[test]
     fn sums_below_and_above_100_are_used_proportionally() {
-        // Seed 003: 10/10 (sum 20) and 100/300 (sum 400) are not normalised first.
+        // 10/10 (sum 20) and 100/300 (sum 400) are not normalised first.
         for weights in [[10.0, 10.0, 0.0], [100.0, 300.0, 0.0]] {
             let p = Picker::new(weights);
             let counts = shares(&p, Mode::Smooth, 400);

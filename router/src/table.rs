@@ -10,15 +10,15 @@ use crate::select::Picker;
 
 /// One schedule's routing state, built once per decision.
 #[derive(Debug)]
-pub struct Route {
-    /// The decision.
-    pub decision: ScheduleDecision,
-    /// Picker over the decision's exact weights, in flavour order.
-    pub picker: Picker,
-    /// Picker used after expiry (highest precision, or the same weights).
-    pub expired_picker: Picker,
+pub(crate) struct Route {
+    pub(crate) decision: ScheduleDecision,
+    /// Over the decision's exact weights, in flavour order.
+    picker: Picker,
+    /// Used after expiry: all traffic to the highest-precision enabled flavour, or the
+    /// same weights, as the decision's expiry behaviour says.
+    expired_picker: Picker,
     /// Wall-clock time it was applied, epoch ms.
-    pub applied_at_ms: i64,
+    pub(crate) applied_at_ms: i64,
 }
 
 impl Route {
@@ -42,12 +42,12 @@ impl Route {
     }
 
     /// Whether `valid_until` (plus `grace_ms`) has passed at `now_ms`.
-    pub fn expired(&self, now_ms: i64, grace_ms: i64) -> bool {
+    pub(crate) fn expired(&self, now_ms: i64, grace_ms: i64) -> bool {
         now_ms >= self.decision.valid_until_ms + grace_ms
     }
 
     /// The picker to use at `now_ms`.
-    pub fn picker_at(&self, now_ms: i64, grace_ms: i64) -> &Picker {
+    pub(crate) fn picker_at(&self, now_ms: i64, grace_ms: i64) -> &Picker {
         if self.expired(now_ms, grace_ms) {
             &self.expired_picker
         } else {
@@ -56,7 +56,7 @@ impl Route {
     }
 
     /// Index of the enabled flavour named `name`.
-    pub fn enabled_flavour(&self, name: &str) -> Option<usize> {
+    pub(crate) fn enabled_flavour(&self, name: &str) -> Option<usize> {
         self.decision
             .flavours
             .iter()
@@ -64,7 +64,7 @@ impl Route {
     }
 
     /// Names of the enabled flavours (for error messages).
-    pub fn enabled_names(&self) -> Vec<String> {
+    pub(crate) fn enabled_names(&self) -> Vec<String> {
         self.decision
             .flavours
             .iter()
@@ -85,21 +85,16 @@ fn highest_precision(flavours: &[DecisionFlavour]) -> Option<usize> {
 
 /// What [`DecisionTable::apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// The decision is now in force; `previous` is the version it replaced.
-    Applied {
-        /// Version held before, if any.
-        previous: Option<i64>,
-    },
-    /// Not newer than what is held (duplicate after a processor restart, or replayed
-    /// history): ignored (DESIGN invariant 9).
-    Ignored {
-        /// Version held.
-        held: i64,
-    },
+pub(crate) enum Applied {
+    /// The decision is now in force; `previous` is the version it replaced, if any.
+    Applied { previous: Option<i64> },
+    /// Not newer than the version `held` (a duplicate after a processor restart, or
+    /// replayed history): ignored, so that versions only ever move forward.
+    Ignored { held: i64 },
 }
 
-/// Latest decision per schedule.
+/// The latest decision of every schedule: written by the follower, read by the proxy,
+/// the admin endpoints and the expiry watcher.
 #[derive(Debug, Default)]
 pub struct DecisionTable {
     routes: DashMap<String, Arc<Route>>,
@@ -109,7 +104,7 @@ pub struct DecisionTable {
 
 impl DecisionTable {
     /// Apply `d` if its version is newer than the one held.
-    pub fn apply(&self, d: ScheduleDecision, now_ms: i64) -> Applied {
+    pub(crate) fn apply(&self, d: ScheduleDecision, now_ms: i64) -> Applied {
         let held = self
             .routes
             .get(&d.schedule)
@@ -126,7 +121,7 @@ impl DecisionTable {
     }
 
     /// Forget a deleted schedule (a tombstone on the decisions topic).
-    pub fn remove(&self, schedule: &str) {
+    pub(crate) fn remove(&self, schedule: &str) {
         if let Some((_, r)) = self.routes.remove(schedule) {
             self.deleted
                 .insert(schedule.to_string(), r.decision.version);
@@ -134,12 +129,12 @@ impl DecisionTable {
     }
 
     /// The route of `schedule`.
-    pub fn get(&self, schedule: &str) -> Option<Arc<Route>> {
+    pub(crate) fn get(&self, schedule: &str) -> Option<Arc<Route>> {
         self.routes.get(schedule).map(|r| r.clone())
     }
 
     /// Every held route.
-    pub fn all(&self) -> Vec<Arc<Route>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Route>> {
         self.routes.iter().map(|r| r.value().clone()).collect()
     }
 }

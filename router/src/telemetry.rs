@@ -15,11 +15,14 @@ use carbonflow_schemas::encode;
 use carbonflow_schemas::records::{LatencyHistogram, Outcome, OutcomeCount, TelemetryBucket};
 use tokio_util::sync::CancellationToken;
 
-/// Bucket length, ms.
-pub const BUCKET_MS: i64 = 1000;
+use crate::metrics::{self, DropReason};
 
-/// Latency histogram bounds, ms.
-pub const LATENCY_BOUNDS_MS: [f64; 12] = [
+/// Bucket length, ms.
+const BUCKET_MS: i64 = 1000;
+
+/// Upper bounds of the latency histogram's buckets, ms; one more bucket counts the
+/// requests slower than the last bound.
+const LATENCY_BOUNDS_MS: [f64; 12] = [
     1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
 ];
 
@@ -31,7 +34,8 @@ struct Pending {
     sum_ms: f64,
 }
 
-/// Buckets being filled, keyed by (schedule, bucket start).
+/// Buckets being filled, keyed by (schedule, bucket start), until the flusher takes
+/// them.
 #[derive(Debug)]
 pub struct Telemetry {
     router_id: String,
@@ -47,8 +51,9 @@ impl Telemetry {
         }
     }
 
-    /// Count one request at `now_ms`.
-    pub fn record(
+    /// Count one request at `now_ms` (epoch ms) that took `latency_ms`. A bucket keeps
+    /// the decision version of its first request.
+    pub(crate) fn record(
         &self,
         schedule: &str,
         version: i64,
@@ -71,7 +76,7 @@ impl Telemetry {
     }
 
     /// Remove and return every bucket that ended at or before `now_ms`.
-    pub fn take_closed(&self, now_ms: i64) -> Vec<TelemetryBucket> {
+    pub(crate) fn take_closed(&self, now_ms: i64) -> Vec<TelemetryBucket> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let closed: Vec<(String, i64)> = pending
             .keys()
@@ -108,16 +113,8 @@ impl Telemetry {
     }
 }
 
-/// Why a bucket can be dropped (the `reason` label).
-const DROP_REASONS: [&str; 4] = ["encode", "delivery", "queue_full", "refused"];
-
-fn dropped(buckets: u64, why: &'static str) {
-    metrics::counter!("carbonflow_router_telemetry_dropped_total", "reason" => why)
-        .increment(buckets);
-}
-
-/// Every `BUCKET_MS`, hand closed buckets to the producer without waiting; at shutdown,
-/// flush what is left.
+/// Every second (the bucket length), hand closed buckets to the producer without
+/// waiting; at shutdown, flush what is left.
 pub async fn flush_loop(
     telemetry: std::sync::Arc<Telemetry>,
     producer: RecordProducer,
@@ -125,10 +122,7 @@ pub async fn flush_loop(
     shutdown: CancellationToken,
 ) {
     let topic = layout.name(Topic::Telemetry);
-    // Series start at zero, so that an alert on their increase sees the first drop.
-    for why in DROP_REASONS {
-        dropped(0, why);
-    }
+    metrics::telemetry_drops_start();
     let mut every = tokio::time::interval(Duration::from_millis(BUCKET_MS as u64));
     loop {
         let stopping = tokio::select! {
@@ -138,7 +132,7 @@ pub async fn flush_loop(
         let now = if stopping { i64::MAX } else { crate::now_ms() };
         for b in telemetry.take_closed(now) {
             let Ok(bytes) = encode(&b) else {
-                dropped(1, "encode");
+                metrics::telemetry_dropped(DropReason::Encode);
                 continue;
             };
             match producer
@@ -149,14 +143,14 @@ pub async fn flush_loop(
                     tokio::spawn(async move {
                         if let Err(e) = delivery.await {
                             tracing::warn!(error = %e, "telemetry bucket not delivered; dropped");
-                            dropped(1, "delivery");
+                            metrics::telemetry_dropped(DropReason::Delivery);
                         }
                     });
                 }
-                Err(e) if e.is_queue_full() => dropped(1, "queue_full"),
+                Err(e) if e.is_queue_full() => metrics::telemetry_dropped(DropReason::QueueFull),
                 Err(e) => {
                     tracing::warn!(error = %e, "telemetry bucket refused by the producer; dropped");
-                    dropped(1, "refused");
+                    metrics::telemetry_dropped(DropReason::Refused);
                 }
             }
         }

@@ -308,7 +308,7 @@ async fn weights_forced_flavours_fallbacks_and_expiry() {
         "{body}"
     );
 
-    // Seed 003: sums below and above 100 are used proportionally.
+    // Sums below and above 100 are used proportionally, not normalised.
     for weights in [[10.0, 10.0, 0.0], [100.0, 300.0, 0.0]] {
         let d = apply(decision(0, &backend, weights));
         publish(&producer, &args, &d).await;

@@ -1,0 +1,283 @@
+//! Every metric the router exports: its name, its description, and the one function
+//! through which it is emitted.
+//!
+//! The rest of the router reports events (`request_served`, `fallback_taken`, ...) and
+//! never names a metric, so the hot path carries no metric macros and label values
+//! cannot drift. Names and labels are an interface: the dashboards and alert rules in
+//! `deploy/`, the benchmarks and the integration tests read them, so renaming one is a
+//! breaking change. Every label is bounded: schedules and flavours come from decisions,
+//! and the remaining labels are fixed enumerations (status classes, fallback rule
+//! indices, codec error kinds, drop reasons).
+//!
+//! Two metrics are still emitted directly in `follow::follow`, the decisions read loop:
+//! `carbonflow_router_bootstrap_seconds` and
+//! `carbonflow_router_undecodable_decisions_total`. They are described here like the
+//! others.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use metrics::{
+    Counter, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+
+// Metric names; `describe` says what each measures.
+const REQUESTS: &str = "carbonflow_router_requests_total";
+const UPSTREAM_LATENCY: &str = "carbonflow_router_upstream_latency_seconds";
+const FALLBACKS: &str = "carbonflow_router_fallbacks_total";
+const DECISION_EXPIRED: &str = "carbonflow_router_decision_expired";
+const DECISION_AGE: &str = "carbonflow_router_decision_age_seconds";
+const DECISION_VERSION: &str = "carbonflow_router_decision_version";
+const COMMANDED_WEIGHT: &str = "carbonflow_router_commanded_weight";
+const DECISION_PROPAGATION: &str = "carbonflow_router_decision_propagation_seconds";
+const DECISIONS_IGNORED: &str = "carbonflow_router_decisions_ignored_total";
+const TELEMETRY_DROPPED: &str = "carbonflow_router_telemetry_dropped_total";
+const BOOTSTRAP_SECONDS: &str = "carbonflow_router_bootstrap_seconds";
+const UNDECODABLE_DECISIONS: &str = "carbonflow_router_undecodable_decisions_total";
+
+/// Describe every metric with its unit, so that `/metrics` has a HELP line for each.
+/// (`install_metrics` enables no unit suffixes: the names stay as they are.)
+///
+/// Call once, after the recorder is installed: descriptions given to no recorder are lost.
+pub fn describe() {
+    describe_counter!(
+        REQUESTS,
+        Unit::Count,
+        "Requests answered, by schedule, serving flavour and status class (1xx..5xx)."
+    );
+    describe_histogram!(
+        UPSTREAM_LATENCY,
+        Unit::Seconds,
+        "Time from a request's arrival until the upstream's response headers or the router's error, fallback attempt included, by schedule and serving flavour."
+    );
+    describe_counter!(
+        FALLBACKS,
+        Unit::Count,
+        "Requests retried on a fallback flavour, by schedule and index of the matching rule."
+    );
+    describe_gauge!(
+        DECISION_EXPIRED,
+        "1 while the schedule's decision is past validUntil plus the grace (the expiry behaviour applies), else 0."
+    );
+    describe_gauge!(
+        DECISION_AGE,
+        Unit::Seconds,
+        "Time since the held decision of the schedule was made."
+    );
+    describe_gauge!(
+        DECISION_VERSION,
+        "Version of the decision held for the schedule."
+    );
+    describe_gauge!(
+        COMMANDED_WEIGHT,
+        Unit::Percent,
+        "Integer weight of the flavour in the held decision of the schedule."
+    );
+    describe_histogram!(
+        DECISION_PROPAGATION,
+        Unit::Seconds,
+        "Time from a live decision's record timestamp to its application (history read at start excluded)."
+    );
+    describe_counter!(
+        DECISIONS_IGNORED,
+        Unit::Count,
+        "Decisions not newer than the one held (duplicates or replayed history)."
+    );
+    describe_counter!(
+        TELEMETRY_DROPPED,
+        Unit::Count,
+        "Telemetry buckets lost instead of produced to request.telemetry, by reason."
+    );
+    describe_gauge!(
+        BOOTSTRAP_SECONDS,
+        Unit::Seconds,
+        "Time from start until caught up with the decisions topic (ready)."
+    );
+    describe_counter!(
+        UNDECODABLE_DECISIONS,
+        Unit::Count,
+        "Records on the decisions topic skipped as undecodable, by codec error kind."
+    );
+}
+
+/// A request was answered with `status` by `flavour` after `latency`.
+pub(crate) fn request_served(schedule: &str, flavour: &str, status: StatusCode, latency: Duration) {
+    counter!(REQUESTS, "schedule" => schedule.to_owned(), "flavour" => flavour.to_owned(), "status" => status_class(status))
+        .increment(1);
+    histogram!(UPSTREAM_LATENCY, "schedule" => schedule.to_owned(), "flavour" => flavour.to_owned())
+        .record(latency.as_secs_f64());
+}
+
+/// The `status` label: the class, so that the label stays bounded.
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// A request is being retried on a fallback flavour by rule `rule` (index in the
+/// decision's fallbacks).
+pub(crate) fn fallback_taken(schedule: &str, rule: usize) {
+    fallbacks(schedule, rule).increment(1);
+}
+
+fn fallbacks(schedule: &str, rule: usize) -> Counter {
+    counter!(FALLBACKS, "schedule" => schedule.to_owned(), "rule" => rule.to_string())
+}
+
+/// A decision is now in force: export its version and weights, and start a fallback
+/// series at zero for each of its `fallback_rules` rules, so that an alert on their
+/// increase sees the first fallback.
+pub(crate) fn decision_applied(
+    schedule: &str,
+    version: i64,
+    fallback_rules: usize,
+    weights: impl IntoIterator<Item = (String, i32)>,
+) {
+    gauge!(DECISION_VERSION, "schedule" => schedule.to_owned()).set(version as f64);
+    for rule in 0..fallback_rules {
+        fallbacks(schedule, rule).increment(0);
+    }
+    for (flavour, weight_percent) in weights {
+        gauge!(COMMANDED_WEIGHT, "schedule" => schedule.to_owned(), "flavour" => flavour)
+            .set(f64::from(weight_percent));
+    }
+}
+
+/// A live decision was applied `delay_ms` after its record's timestamp (clamped at 0:
+/// the clocks of the broker and the router may disagree).
+pub(crate) fn decision_propagated(delay_ms: i64) {
+    histogram!(DECISION_PROPAGATION).record(delay_ms.max(0) as f64 / 1000.0);
+}
+
+/// A decision not newer than the one held was ignored.
+pub(crate) fn decision_ignored() {
+    counter!(DECISIONS_IGNORED).increment(1);
+}
+
+/// The held decision of `schedule` is `age_ms` old (clamped at 0) and `expired` or not.
+pub(crate) fn decision_status(schedule: &str, expired: bool, age_ms: i64) {
+    gauge!(DECISION_EXPIRED, "schedule" => schedule.to_owned()).set(if expired {
+        1.0
+    } else {
+        0.0
+    });
+    gauge!(DECISION_AGE, "schedule" => schedule.to_owned()).set(age_ms.max(0) as f64 / 1000.0);
+}
+
+/// Why a telemetry bucket was lost (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DropReason {
+    /// The bucket could not be encoded.
+    Encode,
+    /// The producer accepted it but the broker never acknowledged it.
+    Delivery,
+    /// librdkafka's queue was full.
+    QueueFull,
+    /// The producer refused it for another reason.
+    Refused,
+}
+
+impl DropReason {
+    const ALL: [Self; 4] = [Self::Encode, Self::Delivery, Self::QueueFull, Self::Refused];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Encode => "encode",
+            Self::Delivery => "delivery",
+            Self::QueueFull => "queue_full",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// One telemetry bucket was lost for `reason`.
+pub(crate) fn telemetry_dropped(reason: DropReason) {
+    telemetry_drops(reason).increment(1);
+}
+
+/// Start every drop series at zero, so that an alert on their increase sees the first
+/// drop.
+pub(crate) fn telemetry_drops_start() {
+    for reason in DropReason::ALL {
+        telemetry_drops(reason).increment(0);
+    }
+}
+
+fn telemetry_drops(reason: DropReason) -> Counter {
+    counter!(TELEMETRY_DROPPED, "reason" => reason.label())
+}
+
+#[cfg(test)]
+mod tests {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    use super::*;
+
+    #[test]
+    fn events_render_the_names_and_labels_that_dashboards_and_alerts_read() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            request_served("a/b", "full", StatusCode::OK, Duration::from_millis(5));
+            decision_applied("a/b", 7, 2, [("full".to_string(), 60)]);
+            fallback_taken("a/b", 1);
+            decision_propagated(-5);
+            decision_ignored();
+            decision_status("a/b", true, 1500);
+            telemetry_drops_start();
+            telemetry_dropped(DropReason::Delivery);
+        });
+        let text = handle.render();
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            r#"carbonflow_router_requests_total{schedule="a/b",flavour="full",status="2xx"} 1"#,
+            r#"carbonflow_router_upstream_latency_seconds_count{schedule="a/b",flavour="full"} 1"#,
+            r#"carbonflow_router_decision_version{schedule="a/b"} 7"#,
+            r#"carbonflow_router_commanded_weight{schedule="a/b",flavour="full"} 60"#,
+            r#"carbonflow_router_fallbacks_total{schedule="a/b",rule="0"} 0"#,
+            r#"carbonflow_router_fallbacks_total{schedule="a/b",rule="1"} 1"#,
+            "carbonflow_router_decision_propagation_seconds_sum 0",
+            "carbonflow_router_decisions_ignored_total 1",
+            r#"carbonflow_router_decision_expired{schedule="a/b"} 1"#,
+            r#"carbonflow_router_decision_age_seconds{schedule="a/b"} 1.5"#,
+            r#"carbonflow_router_telemetry_dropped_total{reason="encode"} 0"#,
+            r#"carbonflow_router_telemetry_dropped_total{reason="delivery"} 1"#,
+            r#"carbonflow_router_telemetry_dropped_total{reason="queue_full"} 0"#,
+            r#"carbonflow_router_telemetry_dropped_total{reason="refused"} 0"#,
+        ] {
+            assert!(lines.contains(&expected), "{expected} missing from\n{text}");
+        }
+        for name in [
+            REQUESTS,
+            UPSTREAM_LATENCY,
+            FALLBACKS,
+            DECISION_EXPIRED,
+            DECISION_AGE,
+            DECISION_VERSION,
+            COMMANDED_WEIGHT,
+            DECISION_PROPAGATION,
+            DECISIONS_IGNORED,
+            TELEMETRY_DROPPED,
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "no HELP line for {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_classes_are_bounded() {
+        assert_eq!(status_class(StatusCode::OK), "2xx");
+        assert_eq!(status_class(StatusCode::SWITCHING_PROTOCOLS), "1xx");
+        assert_eq!(status_class(StatusCode::NOT_MODIFIED), "3xx");
+        assert_eq!(status_class(StatusCode::NOT_FOUND), "4xx");
+        assert_eq!(status_class(StatusCode::BAD_GATEWAY), "5xx");
+    }
+}
