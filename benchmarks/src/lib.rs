@@ -10,7 +10,6 @@ pub mod hop;
 pub mod http;
 pub mod pipeline;
 pub mod plot;
-pub mod procs;
 pub mod prom;
 pub mod stats;
 

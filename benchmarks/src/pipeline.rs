@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::records::{ConfigCommand, ScheduleConfig};
+use carbonflow_schemas::testing::{Children, ProcessorRun, free_port};
 
 use crate::http::get_json;
-use crate::procs::{Children, free_port};
 
 /// A router to start.
 #[derive(Debug, Clone)]
@@ -61,7 +61,7 @@ impl Pipeline {
         procs.0.push(processor);
         let mut started = vec![];
         for spec in routers {
-            let (port, admin) = (free_port()?, free_port()?);
+            let (port, admin) = (free_port(), free_port());
             let mut r = Command::new(bin_dir.join("router"));
             r.args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
@@ -124,19 +124,17 @@ pub fn spawn_processor(
     args: &KafkaArgs,
     bin_dir: &Path,
 ) -> anyhow::Result<(std::process::Child, String)> {
-    let admin = free_port()?;
-    // Its log goes to a file: a benchmark that stalls usually has its cause there.
-    let log = std::env::temp_dir().join(format!("carbonflow-bench-processor-{admin}.log"));
-    let child = Command::new(bin_dir.join("processor"))
-        .arg("run")
-        .args(args.to_flags())
-        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?)
-        .spawn()
+    let run = ProcessorRun::new(bin_dir.join("processor"), args);
+    let log = std::env::temp_dir().join(format!(
+        "carbonflow-bench-processor-{}.log",
+        run.admin_port()
+    ));
+    let p = run
+        .spawn(&log)
         .context("starting the processor (build with cargo build --release)")?;
     eprintln!("processor log: {}", log.display());
-    Ok((child, format!("http://127.0.0.1:{admin}")))
+    let admin = p.admin_url();
+    Ok((p.child, admin))
 }
 
 /// Poll `{admin}/metrics` until the sum of the samples starting with `prefix` reaches

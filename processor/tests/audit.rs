@@ -3,22 +3,19 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use carbonflow_processor::pipeline::now_ms;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::records::{Outcome, OutcomeCount, ScheduleDecision};
-use carbonflow_schemas::testing::{fresh_layout, samples};
+use carbonflow_schemas::testing::{fresh_layout, processor_command, samples};
 use carbonflow_schemas::{decode, encode};
 use common::{ProcessorProcess, eventually, http, read_all};
 
 const SCHEDULE: &str = "audit/app";
 
 fn audit(args: &KafkaArgs, rest: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_processor"))
-        .arg("audit")
-        .args(args.to_flags())
+    let out = processor_command(env!("CARGO_BIN_EXE_processor"), "audit", args)
         .args(rest)
         .output()
         .expect("run processor audit");

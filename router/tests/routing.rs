@@ -12,10 +12,9 @@ use carbonflow_schemas::decode;
 use carbonflow_schemas::records::{
     DecisionFlavour, ExpiryBehaviour, FallbackRule, ScheduleDecision, TelemetryBucket,
 };
-use carbonflow_schemas::testing::{eventually, free_port, fresh_layout, read_all, samples};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use carbonflow_schemas::testing::{
+    eventually, free_port, fresh_layout, http_client, read_all, samples, send,
+};
 
 const SCHEDULE: &str = "shop/checkout";
 
@@ -124,27 +123,14 @@ impl Drop for RouterProcess {
 
 /// GET returning status, body text and the serving flavour header.
 async fn get_text(url: &str, headers: &[(&str, &str)]) -> (u16, String, Option<String>) {
-    let client: Client<HttpConnector, http_body_util::Empty<hyper::body::Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let mut req = hyper::Request::get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client
-        .request(req.body(http_body_util::Empty::new()).expect("request"))
+    let r = send(&http_client(), "GET", url, headers, None)
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = resp.status().as_u16();
-    let flavour = resp
-        .headers()
-        .get("x-carbonflow-flavour")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned(), flavour)
+    (
+        r.status,
+        String::from_utf8_lossy(&r.body).into_owned(),
+        r.flavour,
+    )
 }
 
 fn decision(version: i64, backend: &str, weights: [f64; 3]) -> ScheduleDecision {
@@ -459,29 +445,22 @@ async fn bodies_over_the_limit_get_413_and_unknown_schedules_503() {
     publish(&producer, &args, &decision(1, &backend, [100.0, 0.0, 0.0])).await;
     let r = RouterProcess::start(&args, "r-limits", &["--max-body-bytes", "16"]);
     r.ready().await;
-    let client: Client<HttpConnector, http_body_util::Full<hyper::body::Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client = http_client();
+    let url = format!("{}/api/x", r.proxy);
     let post = |body: &'static str, schedule: &'static str| {
-        hyper::Request::post(format!("{}/api/x", r.proxy))
-            .header("x-carbonflow-schedule", schedule)
-            .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
-            .expect("request")
+        let (client, url) = (&client, &url);
+        async move {
+            let headers = [("x-carbonflow-schedule", schedule)];
+            send(client, "POST", url, &headers, Some(body)).await
+        }
     };
-    let small = client.request(post("tiny", SCHEDULE)).await.expect("small");
-    assert_eq!(small.status(), 200);
-    let big = client
-        .request(post("a body well over sixteen bytes", SCHEDULE))
+    let small = post("tiny", SCHEDULE).await.expect("small");
+    assert_eq!(small.status, 200);
+    let big = post("a body well over sixteen bytes", SCHEDULE)
         .await
         .expect("big");
-    assert_eq!(big.status(), 413);
-    let unknown = client
-        .request(post("x", "shop/unknown"))
-        .await
-        .expect("unknown");
-    assert_eq!(unknown.status(), 503);
-    let body = http_body_util::BodyExt::collect(unknown.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    assert!(String::from_utf8_lossy(&body).contains("no_decision"));
+    assert_eq!(big.status, 413);
+    let unknown = post("x", "shop/unknown").await.expect("unknown");
+    assert_eq!(unknown.status, 503);
+    assert!(String::from_utf8_lossy(&unknown.body).contains("no_decision"));
 }

@@ -4,10 +4,15 @@
 //! starting the local one with `deploy/local/broker.sh start` when nothing answers. If it
 //! still cannot be reached the test fails: a broker-backed test never skips silently.
 //! [`fresh_layout`] gives each test its own topic prefix, so tests run in parallel.
+//!
+//! It is also the one home of what every test and benchmark harness needs: [`repo_root`],
+//! [`free_port`], the HTTP client ([`send`], [`try_http`], [`http`]), [`Children`] and
+//! starting the `processor` binary ([`ProcessorRun`], [`processor_command`]).
 
+use std::ffi::OsStr;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,8 +28,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-/// Repository root (the workspace directory).
+/// Repository root (the workspace directory), for the files tests and checks read from the
+/// tree (scripts, scenarios, `deploy/`, `docs/`).
 pub fn repo_root() -> PathBuf {
+    // This crate sits one level below the root.
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)
@@ -154,7 +161,8 @@ impl Drop for PrivateBroker {
     }
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, for a server a test or benchmark starts
+/// (admin APIs, proxies, private brokers, browsers' drivers).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -162,35 +170,189 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// One HTTP request; `Err` when the server cannot be reached.
+/// The pooled plain-HTTP client every harness talks to its servers with (hyper, the stack
+/// the routers use).
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A new [`HttpClient`]. Keep one for many requests within one runtime (benchmarks); its
+/// pooled connections belong to the runtime they were opened on.
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// What a server answered to [`send`].
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    /// Status code.
+    pub status: u16,
+    /// The `x-carbonflow-flavour` header (which flavour a router served), if any.
+    pub flavour: Option<String>,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// One HTTP request through `client`, with exactly the `headers` given (no others are
+/// added: router tests look at what reaches the backend) and `body` if any. `Err` when the
+/// request cannot be built or the server cannot be reached.
+pub async fn send(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<HttpReply, String> {
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default().to_string())))
+        .map_err(|e| e.to_string())?;
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let flavour = resp
+        .headers()
+        .get("x-carbonflow-flavour")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(HttpReply {
+        status,
+        flavour,
+        body,
+    })
+}
+
+/// One JSON request to an admin API: status and body as JSON (`Null` when it is not
+/// JSON); `Err` when the server cannot be reached.
 pub async fn try_http(
     method: &str,
     url: &str,
     body: Option<&str>,
 ) -> Result<(u16, serde_json::Value), String> {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default().to_string())))
-        .map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let bytes = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    Ok((status, json))
+    // A client per call: every #[tokio::test] has a runtime of its own, and a pooled
+    // connection outlives the runtime it was opened on.
+    let reply = send(
+        &http_client(),
+        method,
+        url,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await?;
+    let json = serde_json::from_slice(&reply.body).unwrap_or(serde_json::Value::Null);
+    Ok((reply.status, json))
 }
 
-/// One HTTP request that must reach the server.
+/// One JSON request that must reach the server.
 pub async fn http(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     try_http(method, url, body)
         .await
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// The child processes a test or benchmark started (processor, routers, carbonstat,
+/// Prometheus, chromedriver): killed when it ends, however it ends (a failed assertion
+/// unwinds through this drop too).
+#[derive(Default)]
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `BIN SUBCOMMAND <flags of kafka>`: the `processor` binary at `bin` on the topics of
+/// `kafka`. For its one-shot subcommands (`audit`), and the base of [`ProcessorRun`]; `bin`
+/// is `env!("CARGO_BIN_EXE_processor")` in the processor's tests and a path in a bin
+/// directory in benchmarks and deploy checks.
+pub fn processor_command(bin: impl AsRef<OsStr>, subcommand: &str, kafka: &KafkaArgs) -> Command {
+    let mut command = Command::new(bin);
+    command.arg(subcommand).args(kafka.to_flags());
+    command
+}
+
+/// `processor run` as every harness starts it: on the topics of a [`KafkaArgs`], its
+/// admin API on a free loopback port, stdout discarded and stderr (its log) in a file,
+/// plus the caller's own flags ([`args`](Self::args)).
+///
+/// For: the processor's tests, the benchmarks and the deploy checks, so that how the
+/// binary is started is written once.
+pub struct ProcessorRun {
+    command: Command,
+    admin_port: u16,
+}
+
+impl ProcessorRun {
+    /// `bin run` on the topics of `kafka` (see [`processor_command`] for `bin`).
+    pub fn new(bin: impl AsRef<OsStr>, kafka: &KafkaArgs) -> Self {
+        let admin_port = free_port();
+        let mut command = processor_command(bin, "run", kafka);
+        command.args(["--admin-listen", &format!("127.0.0.1:{admin_port}")]);
+        Self {
+            command,
+            admin_port,
+        }
+    }
+
+    /// The port its admin API will listen on; known before it starts, to name its log.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// More flags for `processor run` (instance, tick interval, ...).
+    #[must_use]
+    pub fn args<I, S>(mut self, flags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.command.args(flags);
+        self
+    }
+
+    /// Start it with its log (stderr) in `log`: a run that stalls usually has its cause
+    /// there. `Err` names what failed (creating the log, or starting the binary).
+    pub fn spawn(mut self, log: &Path) -> std::io::Result<RunningProcessor> {
+        let file = std::fs::File::create(log).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("creating {}: {e}", log.display()))
+        })?;
+        let bin = self.command.get_program().to_string_lossy().into_owned();
+        let child = self
+            .command
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("starting {bin}: {e}")))?;
+        Ok(RunningProcessor {
+            child,
+            admin_port: self.admin_port,
+        })
+    }
+}
+
+/// A processor [`ProcessorRun::spawn`] started. Not stopped on drop: its `child` goes to
+/// whatever owns the run's processes ([`Children`], a test's own wrapper), which decides
+/// how it ends (kill or SIGTERM).
+pub struct RunningProcessor {
+    /// The process.
+    pub child: Child,
+    /// Its admin API's port on 127.0.0.1.
+    pub admin_port: u16,
+}
+
+impl RunningProcessor {
+    /// Admin API base URL, `http://127.0.0.1:PORT`.
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
 }
 
 /// Poll `check` until it returns `Some`, or panic with `what` after `within`.

@@ -17,10 +17,10 @@ use carbonflow_benchmarks::history::{publish_configs, write_buckets};
 use carbonflow_benchmarks::now_ms;
 use carbonflow_benchmarks::pipeline::{metric_reaches, spawn_processor, wait_ready};
 use carbonflow_benchmarks::plot::{Chart, Series, Style, draw};
-use carbonflow_benchmarks::procs::Children;
 use carbonflow_benchmarks::stats::Summary;
 use carbonflow_schemas::bus::admin::ensure_topics;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer};
+use carbonflow_schemas::testing::Children;
 use clap::Parser;
 
 #[derive(Parser)]

@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use carbonflow_benchmarks::procs::{Children, free_port};
+use carbonflow_schemas::testing::{Children, free_port};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
     cli.kafka.topic_prefix = format!("bench.overhead.{}.", now_ms());
     let args = cli.kafka.clone();
     ensure_topics(&args, &args.layout(), 1).await?;
-    let (backend, proxy, admin) = (free_port()?, free_port()?, free_port()?);
+    let (backend, proxy, admin) = (free_port(), free_port(), free_port());
     let mut procs = Children::default();
     procs.0.push(
         Command::new(cli.bin_dir.join("carbonstat"))

@@ -22,11 +22,11 @@ use carbonflow_benchmarks::http::{client, get};
 use carbonflow_benchmarks::now_ms;
 use carbonflow_benchmarks::pipeline::{Pipeline, RouterSpec};
 use carbonflow_benchmarks::plot::{Chart, Series, Style, draw};
-use carbonflow_benchmarks::procs::{Children, free_port};
 use carbonflow_benchmarks::stats::Summary;
 use carbonflow_schemas::bus::admin::ensure_topics;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::records::{ConfigCommand, FlavourWeight, ManualOverride};
+use carbonflow_schemas::testing::{Children, free_port};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -222,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
         .context("creating topics")?;
 
     let mut extra = Children::default();
-    let carbonstat = format!("127.0.0.1:{}", free_port()?);
+    let carbonstat = format!("127.0.0.1:{}", free_port());
     extra.0.push(
         std::process::Command::new(cli.bin_dir.join("carbonstat"))
             .args(["--listen", &carbonstat])

@@ -59,14 +59,6 @@ pub fn deploy_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("deploy"))
 }
 
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    deploy_dir()
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
 fn read(path: &Path) -> Result<String, CheckError> {
     std::fs::read_to_string(path).map_err(|source| CheckError::Read {
         path: path.to_path_buf(),

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use carbonflow_deploy_checks::{
     alert_rules, dashboard_queries, deploy_dir, documented_env, files_under, json_document,
-    port_of, repo_root, workspace_binary, yaml_document, yaml_documents,
+    port_of, workspace_binary, yaml_document, yaml_documents,
 };
+use carbonflow_schemas::testing::repo_root;
 use serde_json::Value;
 
 /// The one carbonflow image and the upstream images the stacks use, each pinned.

@@ -12,34 +12,25 @@
 //! Missing tools fail the test with the command that installs them; nothing is skipped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use carbonflow_deploy_checks::{
-    alert_rules, dashboard_queries, deploy_dir, repo_root, substitute, workspace_binary,
-    yaml_document,
+    alert_rules, dashboard_queries, deploy_dir, substitute, workspace_binary, yaml_document,
 };
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::records::Forecast;
-use carbonflow_schemas::testing::{eventually, free_port, fresh_layout, samples, try_http};
+use carbonflow_schemas::testing::{
+    Children, ProcessorRun, eventually, free_port, fresh_layout, repo_root, samples, try_http,
+};
 use serde_json::{Value, json};
 
 const SCHEDULE: &str = "demo/carbonstat";
 
-/// Children killed when the test ends, however it ends.
-#[derive(Default)]
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+/// What a failed start most likely needs.
+const BUILD_FIRST: &str = "build the workspace binaries first (`cargo build --workspace --bins`)";
 
 fn tool(env: &str, default: &str, package: &str) -> PathBuf {
     let path = PathBuf::from(std::env::var(env).unwrap_or_else(|_| default.to_string()));
@@ -65,7 +56,7 @@ fn spawn(children: &mut Children, name: &str, log_tag: &str, cmd: &mut Command) 
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {name} ({bin}): {e}; build the workspace binaries first (`cargo build --workspace --bins`)"));
+        .unwrap_or_else(|e| panic!("starting {name} ({bin}): {e}; {BUILD_FIRST}"));
     children.0.push(child);
 }
 
@@ -138,16 +129,12 @@ impl Pipeline {
             .expect("running ingest config apply");
         assert!(status.success(), "ingest config apply failed: {status}");
 
-        let admin = format!("127.0.0.1:{}", free_port());
-        spawn(
-            &mut children,
-            "processor",
-            &format!("{test}-processor"),
-            Command::new(workspace_binary("processor"))
-                .arg("run")
-                .args(args.to_flags())
-                .args(["--admin-listen", &admin, "--tick-interval-ms", "200"]),
-        );
+        let processor = ProcessorRun::new(workspace_binary("processor"), &args)
+            .args(["--tick-interval-ms", "200"])
+            .spawn(&artifacts().join(format!("{test}-processor.log")))
+            .unwrap_or_else(|e| panic!("starting the processor: {e}; {BUILD_FIRST}"));
+        let admin = format!("127.0.0.1:{}", processor.admin_port);
+        children.0.push(processor.child);
         let mut routers = Vec::new();
         let mut scrape = vec![
             ("carbonflow-processor", admin.clone()),

@@ -1,13 +1,15 @@
-//! Shared by the processor's broker-backed tests: run the real `processor` binary.
-//! (HTTP, polling and topic reading helpers live in `carbonflow_schemas::testing`.)
+//! Shared by the processor's broker-backed tests: run the real `processor` binary and
+//! stop it the ways the tests need (SIGKILL, SIGTERM). How it is started, and the HTTP,
+//! polling and topic reading helpers, live in `carbonflow_schemas::testing`.
 
 #![allow(dead_code)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use carbonflow_schemas::bus::KafkaArgs;
-pub use carbonflow_schemas::testing::{eventually, free_port, http, read_all, try_http};
+use carbonflow_schemas::testing::ProcessorRun;
+pub use carbonflow_schemas::testing::{eventually, http, read_all, try_http};
 
 /// A running `processor run` child process; killed with SIGKILL when dropped.
 pub struct ProcessorProcess {
@@ -19,27 +21,22 @@ pub struct ProcessorProcess {
 impl ProcessorProcess {
     /// Start instance `instance` of `instances` on the topics of `args`.
     pub fn start(args: &KafkaArgs, instance: i32, instances: i32, extra: &[&str]) -> Self {
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!(
-            "{}processor-{instance}-of-{instances}-{port}.log",
-            args.topic_prefix
-        ));
-        let file = std::fs::File::create(&log).expect("processor log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_processor"))
-            .arg("run")
-            .args(args.to_flags())
+        let run = ProcessorRun::new(env!("CARGO_BIN_EXE_processor"), args)
             .args(["--instance", &instance.to_string()])
             .args(["--instances", &instances.to_string()])
-            .args(["--admin-listen", &format!("127.0.0.1:{port}")])
             .args(["--tick-interval-ms", "200"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn the processor binary");
+            .args(extra);
+        let log = std::env::temp_dir().join(format!(
+            "{}processor-{instance}-of-{instances}-{}.log",
+            args.topic_prefix,
+            run.admin_port()
+        ));
+        let p = run
+            .spawn(&log)
+            .unwrap_or_else(|e| panic!("spawn the processor binary: {e}"));
         Self {
-            child,
-            admin: format!("http://127.0.0.1:{port}"),
+            admin: p.admin_url(),
+            child: p.child,
         }
     }
 
