@@ -124,7 +124,8 @@ fn time_ms(v: &Value, field: &str) -> Result<i64, ParseError> {
     } else {
         s.replace("+00:00", "Z")
     };
-    parse_rfc3339_ms(&normalised).map_err(|_| bad(format!("{field} {s:?} is not an RFC 3339 UTC time")))
+    parse_rfc3339_ms(&normalised)
+        .map_err(|_| bad(format!("{field} {s:?} is not an RFC 3339 UTC time")))
 }
 
 fn number(v: &Value, field: &str) -> Result<f64, ParseError> {

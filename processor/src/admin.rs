@@ -23,10 +23,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use carbonflow_core::contract::reference_contract;
 use crate::pipeline::{ProcessorView, now_ms};
-use carbonflow_core::spec::ScheduleSpec;
 use crate::status::StatusDocument;
+use carbonflow_core::contract::reference_contract;
+use carbonflow_core::spec::ScheduleSpec;
 use carbonflow_core::validate::validate;
 
 /// What the handlers share.

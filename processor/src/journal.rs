@@ -176,28 +176,34 @@ pub fn restore(
     let mut reconciliation = Reconciliation::new();
     let mut divergent = 0_u64;
     reader
-        .read(&journal, partition, journal_from.max(low), journal_end, |r| {
-            let entries = journal_entries(r.payload.unwrap_or_default()).map_err(|source| {
-                TailError::Unreadable {
-                    offset: r.offset,
-                    source,
+        .read(
+            &journal,
+            partition,
+            journal_from.max(low),
+            journal_end,
+            |r| {
+                let entries = journal_entries(r.payload.unwrap_or_default()).map_err(|source| {
+                    TailError::Unreadable {
+                        offset: r.offset,
+                        source,
+                    }
+                })?;
+                for (index, entry) in entries.iter().enumerate() {
+                    if let Some(d) = reconciliation.replay(&mut state, entry) {
+                        divergent += 1;
+                        tracing::error!(
+                            partition,
+                            offset = r.offset,
+                            index,
+                            produced = ?d.produced,
+                            recorded = ?d.recorded,
+                            "journal replay diverges from what was recorded"
+                        );
+                    }
                 }
-            })?;
-            for (index, entry) in entries.iter().enumerate() {
-                if let Some(d) = reconciliation.replay(&mut state, entry) {
-                    divergent += 1;
-                    tracing::error!(
-                        partition,
-                        offset = r.offset,
-                        index,
-                        produced = ?d.produced,
-                        recorded = ?d.recorded,
-                        "journal replay diverges from what was recorded"
-                    );
-                }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .map_err(|e| match e {
             TailError::Bus(source) => bus(source),
             TailError::Unreadable { offset, source } => RestoreError::Journal {
@@ -212,10 +218,16 @@ pub fn restore(
     let decisions = layout.name(Topic::Decisions);
     let (low, decisions_end) = reader.watermarks(&decisions, partition).map_err(bus)?;
     reader
-        .read(&decisions, partition, decisions_from.max(low), decisions_end, |r| {
-            reconciliation.seen_on_topic(r.offset, r.payload);
-            Ok::<(), BusError>(())
-        })
+        .read(
+            &decisions,
+            partition,
+            decisions_from.max(low),
+            decisions_end,
+            |r| {
+                reconciliation.seen_on_topic(r.offset, r.payload);
+                Ok::<(), BusError>(())
+            },
+        )
         .map_err(bus)?;
     let replayed = reconciliation.replayed;
     let repairs = reconciliation.conclude(&state, &decisions, partition);

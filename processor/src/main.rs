@@ -137,7 +137,9 @@ enum AuditAction {
 fn time_arg(name: &str, value: Option<&str>, default: i64) -> anyhow::Result<i64> {
     match value {
         None => Ok(default),
-        Some(v) => carbonflow_schemas::time::parse_rfc3339_ms(v).with_context(|| format!("--{name}")),
+        Some(v) => {
+            carbonflow_schemas::time::parse_rfc3339_ms(v).with_context(|| format!("--{name}"))
+        }
     }
 }
 

@@ -41,10 +41,10 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{RestoreError, restore, snapshot_of};
+use crate::status::RecentDecision;
 use carbonflow_core::state::{
     DeliveredWindow, EmissionsAccount, Input, Output, PartitionState, ScheduleState,
 };
-use crate::status::RecentDecision;
 
 /// A partition's journal batch is written once it holds this many entries, or
 /// [`JOURNAL_BATCH_BYTES`] of input records, if inputs keep arriving; otherwise as soon as

@@ -125,7 +125,7 @@ async fn assert_final_state_is_the_journal_fold(
             .expect("fold the whole journal");
         assert_eq!(folded.divergent, 0, "replay diverged from the journal");
         assert!(
-            folded.unsent.is_empty(),
+            folded.repairs.unsent.is_empty(),
             "a clean stop leaves nothing unsent"
         );
         for (id, s) in &folded.state.schedules {

@@ -5,13 +5,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use carbonflow_schemas::bus::admin::partition_count;
-use carbonflow_schemas::bus::{BusError, KafkaArgs, LagContext, LagMetrics, Topic};
+use carbonflow_schemas::bus::consumer::add_offset;
+use carbonflow_schemas::bus::{
+    BusError, KafkaArgs, LagMetrics, RangeReader, Topic, assigned_consumer,
+};
 use carbonflow_schemas::decode;
 use carbonflow_schemas::records::ScheduleDecision;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -25,38 +27,16 @@ pub enum FollowError {
     /// Kafka client plumbing failed.
     #[error(transparent)]
     Bus(#[from] BusError),
-    /// The decisions topic does not exist.
-    #[error("topic {0} does not exist: create the topics first (`ingest topics create`)")]
-    MissingTopic(String),
     /// A blocking metadata call panicked.
     #[error("metadata worker failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
 
-fn kafka(operation: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> BusError + '_ {
-    move |source| BusError::Kafka {
-        operation: operation.into(),
-        source,
-    }
-}
-
 /// End offsets (next offset to be written) of every partition of `topic`.
 fn end_offsets(args: &KafkaArgs, topic: &str) -> Result<BTreeMap<i32, i64>, FollowError> {
-    let consumer: BaseConsumer = args
-        .consumer_config("carbonflow-router-bootstrap", "carbonflow-router-bootstrap")?
-        .create()
-        .map_err(kafka("create metadata client"))?;
-    let partitions = partition_count(&consumer, topic)?;
-    if partitions == 0 {
-        return Err(FollowError::MissingTopic(topic.into()));
-    }
-    (0..partitions)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .map(|(_, high)| (p, high))
-                .map_err(|e| kafka("read end offsets of the decisions topic")(e).into())
-        })
+    let reader = RangeReader::new(args, "carbonflow-router-bootstrap")?;
+    (0..reader.partitions(topic)?)
+        .map(|p| Ok((p, reader.watermarks(topic, p)?.1)))
         .collect()
 }
 
@@ -75,19 +55,11 @@ pub async fn follow(
         let (a, t) = (args.clone(), topic.clone());
         tokio::task::spawn_blocking(move || end_offsets(&a, &t)).await??
     };
-    let consumer: StreamConsumer<LagContext> = args
-        .consumer_config(&group, &group)?
-        .create_with_context(LagContext::new(group.clone(), lag))
-        .map_err(kafka("create decisions consumer"))?;
     let mut tpl = TopicPartitionList::new();
     for p in ends.keys() {
-        tpl.add_partition_offset(&topic, *p, Offset::Beginning)
-            .map_err(kafka("assign the decisions topic"))?;
+        add_offset(&mut tpl, &topic, *p, Offset::Beginning)?;
     }
-    consumer
-        .assign(&tpl)
-        .map_err(kafka("assign the decisions topic"))?;
-    consumer.context().assigned(&tpl);
+    let consumer = assigned_consumer(&args, &group, &group, lag, &tpl)?;
     // Partitions still to catch up with: those that had records when we started.
     let mut behind: BTreeMap<i32, i64> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
     let mark_ready = |ready: &AtomicBool| {

@@ -26,9 +26,9 @@ pub mod codec;
 pub mod records;
 #[cfg(feature = "bus")]
 pub mod service;
-pub mod time;
-pub mod topics;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod time;
+pub mod topics;
 
 pub use codec::{AvroRecord, CodecError, decode, encode};

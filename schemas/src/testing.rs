@@ -18,15 +18,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::bus::admin::ensure_topics;
-use crate::bus::{KafkaArgs, Topic, TopicLayout};
+use crate::bus::{KafkaArgs, RangeReader, Topic, TopicLayout};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
 /// Repository root (the workspace directory), for the files tests and checks read from the
 /// tree (scripts, scenarios, `deploy/`, `docs/`).
@@ -380,34 +377,19 @@ pub type Record = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
 /// Every record of `topic` partition `partition`.
 pub fn read_all(args: &KafkaArgs, topic: Topic, partition: i32) -> Vec<Record> {
     let name = args.layout().name(topic);
-    let consumer: BaseConsumer = args
-        .consumer_config("test-reader", "test-reader")
-        .expect("consumer config")
-        .create()
-        .expect("consumer");
-    let (low, high) = consumer
-        .fetch_watermarks(&name, partition, Duration::from_secs(10))
-        .expect("watermarks");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&name, partition, Offset::Offset(low))
-        .expect("tpl");
-    consumer.assign(&tpl).expect("assign");
+    let reader = RangeReader::new(args, "test-reader").expect("range reader");
+    let (low, high) = reader.watermarks(&name, partition).expect("watermarks");
     let mut out = Vec::new();
-    let mut at = low;
-    while at < high {
-        match consumer.poll(Duration::from_secs(10)) {
-            Some(Ok(m)) => {
-                at = m.offset() + 1;
-                out.push((
-                    m.offset(),
-                    m.key().map(<[u8]>::to_vec),
-                    m.payload().map(<[u8]>::to_vec),
-                ));
-            }
-            Some(Err(e)) => panic!("reading {name}/{partition}: {e}"),
-            None => panic!("reading {name}/{partition} stalled at {at} of {high}"),
-        }
-    }
+    reader
+        .read(&name, partition, low, high, |r| {
+            out.push((
+                r.offset,
+                r.key.map(<[u8]>::to_vec),
+                r.payload.map(<[u8]>::to_vec),
+            ));
+            Ok::<(), crate::bus::BusError>(())
+        })
+        .unwrap_or_else(|e| panic!("reading {name}/{partition}: {e}"));
     out
 }
 

@@ -14,10 +14,10 @@ use std::path::PathBuf;
 
 use carbonflow_benchmarks::now_ms;
 use carbonflow_benchmarks::plot::{Chart, Series, Style, draw};
-use carbonflow_ingest::scenario::Scenario;
 use carbonflow_core::policy::policy_names;
 use carbonflow_core::spec::ScheduleSpec;
 use carbonflow_core::state::{Input, Output, PartitionState};
+use carbonflow_ingest::scenario::Scenario;
 use carbonflow_schemas::records::{
     ConfigCommand, InputPosition, Outcome, OutcomeCount, ScheduleDecision, TelemetryBucket, Tick,
 };

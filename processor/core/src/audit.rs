@@ -121,20 +121,27 @@ impl<'a> PartitionReplay<'a> {
             .state
             .schedules
             .iter()
-            .filter_map(|(id, s)| Some((id.clone(), (s.window.as_ref()?.served.clone(), s.emissions))))
+            .filter_map(|(id, s)| {
+                Some((id.clone(), (s.window.as_ref()?.served.clone(), s.emissions)))
+            })
             .collect();
         for o in self.state.apply(&input, &entry.input) {
             let Output::Decision(d) = o else { continue };
             if self.opts.schedule.is_some_and(|s| s != d.schedule) {
                 continue;
             }
-            let (delivered, emissions) = match (&d.provenance.telemetry_window, before.get(&d.schedule)) {
-                (Some(_), Some((served, emitted))) => {
-                    let now = self.state.schedules.get(&d.schedule).map_or(*emitted, |s| s.emissions);
-                    (served.clone(), now.since(emitted))
-                }
-                _ => (BTreeMap::new(), EmissionsAccount::default()),
-            };
+            let (delivered, emissions) =
+                match (&d.provenance.telemetry_window, before.get(&d.schedule)) {
+                    (Some(_), Some((served, emitted))) => {
+                        let now = self
+                            .state
+                            .schedules
+                            .get(&d.schedule)
+                            .map_or(*emitted, |s| s.emissions);
+                        (served.clone(), now.since(emitted))
+                    }
+                    _ => (BTreeMap::new(), EmissionsAccount::default()),
+                };
             out.decisions
                 .entry(d.schedule.clone())
                 .or_default()
@@ -538,7 +545,8 @@ pub fn rewrite_for(policy: Option<String>, sets: &[String]) -> Result<Box<Rewrit
             for (k, v) in &patch {
                 doc.insert(k.clone(), v.clone());
             }
-            let spec = ScheduleSpec::from_value(Value::Object(doc)).map_err(|e| broken(e.to_string()))?;
+            let spec =
+                ScheduleSpec::from_value(Value::Object(doc)).map_err(|e| broken(e.to_string()))?;
             let mut patched = spec.to_config(&c.schedule, c.config_version, c.published_at_ms);
             patched.flavours = next.flavours.clone();
             patched.fallbacks = next.fallbacks.clone();

@@ -74,7 +74,11 @@ impl Reconciliation {
 
     /// Replay one journal entry into `state`, remembering what it produced. Returns the
     /// divergence if the replay does not produce the decision versions the entry recorded.
-    pub fn replay(&mut self, state: &mut PartitionState, entry: &JournalEntry) -> Option<Divergence> {
+    pub fn replay(
+        &mut self,
+        state: &mut PartitionState,
+        entry: &JournalEntry,
+    ) -> Option<Divergence> {
         let outputs = state.replay(entry);
         self.replayed += 1;
         let produced: Vec<(String, i64)> = outputs

@@ -542,9 +542,7 @@ impl PartitionState {
         if forecast.demand_next.is_some() {
             forecast.demand_now = s.observed_rate.or(forecast.demand_now);
         }
-        let manual = manual
-            .as_ref()
-            .filter(|m| m.expires_at_ms() > clock);
+        let manual = manual.as_ref().filter(|m| m.expires_at_ms() > clock);
         let version = s.version + 1;
         let ctx = DecisionContext {
             config,

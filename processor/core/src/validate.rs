@@ -255,10 +255,7 @@ pub fn validate_override(
         bad("weights", "must have a positive sum".into());
     }
     if o.ttl_seconds <= 0 {
-        bad(
-            "ttl_seconds",
-            format!("must be > 0, got {}", o.ttl_seconds),
-        );
+        bad("ttl_seconds", format!("must be > 0, got {}", o.ttl_seconds));
     } else if let Some(clock) = clock_ms
         && o.expires_at_ms() <= clock
     {

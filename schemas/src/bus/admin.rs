@@ -7,8 +7,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::topics::{Topic, TopicLayout};
 use super::{BusError, KafkaArgs};
+use crate::topics::{Topic, TopicLayout};
 
 /// What happened to one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]

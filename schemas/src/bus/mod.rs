@@ -12,11 +12,11 @@ pub mod consumer;
 pub mod lag;
 pub mod producer;
 
+pub use crate::topics::{Topic, TopicLayout};
 pub use config::KafkaArgs;
 pub use consumer::{RangeReader, RangeRecord, add_position, assigned_consumer};
 pub use lag::{LagContext, LagMetrics, LagRow};
 pub use producer::{Delivered, RecordProducer};
-pub use crate::topics::{Topic, TopicLayout};
 
 /// Errors of the Kafka plumbing.
 #[derive(Debug, thiserror::Error)]
