@@ -266,9 +266,9 @@ fn audit(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
             )?;
             let line = |name: &str, acc: &a::Accounting| {
                 println!(
-                    "{name:<8} requests {:>10}  mean delivered precision {:.6}  emissions {:.3}  baseline {:.3}  reduction vs full precision {:.3} %",
+                    "{name:<8} requests {:>10}  mean commanded precision {:.6}  emissions {:.3}  baseline {:.3}  reduction vs full precision {:.3} %",
                     acc.requests,
-                    acc.mean_delivered_precision(),
+                    acc.mean_commanded_precision(),
                     acc.emissions.delivered,
                     acc.emissions.full_precision,
                     100.0 * acc.reduction()

@@ -7,12 +7,14 @@
 //! applied. Folding it with [`PartitionState::apply`] — the processor's own code —
 //! re-derives every decision ([`Replay`]).
 //!
-//! Carbon accounting has one definition, the state's ([`crate::state::EmissionsAccount`]):
-//! each closed telemetry window adds `intensity × Σ_f delivered_f × relative_energy_f`
-//! against `intensity × delivered × full-precision energy`. The audit takes each window's
-//! emissions from the fold itself, so `audit what-if`, the status page and the metrics
-//! count the same requests the same way. Precision is the realised (delivered) precision
-//! of each window, weighted by its answered requests.
+//! Carbon accounting here is *commanded*: the requests answered in each closed telemetry
+//! window are counted at the weights of the decision in force during it, at that
+//! decision's current intensity: `requests × Σ_f weight_f × relative_energy_f × intensity`
+//! against `requests × intensity` at full precision. That is what makes `what-if`
+//! meaningful: telemetry is replayed as recorded, so only the commanded split can change.
+//! The status page and metrics account what was *delivered*
+//! ([`crate::state::EmissionsAccount`]); each [`Derived`] carries that figure too, taken
+//! from the fold itself, and the two agree when routers deliver what they are commanded.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -54,7 +56,7 @@ pub struct Derived {
     pub decision: ScheduleDecision,
     /// Answered requests per flavour of the window this decision accounted, if any.
     pub delivered: BTreeMap<String, i64>,
-    /// Emissions the fold accounted for that window (zero when it accounted none).
+    /// Emissions the fold accounted as delivered for that window (zero when none).
     pub emissions: EmissionsAccount,
 }
 
@@ -371,15 +373,15 @@ pub fn explain(decisions: &[Derived], index: usize) -> String {
 pub struct Accounting {
     /// Answered requests accounted.
     pub requests: i64,
-    /// Σ answered requests × realised (delivered) precision of their window.
+    /// Σ answered requests × mean precision commanded while they were served.
     pub precision_sum: f64,
-    /// Emissions of the requests as delivered, and at full precision.
+    /// Emissions at the commanded weights, and at full precision.
     pub emissions: EmissionsAccount,
 }
 
 impl Accounting {
-    /// Mean precision delivered, weighted by answered requests (0 with none).
-    pub fn mean_delivered_precision(&self) -> f64 {
+    /// Mean precision commanded, weighted by answered requests (0 with none).
+    pub fn mean_commanded_precision(&self) -> f64 {
         if self.requests == 0 {
             0.0
         } else {
@@ -403,14 +405,30 @@ impl Accounting {
 pub fn account(decisions: &[Derived]) -> (Accounting, Vec<(usize, Accounting)>) {
     let mut total = Accounting::default();
     let mut rows = vec![];
-    for (i, x) in decisions.iter().enumerate() {
-        let Some(w) = &x.decision.provenance.telemetry_window else {
+    for i in 1..decisions.len() {
+        let Some(w) = &decisions[i].decision.provenance.telemetry_window else {
             continue;
         };
+        let in_force = &decisions[i - 1].decision;
+        let intensity = in_force
+            .provenance
+            .forecast
+            .as_ref()
+            .and_then(|f| f.intensity_now)
+            .unwrap_or(0.0);
+        let energy: f64 = in_force
+            .flavours
+            .iter()
+            .map(|f| f.weight * f.relative_energy)
+            .sum();
+        let requests = w.requests as f64;
         let a = Accounting {
             requests: w.requests,
-            precision_sum: w.requests as f64 * w.realised_precision,
-            emissions: x.emissions,
+            precision_sum: requests * in_force.avg_precision,
+            emissions: EmissionsAccount {
+                delivered: requests * energy * intensity,
+                full_precision: requests * intensity,
+            },
         };
         total.add(&a);
         rows.push((i, a));

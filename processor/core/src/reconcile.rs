@@ -166,3 +166,125 @@ impl Reconciliation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Given a journal tail and what the decisions topic holds, when reconciled, then the
+    //! repairs are exactly what restores agreement.
+
+    use super::*;
+    use carbonflow_schemas::encode;
+    use carbonflow_schemas::records::{ConfigCommand, DecisionRef, ScheduleDeletion};
+    use carbonflow_schemas::testing::samples;
+
+    const DECISIONS: &str = "schedule.decisions";
+
+    fn entry(offset: i64, command: &ConfigCommand, decided: &[(String, i64)]) -> JournalEntry {
+        JournalEntry {
+            partition: 0,
+            input: InputPosition {
+                topic: "schedule.config".into(),
+                partition: 0,
+                offset,
+            },
+            record: command.encode().expect("encodes"),
+            decisions: decided
+                .iter()
+                .map(|(schedule, version)| DecisionRef {
+                    schedule: schedule.clone(),
+                    version: *version,
+                })
+                .collect(),
+        }
+    }
+
+    /// A journal tail holding one accepted config: its schedule decided version 1.
+    fn given_a_config_journaled() -> (PartitionState, Reconciliation, ScheduleDecision) {
+        let config = samples::schedule_config();
+        let id = config.schedule.clone();
+        let mut state = PartitionState::new(0);
+        let mut reconciliation = Reconciliation::new();
+        let e = entry(
+            0,
+            &ConfigCommand::Config(Box::new(config)),
+            &[(id.clone(), 1)],
+        );
+        assert_eq!(reconciliation.replay(&mut state, &e), None, "replay agrees");
+        let decision = state.schedules[&id]
+            .last_decision
+            .clone()
+            .expect("a decision");
+        (state, reconciliation, decision)
+    }
+
+    #[test]
+    fn a_decision_on_the_topic_newer_than_the_journal_is_adopted() {
+        let (state, mut reconciliation, mut decision) = given_a_config_journaled();
+        decision.version = 2;
+        let bytes = encode(&decision).expect("encodes");
+        reconciliation.seen_on_topic(7, Some(&bytes));
+        let repairs = reconciliation.conclude(&state, DECISIONS, 0);
+        assert_eq!(repairs.orphans.len(), 1);
+        assert_eq!(repairs.orphans[0].0.offset, 7);
+        assert_eq!(repairs.orphans[0].1, bytes);
+        assert!(
+            repairs.unsent.is_empty(),
+            "version 2 supersedes 1 on the topic"
+        );
+    }
+
+    #[test]
+    fn a_journaled_decision_missing_from_the_topic_is_resent() {
+        let (state, reconciliation, decision) = given_a_config_journaled();
+        let repairs = reconciliation.conclude(&state, DECISIONS, 0);
+        assert_eq!(repairs.unsent, vec![decision]);
+        assert!(repairs.orphans.is_empty());
+    }
+
+    #[test]
+    fn a_journaled_decision_already_on_the_topic_needs_nothing() {
+        let (state, mut reconciliation, decision) = given_a_config_journaled();
+        reconciliation.seen_on_topic(3, Some(&encode(&decision).expect("encodes")));
+        reconciliation.seen_on_topic(4, None);
+        assert_eq!(
+            reconciliation.conclude(&state, DECISIONS, 0),
+            Repairs::default()
+        );
+    }
+
+    #[test]
+    fn a_deletion_resends_the_tombstone() {
+        let (mut state, mut reconciliation, decision) = given_a_config_journaled();
+        let delete = ConfigCommand::Delete(ScheduleDeletion {
+            schedule: decision.schedule.clone(),
+            issued_at_ms: decision.decided_at_ms + 1,
+        });
+        assert_eq!(
+            reconciliation.replay(&mut state, &entry(1, &delete, &[])),
+            None
+        );
+        let repairs = reconciliation.conclude(&state, DECISIONS, 0);
+        assert_eq!(repairs.removed, vec![decision.schedule]);
+        assert!(
+            repairs.unsent.is_empty(),
+            "a deleted schedule's decision is not resent"
+        );
+    }
+
+    #[test]
+    fn a_replay_that_decides_other_versions_than_recorded_is_divergent() {
+        let config = samples::schedule_config();
+        let id = config.schedule.clone();
+        let mut state = PartitionState::new(0);
+        let e = entry(
+            0,
+            &ConfigCommand::Config(Box::new(config)),
+            &[(id.clone(), 5)],
+        );
+        let d = Reconciliation::new()
+            .replay(&mut state, &e)
+            .expect("divergent");
+        assert_eq!(d.produced, vec![(id.clone(), 1)]);
+        assert_eq!(d.recorded, vec![(id, 5)]);
+    }
+}
