@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use carbonflow_schemas::bus::admin::check_partition_counts;
 use carbonflow_schemas::bus::{
-    BusError, Delivered, KafkaArgs, LagContext, LagMetrics, RecordProducer, Topic, TopicLayout,
+    BusError, Delivered, KafkaArgs, LagMetrics, RecordProducer, Topic, TopicLayout, add_position,
+    assigned_consumer,
 };
 use carbonflow_schemas::records::{
     DeadLetter, DecisionRef, InputPosition, JournalBatch, JournalEntry, ScheduleDecision, Tick,
@@ -34,9 +35,9 @@ use dashmap::DashMap;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -812,7 +813,7 @@ pub async fn run(
         for t in [Topic::Config, Topic::Telemetry, Topic::Ticks] {
             let name = layout.name(t);
             let next = o.state.next_offset(&name, p);
-            add(&mut schedule_inputs, &name, p, next)?;
+            add_position(&mut schedule_inputs, &name, p, next)?;
         }
     }
     let forecasts = layout.name(Topic::Forecasts);
@@ -823,13 +824,20 @@ pub async fn run(
         .map(|o| o.state.next_offset(&forecasts, 0))
         .min()
     {
-        add(&mut forecast_inputs, &forecasts, 0, from)?;
+        add_position(&mut forecast_inputs, &forecasts, 0, from)?;
     }
-    let consumer = input_consumer(&args, &settings.client_id, &view, &schedule_inputs)?;
-    let forecast_consumer = input_consumer(
+    let consumer = assigned_consumer(
+        &args,
+        &settings.client_id,
+        GROUP,
+        view.lag.clone(),
+        &schedule_inputs,
+    )?;
+    let forecast_consumer = assigned_consumer(
         &args,
         &format!("{}-forecasts", settings.client_id),
-        &view,
+        GROUP,
+        view.lag.clone(),
         &forecast_inputs,
     )?;
     view.ready.store(true, Ordering::SeqCst);
@@ -886,41 +894,6 @@ pub async fn run(
         tracing::info!("stopped cleanly");
     }
     outcome
-}
-
-fn add(
-    tpl: &mut TopicPartitionList,
-    topic: &str,
-    partition: i32,
-    next: i64,
-) -> Result<(), BusError> {
-    tpl.add_partition_offset(topic, partition, Offset::Offset(next))
-        .map_err(|e| BusError::Kafka {
-            operation: format!("assign {topic}"),
-            source: e,
-        })
-}
-
-/// A consumer assigned `tpl` (explicit positions, no group membership), reporting lag.
-fn input_consumer(
-    args: &KafkaArgs,
-    client_id: &str,
-    view: &ProcessorView,
-    tpl: &TopicPartitionList,
-) -> Result<StreamConsumer<LagContext>, BusError> {
-    let consumer: StreamConsumer<LagContext> = args
-        .consumer_config(client_id, GROUP)?
-        .create_with_context(LagContext::new(GROUP, view.lag.clone()))
-        .map_err(|e| BusError::Kafka {
-            operation: "create consumer".into(),
-            source: e,
-        })?;
-    consumer.assign(tpl).map_err(|e| BusError::Kafka {
-        operation: "assign input partitions".into(),
-        source: e,
-    })?;
-    consumer.context().assigned(tpl);
-    Ok(consumer)
 }
 
 /// Write the wall clock to the log as ticks, one per owned partition per interval
