@@ -1,8 +1,10 @@
 //! Programs that exercise carbonflow from the outside: the sample flavour service
 //! (`carbonstat`), the quickstart's load generator and live table (`demo`), and the
-//! benchmarks of issue #7 (`propagation`). Shared here: the carbonstat computation, a
-//! Prometheus text reader, an HTTP GET client, latency summaries and the broker's
-//! one-hop yardstick.
+//! benchmarks under `src/bin` (propagation, weight fidelity, router overhead, processor
+//! throughput, restore, policy quality), each printing its figures beside a yardstick.
+//! Shared here: the carbonstat computation, synthetic topic history, the broker's
+//! one-hop yardstick, GETs, the benchmark pipeline, charts, a Prometheus text reader and
+//! latency summaries.
 
 pub mod carbonstat;
 pub mod history;

@@ -300,18 +300,18 @@ async fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             let (id, version) = (config.schedule.clone(), config.config_version);
-            schedule::publish(
-                kafka,
-                &producer()?,
-                &ConfigCommand::Config(Box::new(config)),
-            )
-            .await?;
+            producer()?
+                .publish_config(&kafka.layout(), &ConfigCommand::Config(Box::new(config)))
+                .await?;
             println!("published {id} config version {version}");
         }
         Command::Config {
             action: ConfigAction::Delete { schedule: id },
         } => {
-            schedule::publish(kafka, &producer()?, &schedule::deletion(&id, now_ms())).await?;
+            let deletion = schedule::deletion(&id, now_ms())?;
+            producer()?
+                .publish_config(&kafka.layout(), &deletion)
+                .await?;
             println!("published the deletion of {id}");
         }
         Command::Override {
@@ -322,7 +322,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let o =
                 schedule::manual_override(&id, &weights, ttl.as_secs() as i64, reason, now_ms())?;
-            schedule::publish(kafka, &producer()?, &o).await?;
+            producer()?.publish_config(&kafka.layout(), &o).await?;
             println!("published an override of {id} for {} s", ttl.as_secs());
         }
     }

@@ -9,11 +9,11 @@
 use std::path::{Path, PathBuf};
 
 use carbonflow_core::spec::ScheduleSpec;
-use carbonflow_core::validate::validate;
-use carbonflow_schemas::bus::{BusError, KafkaArgs, RecordProducer, Topic};
+use carbonflow_core::validate::{describe_problems, validate, validate_override};
 use carbonflow_schemas::records::{
     ConfigCommand, FlavourWeight, ManualOverride, ScheduleConfig, ScheduleDeletion,
 };
+use carbonflow_schemas::vocabulary::{ScheduleId, ScheduleIdError};
 use serde_json::Value;
 
 /// Why a schedule command was not published.
@@ -47,9 +47,6 @@ pub enum ScheduleError {
     /// An argument is malformed.
     #[error("{0}")]
     Argument(String),
-    /// Kafka refused the record.
-    #[error(transparent)]
-    Bus(#[from] BusError),
 }
 
 /// Read and validate a schedule file; `config_version` and `at_ms` stamp it.
@@ -80,34 +77,19 @@ pub fn load(file: &Path, config_version: i64, at_ms: i64) -> Result<ScheduleConf
     })
 }
 
-/// Publish a command to `schedule.config`, keyed by its schedule.
-pub async fn publish(
-    args: &KafkaArgs,
-    producer: &RecordProducer,
-    command: &ConfigCommand,
-) -> Result<(), ScheduleError> {
-    let bytes = command.encode().map_err(BusError::from)?;
-    producer
-        .send_bytes(
-            &args.layout().name(Topic::Config),
-            command.schedule().as_bytes(),
-            None,
-            &bytes,
-            None,
-        )
-        .await?;
-    Ok(())
-}
-
 /// A deletion of `schedule`.
-pub fn deletion(schedule: &str, at_ms: i64) -> ConfigCommand {
-    ConfigCommand::Delete(ScheduleDeletion {
-        schedule: schedule.to_string(),
+pub fn deletion(schedule: &str, at_ms: i64) -> Result<ConfigCommand, ScheduleError> {
+    let id: ScheduleId = schedule
+        .parse()
+        .map_err(|e: ScheduleIdError| ScheduleError::Argument(e.to_string()))?;
+    Ok(ConfigCommand::Delete(ScheduleDeletion {
+        schedule: id.to_string(),
         issued_at_ms: at_ms,
-    })
+    }))
 }
 
-/// An override from `flavour=weight` pairs.
+/// An override from `flavour=weight` pairs, checked with the processor's override rules
+/// (the ones that need no config in force: the owner checks the flavours against it).
 pub fn manual_override(
     schedule: &str,
     weights: &[String],
@@ -115,24 +97,18 @@ pub fn manual_override(
     reason: Option<String>,
     at_ms: i64,
 ) -> Result<ConfigCommand, ScheduleError> {
-    if ttl_seconds <= 0 {
-        return Err(ScheduleError::Argument(format!(
-            "--ttl must be positive, got {ttl_seconds} s"
-        )));
-    }
+    let id: ScheduleId = schedule
+        .parse()
+        .map_err(|e: ScheduleIdError| ScheduleError::Argument(e.to_string()))?;
     let weights = weights
         .iter()
         .map(|w| {
-            let (flavour, weight) = w.split_once('=').ok_or_else(|| {
-                ScheduleError::Argument(format!("--weight {w:?}: expected flavour=weight"))
-            })?;
-            let weight: f64 = weight
-                .parse()
-                .ok()
-                .filter(|w: &f64| *w >= 0.0)
+            let (flavour, weight) = w
+                .split_once('=')
+                .and_then(|(f, w)| Some((f, w.parse::<f64>().ok()?)))
                 .ok_or_else(|| {
                     ScheduleError::Argument(format!(
-                        "--weight {w:?}: the weight must be a number ≥ 0"
+                        "--weight {w:?}: expected flavour=weight with a number as the weight"
                     ))
                 })?;
             Ok(FlavourWeight {
@@ -141,18 +117,20 @@ pub fn manual_override(
             })
         })
         .collect::<Result<Vec<_>, ScheduleError>>()?;
-    if weights.is_empty() {
-        return Err(ScheduleError::Argument(
-            "give at least one --weight flavour=weight".into(),
-        ));
-    }
-    Ok(ConfigCommand::Override(ManualOverride {
-        schedule: schedule.to_string(),
+    let o = ManualOverride {
+        schedule: id.to_string(),
         issued_at_ms: at_ms,
         ttl_seconds,
         weights,
         reason,
-    }))
+    };
+    validate_override(&o, None, None).map_err(|problems| {
+        ScheduleError::Argument(format!(
+            "invalid override, nothing published: {}",
+            describe_problems(&problems)
+        ))
+    })?;
+    Ok(ConfigCommand::Override(o))
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! JSON body naming the problem.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -15,19 +14,22 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use carbonflow_schemas::bus::{RecordProducer, Topic, TopicLayout};
-use carbonflow_schemas::records::{ConfigCommand, FlavourWeight, ManualOverride};
+use carbonflow_schemas::bus::{RecordProducer, TopicLayout};
+use carbonflow_schemas::records::{ConfigCommand, FieldProblem, FlavourWeight, ManualOverride};
+use carbonflow_schemas::service::{METRICS_CONTENT_TYPE, metrics_text, now_ms};
+use carbonflow_schemas::vocabulary::ScheduleId;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::{ProcessorView, now_ms};
-use crate::status::StatusDocument;
 use carbonflow_core::contract::reference_contract;
 use carbonflow_core::spec::ScheduleSpec;
-use carbonflow_core::validate::validate;
+use carbonflow_core::validate::{validate, validate_override};
+
+use crate::status::StatusDocument;
+use crate::view::ProcessorView;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -82,49 +84,61 @@ fn reply(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn schedule_id(ns: &str, name: &str) -> String {
-    format!("{ns}/{name}")
+/// The schedule id of a request path, or the 400 that names what is wrong with it.
+fn schedule_id(ns: &str, name: &str) -> Result<ScheduleId, Box<Response>> {
+    ScheduleId::new(ns, name).map_err(|e| {
+        Box::new(reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_schedule", "detail": e.to_string()}),
+        ))
+    })
+}
+
+/// 400 body listing every field problem.
+fn invalid(error: &str, problems: &[FieldProblem]) -> Response {
+    reply(
+        StatusCode::BAD_REQUEST,
+        json!({"error": error, "problems": problems.iter().map(|p| json!({"field": p.field, "rule": p.rule})).collect::<Vec<_>>()}),
+    )
 }
 
 /// 404 body for a schedule this instance does not hold, saying who would.
-fn unknown(state: &AdminState, id: &str) -> Response {
-    let v = &state.view;
+fn unknown(state: &AdminState, id: &ScheduleId) -> Response {
     let mut body = json!({"error": format!("unknown schedule {id}")});
-    if v.settings.instances > 1 {
+    let (instance, instances) = state.view.instance();
+    if instances > 1 {
         body["hint"] = json!(format!(
-            "this is instance {} of {}; schedules of other partitions are served by their owner",
-            v.settings.instance, v.settings.instances
+            "this is instance {instance} of {instances}; schedules of other partitions are served by their owner"
         ));
     }
     reply(StatusCode::NOT_FOUND, body)
 }
 
 async fn list_schedules(State(state): State<AdminState>) -> Response {
-    let mut all: Vec<(String, Value)> = state
+    let all: Vec<Value> = state
         .view
-        .decisions
+        .decisions()
         .iter()
-        .map(|e| {
-            let mut v = reference_contract(e.value());
-            v["schedule"] = json!(e.key());
-            (e.key().clone(), v)
+        .map(|d| {
+            let mut v = reference_contract(d);
+            v["schedule"] = json!(d.schedule);
+            v
         })
         .collect();
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    reply(
-        StatusCode::OK,
-        json!({"schedules": all.into_iter().map(|(_, v)| v).collect::<Vec<_>>()}),
-    )
+    reply(StatusCode::OK, json!({ "schedules": all }))
 }
 
 async fn get_schedule(
     State(state): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    let id = schedule_id(&ns, &name);
-    match state.view.decisions.get(&id) {
-        Some(d) => reply(StatusCode::OK, reference_contract(d.value())),
-        None if state.view.schedules.contains_key(&id) => {
+    let id = match schedule_id(&ns, &name) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match state.view.decision(id.as_str()) {
+        Some(d) => reply(StatusCode::OK, reference_contract(&d)),
+        None if state.view.summary(id.as_str()).is_some() => {
             reply(StatusCode::ACCEPTED, json!({"status": "pending"}))
         }
         None => unknown(&state, &id),
@@ -135,9 +149,12 @@ async fn get_state(
     State(state): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
 ) -> Response {
-    let id = schedule_id(&ns, &name);
-    match state.view.schedules.get(&id) {
-        Some(s) => reply(StatusCode::OK, json!(s.value())),
+    let id = match schedule_id(&ns, &name) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match state.view.summary(id.as_str()) {
+        Some(s) => reply(StatusCode::OK, json!(s)),
         None => unknown(&state, &id),
     }
 }
@@ -155,7 +172,7 @@ async fn status_document(State(state): State<AdminState>) -> Response {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    if state.view.ready.load(Ordering::SeqCst) {
+    if state.view.is_ready() {
         reply(StatusCode::OK, json!({"status": "ready"}))
     } else {
         reply(
@@ -166,14 +183,9 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let mut text = state.metrics.render();
-    text.push_str(&state.view.lag.render(now_ms()));
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        text,
+        [(axum::http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        metrics_text(&state.metrics, state.view.lag()),
     )
         .into_response()
 }
@@ -188,22 +200,15 @@ fn parse_json(body: &Bytes) -> Result<Value, Box<Response>> {
 }
 
 async fn publish(state: &AdminState, command: ConfigCommand) -> Result<(), Response> {
-    let bytes = command.encode().map_err(|e| {
-        reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": "encode_failed", "detail": e.to_string()}),
-        )
-    })?;
-    let topic = state.layout.name(Topic::Config);
     state
         .producer
-        .send_bytes(&topic, command.schedule().as_bytes(), None, &bytes, None)
+        .publish_config(&state.layout, &command)
         .await
         .map(|_| ())
         .map_err(|e| {
             reply(
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"error": "publish_failed", "detail": format!("could not write to {topic}: {e}")}),
+                json!({"error": "publish_failed", "detail": e.to_string()}),
             )
         })
 }
@@ -213,7 +218,10 @@ async fn put_config(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let id = schedule_id(&ns, &name);
+    let id = match schedule_id(&ns, &name) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
     let value = match parse_json(&body) {
         Ok(v) => v,
         Err(r) => return *r,
@@ -231,16 +239,12 @@ async fn put_config(
     // instance owns the schedule) bounds it from below.
     let in_force = state
         .view
-        .schedules
-        .get(&id)
+        .summary(id.as_str())
         .map_or(0, |s| s.config_version);
     let now = now_ms();
-    let config = spec.to_config(&id, now.max(in_force + 1), now);
+    let config = spec.to_config(id.as_str(), now.max(in_force + 1), now);
     if let Err(problems) = validate(&config) {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "invalid_config", "problems": problems.iter().map(|p| json!({"field": p.field, "rule": p.rule})).collect::<Vec<_>>()}),
-        );
+        return invalid("invalid_config", &problems);
     }
     let version = config.config_version;
     match publish(&state, ConfigCommand::Config(Box::new(config))).await {
@@ -275,7 +279,10 @@ async fn post_manual(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let id = schedule_id(&ns, &name);
+    let id = match schedule_id(&ns, &name) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
     let value = match parse_json(&body) {
         Ok(v) => v,
         Err(r) => return *r,
@@ -289,14 +296,8 @@ async fn post_manual(
             );
         }
     };
-    if body.weights.is_empty() || body.ttl_seconds <= 0 {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "invalid_override", "detail": "weights must name at least one flavour and ttlSeconds must be > 0"}),
-        );
-    }
     let o = ManualOverride {
-        schedule: id,
+        schedule: id.to_string(),
         issued_at_ms: now_ms(),
         ttl_seconds: body.ttl_seconds,
         weights: body
@@ -306,6 +307,11 @@ async fn post_manual(
             .collect(),
         reason: body.reason,
     };
+    // What the override says on its own; the owner checks the rest (flavours enabled in
+    // the config in force, expiry at its event time) and answers on schedule.rejections.
+    if let Err(problems) = validate_override(&o, None, None) {
+        return invalid("invalid_override", &problems);
+    }
     match publish(&state, ConfigCommand::Override(o)).await {
         Ok(()) => reply(StatusCode::ACCEPTED, json!({"status": "schedule set"})),
         Err(r) => r,

@@ -1,10 +1,19 @@
 //! The processor's shell: the Kafka and HTTP side of the decision engine. Everything that
 //! decides lives in `carbonflow-core` (`processor/core`); this crate reads inputs, hands
 //! them to the core's fold, writes what the fold returns, and serves the admin API.
+//!
+//! Modules, from the loop outwards: [`pipeline`] (the event loop: restore, assign,
+//! consume, stop), `outbox` (writes in flight and the unwritten journal batch), `ticks`
+//! (the clock written to the log), [`journal`] (restore and snapshots), `view` (the read
+//! model), [`metrics`], [`admin`] and `status` (HTTP), [`audit`] (reading the topics
+//! for `processor audit`).
 
 pub mod admin;
 pub mod audit;
 pub mod journal;
 pub mod metrics;
+mod outbox;
 pub mod pipeline;
-pub mod status;
+mod status;
+mod ticks;
+pub mod view;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use carbonflow_processor::admin::{self, AdminState};
-use carbonflow_processor::pipeline::{self, ProcessorView, Settings};
+use carbonflow_processor::pipeline::{self, Settings};
+use carbonflow_processor::view::ProcessorView;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -340,10 +341,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("processor-{}", args.instance)),
     };
     let handle = carbonflow_schemas::service::install_metrics().context("installing metrics")?;
-    let view = Arc::new(ProcessorView::new(
-        settings.clone(),
-        args.kafka.schedule_partitions,
-    ));
+    carbonflow_processor::metrics::describe();
+    let view = Arc::new(ProcessorView::new(settings.instance, settings.instances));
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await

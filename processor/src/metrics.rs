@@ -1,74 +1,213 @@
-//! The processor's Prometheus metrics: the reference engine's (section 8.3) under a
-//! `carbonflow_` prefix, plus decisions, journal, snapshots, restore, rejections and dead
-//! letters. Labels are bounded: schedule, flavour, component, cause, topic, error kind;
-//! never offsets, versions or error strings.
+//! Every metric the processor exports: its name, its description, and the one function
+//! through which it is emitted. The reference engine's metrics (section 8.3) appear under
+//! a `carbonflow_` prefix, beside decisions, journal, snapshots, restore, rejections and
+//! dead letters.
+//!
+//! The pipeline reports events (`decision_emitted`, `journal_written`, ...) and never names
+//! a metric. Names and labels are an interface: dashboards and alert rules in `deploy/`
+//! read them. Labels are bounded: schedule, flavour, component, zone, cause, topic, error
+//! kind, reason; never offsets, versions or error strings.
 
+use std::time::Duration;
+
+use carbonflow_core::policy::PolicyError;
 use carbonflow_schemas::CodecError;
 use carbonflow_schemas::bus::Topic;
 use carbonflow_schemas::records::ScheduleDecision;
+use carbonflow_schemas::vocabulary::{DecisionCause, ScheduleId};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 
-use crate::pipeline::ScheduleSummary;
+use crate::view::ScheduleSummary;
 
-/// Export the figures of a decision just made.
-pub fn decision(d: &ScheduleDecision) {
-    let (ns, sc) = split_id(&d.schedule);
-    metrics::counter!("carbonflow_decisions_total", "cause" => cause_label(&d.provenance.cause))
-        .increment(1);
-    for f in &d.flavours {
-        metrics::gauge!("carbonflow_schedule_flavour_weight", "namespace" => ns.clone(), "schedule" => sc.clone(), "flavour" => f.name.clone())
-            .set(f64::from(f.weight_percent));
-        // The reference adds each flavour's fractional weight per evaluation; counters are
-        // integers here, so this one counts thousandths of a decision.
-        metrics::counter!("carbonflow_policy_choice_milli_total", "namespace" => ns.clone(), "schedule" => sc.clone(), "flavour" => f.name.clone())
-            .increment((f.weight * 1000.0).round() as u64);
-    }
-    metrics::gauge!("carbonflow_schedule_valid_until_seconds", "namespace" => ns.clone(), "schedule" => sc.clone())
-        .set(d.valid_until_ms as f64 / 1000.0);
-    let by_policy = [
-        ("carbonflow_credit_balance", d.credits.balance),
-        ("carbonflow_credit_velocity", d.credits.velocity),
-        ("carbonflow_avg_precision", d.avg_precision),
-        ("carbonflow_processing_throttle", d.processing.throttle),
-        ("carbonflow_credit_min", d.credits.min),
-        ("carbonflow_credit_max", d.credits.max),
-    ];
-    for (name, value) in by_policy {
-        metrics::gauge!(name, "namespace" => ns.clone(), "schedule" => sc.clone()).set(value);
-    }
-    for c in &d.processing.ceilings {
-        metrics::gauge!("carbonflow_effective_replica_ceiling", "namespace" => ns.clone(), "schedule" => sc.clone(), "component" => c.component.clone())
-            .set(f64::from(c.replicas));
-    }
-    if let Some(f) = &d.provenance.forecast {
-        for (horizon, value) in [("now", f.intensity_now), ("next", f.intensity_next)] {
-            if let Some(v) = value {
-                metrics::gauge!("carbonflow_forecast_intensity", "namespace" => ns.clone(), "schedule" => sc.clone(), "horizon" => horizon)
-                    .set(v);
-            }
-        }
-    }
-}
+// Per decision.
+const DECISIONS: &str = "carbonflow_decisions_total";
+const DECISIONS_REFUSED: &str = "carbonflow_decisions_refused_total";
+const DECISION_LATENCY: &str = "carbonflow_decision_latency_seconds";
+const FLAVOUR_WEIGHT: &str = "carbonflow_schedule_flavour_weight";
+const POLICY_CHOICE: &str = "carbonflow_policy_choice_milli_total";
+const VALID_UNTIL: &str = "carbonflow_schedule_valid_until_seconds";
+const CREDIT_BALANCE: &str = "carbonflow_credit_balance";
+const CREDIT_VELOCITY: &str = "carbonflow_credit_velocity";
+const AVG_PRECISION: &str = "carbonflow_avg_precision";
+const THROTTLE: &str = "carbonflow_processing_throttle";
+const CREDIT_MIN: &str = "carbonflow_credit_min";
+const CREDIT_MAX: &str = "carbonflow_credit_max";
+const REPLICA_CEILING: &str = "carbonflow_effective_replica_ceiling";
+const FORECAST_INTENSITY: &str = "carbonflow_forecast_intensity";
+// Per schedule, from the state.
+const SCHEDULE_ZONE: &str = "carbonflow_schedule_zone";
+const FORECAST_SLOT_INTENSITY: &str = "carbonflow_forecast_slot_intensity";
+const DELIVERED_SHARE: &str = "carbonflow_delivered_share";
+const EMISSIONS_INDEX: &str = "carbonflow_emissions_index_total";
+const REQUESTS_SEEN: &str = "carbonflow_schedule_requests_seen";
+const SCHEDULE_VERSION: &str = "carbonflow_schedule_version";
+// Inputs and refusals.
+const INPUTS: &str = "carbonflow_inputs_total";
+const DEAD_LETTERS: &str = "carbonflow_dead_letters_total";
+const CONFIG_REJECTIONS: &str = "carbonflow_config_rejections_total";
+// Journal, snapshots, restore.
+const JOURNAL_ENTRIES: &str = "carbonflow_journal_entries_total";
+const JOURNAL_RECORDS: &str = "carbonflow_journal_records_total";
+const JOURNAL_BYTES: &str = "carbonflow_journal_bytes_total";
+const SNAPSHOTS: &str = "carbonflow_snapshots_total";
+const SNAPSHOTS_SKIPPED: &str = "carbonflow_snapshots_skipped_total";
+const SNAPSHOT_BYTES: &str = "carbonflow_snapshot_bytes";
+const RESTORE_DURATION: &str = "carbonflow_restore_duration_seconds";
+const RESTORE_REPLAYED: &str = "carbonflow_restore_replayed_entries_total";
+const RESTORE_DIVERGENT: &str = "carbonflow_restore_divergent_entries_total";
+const READY: &str = "carbonflow_processor_ready";
 
-/// Slots of the forecast ahead exported per schedule.
-pub const FORECAST_SLOTS_EXPORTED: usize = 12;
+/// Slots of the forecast ahead exported per zone.
+const FORECAST_SLOTS_EXPORTED: usize = 12;
 
-/// A schedule was deleted. Its series cannot be removed from the exporter, so the ones that
-/// alerts compare against time are set to NaN, which no comparison matches.
-pub fn removed(id: &str) {
-    let (ns, sc) = split_id(id);
-    for name in [
-        "carbonflow_schedule_version",
-        "carbonflow_schedule_valid_until_seconds",
-    ] {
-        metrics::gauge!(name, "namespace" => ns.clone(), "schedule" => sc.clone()).set(f64::NAN);
-    }
+/// Describe every metric with its unit, so that `/metrics` has a HELP line for each.
+/// Call once, after the recorder is installed.
+pub fn describe() {
+    describe_counter!(DECISIONS, Unit::Count, "Decisions emitted, by cause.");
+    describe_counter!(
+        DECISIONS_REFUSED,
+        Unit::Count,
+        "Decisions due but not emitted because the policy's result was unusable (the previous decision stays in force), by reason."
+    );
+    describe_histogram!(
+        DECISION_LATENCY,
+        Unit::Seconds,
+        "Time from the causing input's record timestamp to the decision's acknowledgement by the broker."
+    );
+    describe_gauge!(
+        FLAVOUR_WEIGHT,
+        Unit::Percent,
+        "Integer weight of the flavour in the schedule's latest decision."
+    );
+    describe_counter!(
+        POLICY_CHOICE,
+        Unit::Count,
+        "Sum over decisions of the flavour's weight, in thousandths of a decision (the reference's policy_choice)."
+    );
+    describe_gauge!(
+        VALID_UNTIL,
+        Unit::Seconds,
+        "validUntil of the schedule's latest decision, epoch seconds (NaN once deleted)."
+    );
+    describe_gauge!(
+        CREDIT_BALANCE,
+        "Credit ledger balance after the latest decision."
+    );
+    describe_gauge!(
+        CREDIT_VELOCITY,
+        "Credit ledger velocity after the latest decision, balance change per second."
+    );
+    describe_gauge!(
+        AVG_PRECISION,
+        "Mean precision commanded by the latest decision, 0..1."
+    );
+    describe_gauge!(
+        THROTTLE,
+        "Processing throttle of the latest decision, 0..1."
+    );
+    describe_gauge!(CREDIT_MIN, "Configured lower bound of the credit ledger.");
+    describe_gauge!(CREDIT_MAX, "Configured upper bound of the credit ledger.");
+    describe_gauge!(
+        REPLICA_CEILING,
+        "Replica ceiling of the component in the latest decision."
+    );
+    describe_gauge!(
+        FORECAST_INTENSITY,
+        "Carbon intensity the latest decision saw, g/kWh, now and for the next slot."
+    );
+    describe_gauge!(
+        SCHEDULE_ZONE,
+        "1 for the forecast zone the schedule follows, 0 for zones it followed before."
+    );
+    describe_gauge!(
+        FORECAST_SLOT_INTENSITY,
+        "Forecast intensity of the zone by slot from the current one, g/kWh (NaN past the forecast's end)."
+    );
+    describe_gauge!(
+        DELIVERED_SHARE,
+        "Share of answered requests per flavour in the schedule's last closed telemetry window, 0..1."
+    );
+    describe_counter!(
+        EMISSIONS_INDEX,
+        "Emissions index of closed windows (request-equivalents × g/kWh), as delivered and at full precision."
+    );
+    describe_gauge!(
+        REQUESTS_SEEN,
+        Unit::Count,
+        "Requests of every telemetry bucket applied to the schedule."
+    );
+    describe_gauge!(
+        SCHEDULE_VERSION,
+        "Version of the schedule's latest decision (0 before the first; NaN once deleted)."
+    );
+    describe_counter!(INPUTS, Unit::Count, "Input records read, by topic.");
+    describe_counter!(
+        DEAD_LETTERS,
+        Unit::Count,
+        "Input records sent to the dead-letter topic, by topic and error kind."
+    );
+    describe_counter!(
+        CONFIG_REJECTIONS,
+        Unit::Count,
+        "Configs and overrides refused (written to schedule.rejections)."
+    );
+    describe_counter!(
+        JOURNAL_ENTRIES,
+        Unit::Count,
+        "Journal entries written (one per applied input and partition)."
+    );
+    describe_counter!(
+        JOURNAL_RECORDS,
+        Unit::Count,
+        "Journal batch records written."
+    );
+    describe_counter!(
+        JOURNAL_BYTES,
+        Unit::Bytes,
+        "Bytes of journal batch records written."
+    );
+    describe_counter!(SNAPSHOTS, Unit::Count, "Snapshots written.");
+    describe_counter!(
+        SNAPSHOTS_SKIPPED,
+        Unit::Count,
+        "Snapshots not written, by reason (too_large: over the broker's record limit)."
+    );
+    describe_gauge!(
+        SNAPSHOT_BYTES,
+        Unit::Bytes,
+        "Size of the partition's latest snapshot state."
+    );
+    describe_histogram!(
+        RESTORE_DURATION,
+        Unit::Seconds,
+        "Time to restore one partition at start."
+    );
+    describe_counter!(
+        RESTORE_REPLAYED,
+        Unit::Count,
+        "Journal entries replayed by restores."
+    );
+    describe_counter!(
+        RESTORE_DIVERGENT,
+        Unit::Count,
+        "Journal entries whose replay produced other decisions than they record."
+    );
+    describe_gauge!(
+        READY,
+        "1 while restore is done and inputs are being consumed, else 0."
+    );
 }
 
 /// Start the counters that alerts watch at zero, so that their first increase is seen
 /// (a series that appears at 1 has no increase to alert on).
-pub fn start_at_zero() {
-    metrics::counter!("carbonflow_config_rejections_total").increment(0);
-    metrics::counter!("carbonflow_snapshots_skipped_total", "reason" => "too_large").increment(0);
+pub(crate) fn start_at_zero() {
+    counter!(CONFIG_REJECTIONS).increment(0);
+    counter!(SNAPSHOTS_SKIPPED, "reason" => "too_large").increment(0);
+    for reason in PolicyError::KINDS {
+        counter!(DECISIONS_REFUSED, "reason" => reason).increment(0);
+    }
     for topic in [
         Topic::Config,
         Topic::Forecasts,
@@ -76,26 +215,93 @@ pub fn start_at_zero() {
         Topic::Ticks,
     ] {
         for kind in CodecError::DECODE_KINDS {
-            metrics::counter!("carbonflow_dead_letters_total", "topic" => topic.base_name(), "kind" => kind)
-                .increment(0);
+            counter!(DEAD_LETTERS, "topic" => topic.base_name(), "kind" => kind).increment(0);
         }
     }
-    metrics::gauge!("carbonflow_processor_ready").set(0.0);
+    ready(false);
+}
+
+/// `namespace/name` as the two labels the reference uses.
+fn labels(id: &str) -> (String, String) {
+    match id.parse::<ScheduleId>() {
+        Ok(id) => (id.namespace().to_string(), id.name().to_string()),
+        Err(_) => (String::new(), id.to_string()),
+    }
+}
+
+/// A decision was queued for the decisions topic.
+pub(crate) fn decision_emitted(d: &ScheduleDecision) {
+    let (ns, sc) = labels(&d.schedule);
+    let cause =
+        DecisionCause::from_wire(&d.provenance.cause).map_or("other", DecisionCause::as_str);
+    counter!(DECISIONS, "cause" => cause).increment(1);
+    for f in &d.flavours {
+        gauge!(FLAVOUR_WEIGHT, "namespace" => ns.clone(), "schedule" => sc.clone(), "flavour" => f.name.clone())
+            .set(f64::from(f.weight_percent));
+        // The reference adds each flavour's fractional weight per evaluation; counters are
+        // integers here, so this one counts thousandths of a decision.
+        counter!(POLICY_CHOICE, "namespace" => ns.clone(), "schedule" => sc.clone(), "flavour" => f.name.clone())
+            .increment((f.weight * 1000.0).round() as u64);
+    }
+    gauge!(VALID_UNTIL, "namespace" => ns.clone(), "schedule" => sc.clone())
+        .set(d.valid_until_ms as f64 / 1000.0);
+    let by_policy = [
+        (CREDIT_BALANCE, d.credits.balance),
+        (CREDIT_VELOCITY, d.credits.velocity),
+        (AVG_PRECISION, d.avg_precision),
+        (THROTTLE, d.processing.throttle),
+        (CREDIT_MIN, d.credits.min),
+        (CREDIT_MAX, d.credits.max),
+    ];
+    for (name, value) in by_policy {
+        gauge!(name, "namespace" => ns.clone(), "schedule" => sc.clone()).set(value);
+    }
+    for c in &d.processing.ceilings {
+        gauge!(REPLICA_CEILING, "namespace" => ns.clone(), "schedule" => sc.clone(), "component" => c.component.clone())
+            .set(f64::from(c.replicas));
+    }
+    if let Some(f) = &d.provenance.forecast {
+        for (horizon, value) in [("now", f.intensity_now), ("next", f.intensity_next)] {
+            if let Some(v) = value {
+                gauge!(FORECAST_INTENSITY, "namespace" => ns.clone(), "schedule" => sc.clone(), "horizon" => horizon)
+                    .set(v);
+            }
+        }
+    }
+}
+
+/// A decision was acknowledged `latency_ms` after its causing input's timestamp.
+pub(crate) fn decision_delivered(latency_ms: i64) {
+    histogram!(DECISION_LATENCY).record(latency_ms.max(0) as f64 / 1000.0);
+}
+
+/// A due decision was refused.
+pub(crate) fn decision_refused(error: &PolicyError) {
+    counter!(DECISIONS_REFUSED, "reason" => error.kind()).increment(1);
+}
+
+/// A schedule was deleted. Its series cannot be removed from the exporter, so the ones that
+/// alerts compare against time are set to NaN, which no comparison matches.
+pub(crate) fn schedule_removed(id: &str) {
+    let (ns, sc) = labels(id);
+    for name in [SCHEDULE_VERSION, VALID_UNTIL] {
+        gauge!(name, "namespace" => ns.clone(), "schedule" => sc.clone()).set(f64::NAN);
+    }
 }
 
 /// Export what was delivered and emitted, as the state holds it (so restored figures are
 /// exported again after a restart rather than starting from zero).
-pub fn summary(id: &str, s: &ScheduleSummary, previous: Option<&ScheduleSummary>) {
-    let (ns, sc) = split_id(id);
+pub(crate) fn schedule_shown(id: &str, s: &ScheduleSummary, previous: Option<&ScheduleSummary>) {
+    let (ns, sc) = labels(id);
     // Which zone a schedule follows (dashboards join the zone's forecast through it); set
     // only when it changes, since this runs for every input that touches the schedule.
     let old_zone = previous.map(|p| p.zone.as_str());
     if old_zone != Some(s.zone.as_str()) {
         if let Some(old) = old_zone {
-            metrics::gauge!("carbonflow_schedule_zone", "namespace" => ns.clone(), "schedule" => sc.clone(), "zone" => old.to_string())
+            gauge!(SCHEDULE_ZONE, "namespace" => ns.clone(), "schedule" => sc.clone(), "zone" => old.to_string())
                 .set(0.0);
         }
-        metrics::gauge!("carbonflow_schedule_zone", "namespace" => ns.clone(), "schedule" => sc.clone(), "zone" => s.zone.clone())
+        gauge!(SCHEDULE_ZONE, "namespace" => ns.clone(), "schedule" => sc.clone(), "zone" => s.zone.clone())
             .set(1.0);
     }
     // The forecast ahead per zone, not per schedule: thousands of schedules share a few
@@ -105,12 +311,12 @@ pub fn summary(id: &str, s: &ScheduleSummary, previous: Option<&ScheduleSummary>
     let slots_changed = previous.is_none_or(|p| p.forecast_slots != s.forecast_slots);
     if slots_changed && !s.forecast_slots.is_empty() {
         for slot in 0..FORECAST_SLOTS_EXPORTED {
-            metrics::gauge!("carbonflow_forecast_slot_intensity", "zone" => s.zone.clone(), "slot" => slot.to_string())
+            gauge!(FORECAST_SLOT_INTENSITY, "zone" => s.zone.clone(), "slot" => slot.to_string())
                 .set(s.forecast_slots.get(slot).copied().unwrap_or(f64::NAN));
         }
     }
     for (flavour, share) in &s.delivered_shares {
-        metrics::gauge!("carbonflow_delivered_share", "namespace" => ns.clone(), "schedule" => sc.clone(), "flavour" => flavour.clone())
+        gauge!(DELIVERED_SHARE, "namespace" => ns.clone(), "schedule" => sc.clone(), "flavour" => flavour.clone())
             .set(*share);
     }
     // Counters in whole units: the index is request-equivalents × g/kWh, so rounding
@@ -119,34 +325,60 @@ pub fn summary(id: &str, s: &ScheduleSummary, previous: Option<&ScheduleSummary>
         ("delivered", s.emissions.delivered),
         ("full-precision", s.emissions.full_precision),
     ] {
-        metrics::counter!("carbonflow_emissions_index_total", "namespace" => ns.clone(), "schedule" => sc.clone(), "basis" => basis)
+        counter!(EMISSIONS_INDEX, "namespace" => ns.clone(), "schedule" => sc.clone(), "basis" => basis)
             .absolute(value.max(0.0).round() as u64);
     }
-    metrics::gauge!("carbonflow_schedule_requests_seen", "namespace" => ns.clone(), "schedule" => sc.clone())
+    gauge!(REQUESTS_SEEN, "namespace" => ns.clone(), "schedule" => sc.clone())
         .set(s.requests_seen as f64);
     // 0 until the schedule's first decision (an alert watches for that).
-    metrics::gauge!("carbonflow_schedule_version", "namespace" => ns, "schedule" => sc)
-        .set(s.version as f64);
+    gauge!(SCHEDULE_VERSION, "namespace" => ns, "schedule" => sc).set(s.version as f64);
 }
 
-/// `namespace/name` as the two labels the reference uses.
-fn split_id(id: &str) -> (String, String) {
-    match id.split_once('/') {
-        Some((n, s)) => (n.to_string(), s.to_string()),
-        None => (String::new(), id.to_string()),
+/// An input record was read from `topic`.
+pub(crate) fn input_read(topic: Topic) {
+    counter!(INPUTS, "topic" => topic.base_name()).increment(1);
+}
+
+/// An input record of `topic` was dead-lettered for an error of `kind`.
+pub(crate) fn dead_lettered(topic: Option<Topic>, kind: &'static str) {
+    let topic = topic.map_or("unknown", Topic::base_name);
+    counter!(DEAD_LETTERS, "topic" => topic, "kind" => kind).increment(1);
+}
+
+/// A config or override was refused.
+pub(crate) fn config_rejected() {
+    counter!(CONFIG_REJECTIONS).increment(1);
+}
+
+/// A journal batch of `entries` entries and `bytes` bytes was queued.
+pub(crate) fn journal_written(entries: usize, bytes: usize) {
+    counter!(JOURNAL_ENTRIES).increment(entries as u64);
+    counter!(JOURNAL_RECORDS).increment(1);
+    counter!(JOURNAL_BYTES).increment(bytes as u64);
+}
+
+/// A snapshot of `bytes` bytes of state was written for `partition`.
+pub(crate) fn snapshot_written(partition: i32, bytes: usize) {
+    gauge!(SNAPSHOT_BYTES, "partition" => partition.to_string()).set(bytes as f64);
+    counter!(SNAPSHOTS).increment(1);
+}
+
+/// A snapshot was larger than the broker accepts and was not written.
+pub(crate) fn snapshot_too_large() {
+    counter!(SNAPSHOTS_SKIPPED, "reason" => "too_large").increment(1);
+}
+
+/// A partition was restored in `took`, replaying `replayed` entries of which `divergent`
+/// produced other decisions than they record.
+pub(crate) fn partition_restored(took: Duration, replayed: u64, divergent: u64) {
+    histogram!(RESTORE_DURATION).record(took.as_secs_f64());
+    counter!(RESTORE_REPLAYED).increment(replayed);
+    if divergent > 0 {
+        counter!(RESTORE_DIVERGENT).increment(divergent);
     }
 }
 
-/// Causes come from a fixed set; anything else is folded so labels stay bounded.
-fn cause_label(cause: &str) -> &'static str {
-    match cause {
-        "config" => "config",
-        "forecast" => "forecast",
-        "telemetry" => "telemetry",
-        "override" => "override",
-        "override-end" => "override-end",
-        "slot" => "slot",
-        "refresh" => "refresh",
-        _ => "other",
-    }
+/// The processor started (true) or stopped (false) consuming inputs.
+pub(crate) fn ready(ready: bool) {
+    gauge!(READY).set(if ready { 1.0 } else { 0.0 });
 }

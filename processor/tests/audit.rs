@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use carbonflow_processor::pipeline::now_ms;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::records::{Outcome, OutcomeCount, ScheduleDecision};
+use carbonflow_schemas::service::now_ms;
 use carbonflow_schemas::testing::{fresh_layout, processor_command, samples};
 use carbonflow_schemas::{decode, encode};
 use common::{ProcessorProcess, eventually, http, read_all};

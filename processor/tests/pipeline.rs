@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use carbonflow_processor::journal::restore;
-use carbonflow_processor::pipeline::now_ms;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::decode;
 use carbonflow_schemas::records::{
     ConfigRejection, DeadLetter, Forecast, Outcome, OutcomeCount, ScheduleConfig, ScheduleDecision,
     TelemetryBucket, journal_entries,
 };
+use carbonflow_schemas::service::now_ms;
 use carbonflow_schemas::testing::{fresh_layout, samples};
 use common::{ProcessorProcess, eventually, http, read_all};
 use rand::{Rng, SeedableRng};

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use carbonflow_schemas::bus::LagMetrics;
+use carbonflow_schemas::service::{METRICS_CONTENT_TYPE, metrics_text};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -83,14 +84,9 @@ async fn decisions(State(s): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
-    let mut text = s.metrics.render();
-    text.push_str(&s.lag.render(now_ms()));
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        text,
+        [(axum::http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        metrics_text(&s.metrics, &s.lag),
     )
         .into_response()
 }

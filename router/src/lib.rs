@@ -11,8 +11,6 @@
 //! The public surface is what the `router` binary wires together; everything else is
 //! crate-private.
 
-#![warn(unreachable_pub)]
-
 pub mod admin;
 pub mod follow;
 pub mod metrics;

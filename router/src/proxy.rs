@@ -13,7 +13,8 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use carbonflow_schemas::records::{FallbackRule, Outcome};
+use carbonflow_schemas::records::Outcome;
+use carbonflow_schemas::vocabulary::AttemptResult;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::Client;
@@ -123,31 +124,14 @@ impl Failure {
     }
 }
 
-/// Whether fallback condition `c` (`timeout`, `connect_error`, `5xx`, `4xx`, or a
-/// code) matches the attempt's result.
-fn matches(c: &str, result: &Result<hyper::Response<Incoming>, Failure>) -> bool {
+/// How `result` ended, as fallback conditions see it.
+fn attempt_result(result: &Result<hyper::Response<Incoming>, Failure>) -> AttemptResult {
     match result {
-        Ok(r) => {
-            let s = r.status().as_u16();
-            match c {
-                "5xx" => (500..600).contains(&s),
-                "4xx" => (400..500).contains(&s),
-                code => code.parse::<u16>().is_ok_and(|code| code == s),
-            }
-        }
-        Err(f) => c == f.condition(),
+        Ok(r) => AttemptResult::Answered(r.status().as_u16()),
+        Err(Failure::Timeout) => AttemptResult::TimedOut,
+        Err(Failure::Connect(_)) => AttemptResult::Unreachable,
+        Err(Failure::Other(_)) => AttemptResult::Failed,
     }
-}
-
-/// The first rule with a matching condition (seed 003: first match wins).
-fn first_matching<'a>(
-    rules: &'a [FallbackRule],
-    result: &Result<hyper::Response<Incoming>, Failure>,
-) -> Option<(usize, &'a FallbackRule)> {
-    rules
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.when_status.iter().any(|c| matches(c, result)))
 }
 
 fn failed(result: &Result<hyper::Response<Incoming>, Failure>) -> bool {
@@ -334,17 +318,16 @@ async fn handle(
     let mut result = attempt(&proxy, &route, chosen, &out).await;
     let retry_allowed = parts.method.is_idempotent() || proxy.settings.retry_non_idempotent;
     let fallback = if failed(&result) && retry_allowed {
-        first_matching(&route.decision.fallbacks, &result)
-            .and_then(|(index, rule)| Some((index, rule, route.enabled_flavour(&rule.to)?)))
+        route.fallback_for(attempt_result(&result))
     } else {
         None
     };
-    if let Some((index, rule, to)) = fallback {
+    if let Some((index, to)) = fallback {
         let condition = match &result {
             Ok(r) => r.status().as_u16().to_string(),
             Err(f) => f.condition().to_string(),
         };
-        tracing::info!(%schedule, rule = index, from = %route.decision.flavours[chosen].name, to = %rule.to, %condition, "fallback");
+        tracing::info!(%schedule, rule = index, from = %route.decision.flavours[chosen].name, to = %route.decision.flavours[to].name, %condition, "fallback");
         metrics::fallback_taken(&schedule, index);
         served_by = to;
         result = attempt(&proxy, &route, to, &out).await;

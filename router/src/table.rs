@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use carbonflow_schemas::records::{DecisionFlavour, ExpiryBehaviour, ScheduleDecision};
+use carbonflow_schemas::vocabulary::{AttemptResult, FallbackCondition};
 use dashmap::DashMap;
 
 use crate::select::Picker;
@@ -17,8 +18,19 @@ pub(crate) struct Route {
     /// Used after expiry: all traffic to the highest-precision enabled flavour, or the
     /// same weights, as the decision's expiry behaviour says.
     expired_picker: Picker,
+    /// The decision's fallback rules, parsed once, in order.
+    fallbacks: Vec<Fallback>,
     /// Wall-clock time it was applied, epoch ms.
     pub(crate) applied_at_ms: i64,
+}
+
+/// A fallback rule as the proxy uses it.
+#[derive(Debug)]
+struct Fallback {
+    conditions: Vec<FallbackCondition>,
+    /// Index of the enabled flavour it retries on; `None` when the rule names a flavour
+    /// the decision has not enabled (the rule never applies).
+    to: Option<usize>,
 }
 
 impl Route {
@@ -33,12 +45,42 @@ impl Route {
                 (0..decision.flavours.len()).map(|i| if Some(i) == top { 1.0 } else { 0.0 }),
             ),
         };
+        // The processor validated every condition; one it could not parse (a decision
+        // written by another client) is skipped rather than matched loosely.
+        let fallbacks = decision
+            .fallbacks
+            .iter()
+            .map(|r| Fallback {
+                conditions: r
+                    .when_status
+                    .iter()
+                    .filter_map(|c| c.parse().ok())
+                    .collect(),
+                to: decision
+                    .flavours
+                    .iter()
+                    .position(|f| f.enabled && f.name == r.to),
+            })
+            .collect();
         Self {
             decision,
             picker,
             expired_picker,
+            fallbacks,
             applied_at_ms,
         }
+    }
+
+    /// The first rule whose conditions match `result` (seed 003: first match wins), as
+    /// `(rule index, flavour index to retry on)`; a matching rule whose flavour is not
+    /// enabled ends the search without a retry.
+    pub(crate) fn fallback_for(&self, result: AttemptResult) -> Option<(usize, usize)> {
+        let (index, rule) = self
+            .fallbacks
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.conditions.iter().any(|c| c.matches(result)))?;
+        Some((index, rule.to?))
     }
 
     /// Whether `valid_until` (plus `grace_ms`) has passed at `now_ms`.

@@ -9,6 +9,8 @@
 //!   decoding with the writer's schema resolved to the current reader schema;
 //! * [`time`] — event times: epoch ms ↔ RFC 3339, the one conversion;
 //! * [`topics`] — topic names (with a prefix), partition counts, cleanup policies;
+//! * [`vocabulary`] — typed schedule ids, decision causes and fallback conditions, the
+//!   meanings of the records' string fields;
 //! * `bus` — client configuration, the producer helper, range reads, topic creation and
 //!   consumer-lag metrics (feature `bus`, on by default: it is what links librdkafka);
 //! * `service` — logging, shutdown signals, the metrics recorder and the wall clock
@@ -30,5 +32,6 @@ pub mod service;
 pub mod testing;
 pub mod time;
 pub mod topics;
+pub mod vocabulary;
 
 pub use codec::{AvroRecord, CodecError, decode, encode};

@@ -422,7 +422,9 @@ pub struct ScheduleDecision {
     pub policy: String,
     /// Weights come from a manual override.
     pub manual: bool,
-    /// Commanded average precision.
+    /// Commanded average precision, Σ weight · precision of the weights emitted (the
+    /// `avg_precision` diagnostic, as in the reference, is the base policy's before a
+    /// forecast adjustment).
     pub avg_precision: f64,
     /// Flavours in registry order.
     pub flavours: Vec<DecisionFlavour>,

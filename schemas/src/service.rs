@@ -7,6 +7,8 @@
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::LagMetrics;
+
 /// Buckets of every `*_seconds` histogram: decisions and requests take milliseconds and
 /// the tail matters.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -25,6 +27,16 @@ pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .install_recorder()
+}
+
+/// Content type of the `/metrics` text.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// What `/metrics` answers: the recorder's series followed by consumer lag.
+pub fn metrics_text(handle: &PrometheusHandle, lag: &LagMetrics) -> String {
+    let mut text = handle.render();
+    text.push_str(&lag.render(now_ms()));
+    text
 }
 
 /// Log with `tracing` to stderr; `RUST_LOG` filters (default: info, librdkafka warnings).

@@ -1,4 +1,4 @@
-//! Policy quality (issue #7, item 6): a deterministic simulation, through the processor's
+//! Policy quality: a deterministic simulation, through the processor's
 //! own state machine (`PartitionState::apply`, no broker), of every policy on every
 //! scenario under `benchmarks/scenarios/`, all with the same fixed load.
 //!

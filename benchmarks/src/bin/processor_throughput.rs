@@ -1,4 +1,4 @@
-//! Processor throughput (issue #7, item 4).
+//! Processor throughput.
 //!
 //! 1. Telemetry buckets per second through the broker: N buckets (over S schedules) are
 //!    written to `request.telemetry`; then, in the same run, a bare rdkafka consumer with

@@ -1,4 +1,4 @@
-//! Propagation benchmark (issue #7, item 1): a forecast record is produced → every router
+//! Propagation benchmark: a forecast record is produced → every router
 //! has applied the decision it caused. Also measures, in the same run and with the same
 //! client settings, the broker's own produce→consume latency for one hop, and splits
 //! the path into forecast → decision record (processor side) and decision record →

@@ -1,4 +1,4 @@
-//! Restore (issue #7, item 5): restart-to-ready time of a processor against the length of
+//! Restore: restart-to-ready time of a processor against the length of
 //! its history. For each history length H, H telemetry buckets (over 100 schedules) are
 //! written and applied by a processor (journal entry per input, snapshots every 2000
 //! entries by default); then the processor is SIGKILLed — no final snapshot, the worst

@@ -1,4 +1,4 @@
-//! Router overhead (issue #7, item 3): the same load generator against the sample flavour
+//! Router overhead: the same load generator against the sample flavour
 //! service directly and through a router, interleaved in one run.
 //!
 //! 1. Saturation: closed loop with `--concurrency` workers for `--seconds`, alternating

@@ -1,4 +1,4 @@
-//! Weight fidelity (issue #7, item 2): seed 000's experiment redone. Weights change every
+//! Weight fidelity: seed 000's experiment redone. Weights change every
 //! 15–30 s (manual overrides with seeded random weights, so the commanded timeline is
 //! known exactly); ~60 requests/s go through two routers, one in each mode; every 5 s
 //! sample compares, per router and flavour, the share of requests each flavour served

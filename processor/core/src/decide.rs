@@ -11,6 +11,8 @@ use carbonflow_schemas::records::{
     PrecisionFeed, Provenance, ScheduleConfig, ScheduleDecision, TelemetryWindow,
 };
 
+use carbonflow_schemas::vocabulary::DecisionCause;
+
 use crate::forecast::ForecastSnapshot;
 use crate::ledger::{CreditLedger, LedgerParams};
 use crate::policy::{
@@ -47,7 +49,7 @@ pub struct DecisionContext<'a> {
     /// Version this decision gets.
     pub version: i64,
     /// What caused it.
-    pub cause: &'a str,
+    pub cause: DecisionCause,
     /// Position of the causing input.
     pub input: InputPosition,
     /// Telemetry window accounted just before, if any.
@@ -65,6 +67,9 @@ pub fn decide(
         balance: ledger.balance(),
         velocity: ledger.velocity(),
     };
+    // The policy works on a copy of its memory, kept only when the result is usable: a
+    // refused decision leaves the schedule exactly as it was.
+    let mut next_memory = *memory;
     let result = match ctx.manual {
         Some(m) => manual_result(m, config),
         None => {
@@ -86,9 +91,11 @@ pub fn decide(
                     target_error: config.target_error,
                 },
             };
-            policy.evaluate(&input, memory)?
+            policy.evaluate(&input, &mut next_memory)?
         }
     };
+    check_usable(&result, &config.schedule)?;
+    *memory = next_memory;
     if config.precision_feed == PrecisionFeed::Commanded {
         ledger.update(&ledger_params(config), result.avg_precision, ctx.at_ms);
     }
@@ -152,7 +159,7 @@ pub fn decide(
         fallbacks: config.fallbacks.clone(),
         on_expiry: config.on_expiry,
         provenance: Provenance {
-            cause: ctx.cause.to_string(),
+            cause: ctx.cause.as_str().to_string(),
             input: ctx.input.clone(),
             config_version: config.config_version,
             forecast: ctx.forecast_used.clone(),
@@ -174,6 +181,31 @@ fn valid_until(ctx: &DecisionContext<'_>, config: &ScheduleConfig) -> i64 {
         until = until.min(m.expires_at_ms());
     }
     until.div_euclid(1000) * 1000
+}
+
+/// Refuse a result that would route nowhere or on numbers that are not numbers.
+fn check_usable(result: &PolicyResult, schedule: &str) -> Result<(), PolicyError> {
+    let non_finite = |detail: String| PolicyError::NonFinite {
+        schedule: schedule.to_string(),
+        detail,
+    };
+    for (flavour, w) in &result.weights {
+        if !w.is_finite() || *w < 0.0 {
+            return Err(non_finite(format!("weight of {flavour} is {w}")));
+        }
+    }
+    if !result.avg_precision.is_finite() {
+        return Err(non_finite(format!(
+            "mean precision is {}",
+            result.avg_precision
+        )));
+    }
+    if result.weights.iter().all(|(_, w)| *w == 0.0) {
+        return Err(PolicyError::NoWeight {
+            schedule: schedule.to_string(),
+        });
+    }
+    Ok(())
 }
 
 fn manual_result(m: &ManualOverride, config: &ScheduleConfig) -> PolicyResult {

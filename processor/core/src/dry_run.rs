@@ -20,6 +20,7 @@
 
 use carbonflow_schemas::records::InputPosition;
 use carbonflow_schemas::time::{TimeError, parse_rfc3339_ms};
+use carbonflow_schemas::vocabulary::DecisionCause;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -142,7 +143,7 @@ pub fn run(input: &str) -> Result<Value, DryRunError> {
         manual: None,
         at_ms,
         version: doc.version.unwrap_or(1),
-        cause: "dry-run",
+        cause: DecisionCause::DryRun,
         input: InputPosition {
             topic: "stdin".into(),
             partition: 0,

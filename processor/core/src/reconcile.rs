@@ -103,7 +103,7 @@ impl Reconciliation {
                     self.last_decision.remove(&schedule);
                     self.removed.push(schedule);
                 }
-                Output::Rejection(_) => {}
+                Output::Rejection(_) | Output::Refused { .. } => {}
             }
         }
         (produced != recorded).then_some(Divergence { produced, recorded })

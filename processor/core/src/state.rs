@@ -2,11 +2,12 @@
 //!
 //! The processor's state is event-sourced: a [`PartitionState`] is the fold of its journal,
 //! and the journal is the sequence of inputs applied, in the order applied, each with its
-//! position (see [`crate::journal`]). [`PartitionState::apply`] is therefore both the live
-//! path and the restore path, and it must be deterministic: no clock (time comes from the
-//! records, ticks included), no unseeded randomness, no I/O, ordered maps only.
+//! position (restore: the processor's `journal`, with [`crate::reconcile`]).
+//! [`PartitionState::apply`] is therefore both the live path and the restore path, and it
+//! must be deterministic: no clock (time comes from the records, ticks included), no
+//! unseeded randomness, no I/O, ordered maps only.
 //!
-//! What re-decides a schedule (issue 3): a config change, an override starting or ending,
+//! What re-decides a schedule: a config change, an override starting or ending,
 //! a forecast for its zone, a telemetry window closing, a forecast slot boundary, and a
 //! decision about to expire. Every decision is emitted on the input that caused it.
 
@@ -19,13 +20,14 @@ use carbonflow_schemas::records::{
     ScheduleDeletion, TelemetryBucket, TelemetryWindow, Tick,
 };
 use carbonflow_schemas::topics::Topic;
+use carbonflow_schemas::vocabulary::DecisionCause;
 use carbonflow_schemas::{AvroRecord, CodecError, decode};
 use serde::{Deserialize, Serialize};
 
 use crate::decide::{DecisionContext, decide, ledger_params};
 use crate::forecast::ForecastSnapshot;
 use crate::ledger::CreditLedger;
-use crate::policy::PolicyMemory;
+use crate::policy::{PolicyError, PolicyMemory};
 use crate::validate::{validate, validate_override};
 
 /// Version of the encoding of [`PartitionState`] inside snapshots (gzip-compressed JSON
@@ -136,6 +138,27 @@ pub enum Output {
         /// `namespace/name`.
         schedule: String,
     },
+    /// A decision was due but its policy's result is unusable; the previous decision
+    /// stays in force and nothing in the schedule's state changed.
+    Refused {
+        /// `namespace/name`.
+        schedule: String,
+        /// What made the decision due.
+        cause: DecisionCause,
+        /// Why it was refused.
+        error: PolicyError,
+    },
+}
+
+impl Output {
+    /// The schedule this output concerns.
+    pub fn schedule(&self) -> &str {
+        match self {
+            Output::Decision(d) => &d.schedule,
+            Output::Rejection(r) => &r.schedule,
+            Output::Removed { schedule } | Output::Refused { schedule, .. } => schedule,
+        }
+    }
 }
 
 /// Telemetry of the window being filled.
@@ -376,7 +399,7 @@ impl PartitionState {
         let s = self.schedules.entry(c.schedule.clone()).or_default();
         s.ledger.clamp_to(&ledger_params(&valid));
         s.config = Some(valid);
-        self.decide(&c.schedule, "config", pos, None)
+        self.decide(&c.schedule, DecisionCause::Config, pos, None)
     }
 
     fn apply_override(&mut self, o: &ManualOverride, pos: &InputPosition) -> Vec<Output> {
@@ -397,7 +420,7 @@ impl PartitionState {
         if let Some(s) = self.schedules.get_mut(&o.schedule) {
             s.manual = Some(o.clone());
         }
-        self.decide(&o.schedule, "override", pos, None)
+        self.decide(&o.schedule, DecisionCause::Override, pos, None)
     }
 
     fn apply_forecast(&mut self, f: &Forecast, pos: &InputPosition) -> Vec<Output> {
@@ -416,7 +439,7 @@ impl PartitionState {
             .map(|(id, _)| id.clone())
             .collect();
         ids.iter()
-            .flat_map(|id| self.decide(id, "forecast", pos, None))
+            .flat_map(|id| self.decide(id, DecisionCause::Forecast, pos, None))
             .collect()
     }
 
@@ -454,7 +477,7 @@ impl PartitionState {
         }
         match closed {
             Some(window) if s.config.is_some() => {
-                self.decide(&b.schedule, "telemetry", pos, Some(window))
+                self.decide(&b.schedule, DecisionCause::Telemetry, pos, Some(window))
             }
             _ => vec![],
         }
@@ -477,7 +500,7 @@ impl PartitionState {
                     == (d.decided_at_ms + valid_for_s * 1000).div_euclid(1000) * 1000;
                 let lead = REFRESH_LEAD_MS.min(valid_for_s * 1000 / 2);
                 if by_validity && d.valid_until_ms - lead <= clock {
-                    cause = Some("refresh");
+                    cause = Some(DecisionCause::Refresh);
                 }
             }
             let mut window = None;
@@ -486,17 +509,17 @@ impl PartitionState {
                 .is_some_and(|w| w.end_ms + LATE_GRACE_MS <= clock)
             {
                 window = close_window(s, &self.forecasts);
-                cause = Some("telemetry");
+                cause = Some(DecisionCause::Telemetry);
             }
             if s.slot_end_ms.is_some_and(|end| end <= clock) {
-                cause = Some("slot");
+                cause = Some(DecisionCause::Slot);
             }
             if s.manual
                 .as_ref()
                 .is_some_and(|m| m.expires_at_ms() <= clock)
             {
                 s.manual = None;
-                cause = Some("override-end");
+                cause = Some(DecisionCause::OverrideEnd);
             }
             if let Some(cause) = cause {
                 due.push((id.clone(), cause, window));
@@ -511,7 +534,7 @@ impl PartitionState {
     fn decide(
         &mut self,
         id: &str,
-        cause: &str,
+        cause: DecisionCause,
         pos: &InputPosition,
         telemetry_window: Option<TelemetryWindow>,
     ) -> Vec<Output> {
@@ -555,10 +578,17 @@ impl PartitionState {
             input: pos.clone(),
             telemetry_window,
         };
-        // Validation guarantees a known policy and an enabled flavour, so this cannot fail
-        // for an accepted config; if it ever does, the schedule keeps its last decision.
-        let Ok(d) = decide(&ctx, ledger, memory) else {
-            return vec![];
+        // A refused decision changes nothing: the one in force stays, and the shell logs
+        // and counts the refusal.
+        let d = match decide(&ctx, ledger, memory) {
+            Ok(d) => d,
+            Err(error) => {
+                return vec![Output::Refused {
+                    schedule: id.to_string(),
+                    cause,
+                    error,
+                }];
+            }
         };
         s.version = version;
         s.slot_end_ms = forecast.current_slot_end_ms;

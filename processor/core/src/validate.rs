@@ -8,11 +8,9 @@
 use std::collections::HashSet;
 
 use carbonflow_schemas::records::{FieldProblem, ManualOverride, ScheduleConfig};
+use carbonflow_schemas::vocabulary::{FallbackCondition, ScheduleId};
 
 use crate::policy::{policy_named, policy_names};
-
-/// Fallback conditions routers understand besides exact status codes.
-pub const FALLBACK_CONDITIONS: [&str; 4] = ["timeout", "connect_error", "5xx", "4xx"];
 
 /// Check `config`; on success return it with precisions given as percentages (> 1)
 /// converted to fractions, as the reference accepts them.
@@ -26,12 +24,8 @@ pub fn validate(config: &ScheduleConfig) -> Result<ScheduleConfig, Vec<FieldProb
         })
     };
 
-    match c.schedule.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {}
-        _ => bad(
-            "schedule",
-            format!("must be namespace/name, got {:?}", c.schedule),
-        ),
+    if let Err(e) = c.schedule.parse::<ScheduleId>() {
+        bad("schedule", e.to_string());
     }
     if policy_named(&c.policy).is_none() {
         bad(
@@ -197,15 +191,8 @@ pub fn validate(config: &ScheduleConfig) -> Result<ScheduleConfig, Vec<FieldProb
             );
         }
         for s in &r.when_status {
-            let code = s.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
-            if !code && !FALLBACK_CONDITIONS.contains(&s.as_str()) {
-                bad(
-                    &format!("fallbacks[{i}].when_status"),
-                    format!(
-                        "{s:?} is not a condition: use {} or a status code 100-599",
-                        FALLBACK_CONDITIONS.join(", ")
-                    ),
-                );
+            if let Err(e) = s.parse::<FallbackCondition>() {
+                bad(&format!("fallbacks[{i}].when_status"), e.to_string());
             }
         }
     }

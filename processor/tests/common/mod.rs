@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use carbonflow_schemas::bus::KafkaArgs;
 use carbonflow_schemas::testing::ProcessorRun;
-pub use carbonflow_schemas::testing::{eventually, http, read_all, try_http};
+pub(crate) use carbonflow_schemas::testing::{eventually, http, read_all, try_http};
 
 /// A running `processor run` child process; killed with SIGKILL when dropped.
-pub struct ProcessorProcess {
+pub(crate) struct ProcessorProcess {
     child: Child,
     /// Admin API base URL.
     pub admin: String,
@@ -20,7 +20,7 @@ pub struct ProcessorProcess {
 
 impl ProcessorProcess {
     /// Start instance `instance` of `instances` on the topics of `args`.
-    pub fn start(args: &KafkaArgs, instance: i32, instances: i32, extra: &[&str]) -> Self {
+    pub(crate) fn start(args: &KafkaArgs, instance: i32, instances: i32, extra: &[&str]) -> Self {
         let run = ProcessorRun::new(env!("CARGO_BIN_EXE_processor"), args)
             .args(["--instance", &instance.to_string()])
             .args(["--instances", &instances.to_string()])
@@ -41,13 +41,13 @@ impl ProcessorProcess {
     }
 
     /// SIGKILL: no clean shutdown, no final snapshot.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// SIGTERM and wait for a clean exit (everything written, final snapshots taken).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -65,7 +65,7 @@ impl ProcessorProcess {
     }
 
     /// Wait until `/readyz` answers 200.
-    pub async fn wait_ready(&self, within: Duration) {
+    pub(crate) async fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             if let Ok((200, _)) = try_http("GET", &format!("{}/readyz", self.admin), None).await {

@@ -12,6 +12,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{BusError, KafkaArgs};
 use crate::codec::{AvroRecord, encode};
+use crate::records::ConfigCommand;
+use crate::topics::{Topic, TopicLayout};
 
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,20 @@ impl RecordProducer {
             .create()
             .map_err(|e| BusError::kafka("create producer", e))?;
         Ok(Self { inner })
+    }
+
+    /// Publish a config command (config, override or deletion) to `schedule.config`,
+    /// keyed by its schedule so the default partitioner puts it beside the schedule's
+    /// other inputs. Resolves once the broker acknowledged it.
+    pub async fn publish_config(
+        &self,
+        layout: &TopicLayout,
+        command: &ConfigCommand,
+    ) -> Result<Delivered, BusError> {
+        let payload = command.encode()?;
+        let topic = layout.name(Topic::Config);
+        self.send_bytes(&topic, command.schedule().as_bytes(), None, &payload, None)
+            .await
     }
 
     /// Encode and send `record` to `topic` with `key`; `partition` pins the partition
@@ -152,10 +168,5 @@ impl RecordProducer {
         self.inner
             .flush(timeout)
             .map_err(|e| BusError::kafka("flush producer", e))
-    }
-
-    /// The underlying client, for callers that need librdkafka directly.
-    pub fn client(&self) -> &FutureProducer {
-        &self.inner
     }
 }

@@ -219,7 +219,7 @@ impl Policy for ForecastAwareGlobal {
             }
             normalise(weights);
         }
-        result.refresh_avg_precision(input.flavours);
+        result.avg_precision = avg_precision(&result.weights, input.flavours);
         result.diagnostics.extend([
             ("carbon_adjustment".to_string(), Some(c)),
             ("lookahead_adjustment".to_string(), Some(l)),

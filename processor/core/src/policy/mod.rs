@@ -99,30 +99,24 @@ pub struct PolicyMemory {
 pub struct PolicyResult {
     /// `(flavour name, weight)`, summing to 1.
     pub weights: Vec<(String, f64)>,
-    /// Σ w · precision.
+    /// Σ w · precision of `weights`: the precision commanded.
     pub avg_precision: f64,
-    /// Named diagnostics (None = unknown).
+    /// Named diagnostics (None = unknown), with the reference's meanings: its
+    /// `avg_precision` is the base policy's, before any forecast adjustment.
     pub diagnostics: Vec<(String, Option<f64>)>,
 }
 
 impl PolicyResult {
-    /// Re-normalise after an adjustment and recompute the average precision, keeping the
-    /// `avg_precision` diagnostic (if any) in step.
+    /// Re-normalise after an adjustment and recompute the average precision.
+    ///
+    /// The `avg_precision` diagnostic is left as the base policy set it: the reference's
+    /// forecast-aware policies report there the base (credit-greedy) precision before
+    /// their adjustment, and consumers written for it read that meaning. The precision
+    /// actually commanded is [`PolicyResult::avg_precision`] (`avgPrecision` in the
+    /// reference contract).
     pub(crate) fn renormalise(&mut self, flavours: &[Flavour]) {
         normalise(&mut self.weights);
-        self.refresh_avg_precision(flavours);
-    }
-
-    /// Recompute the average precision (and its diagnostic) from the current weights.
-    pub(crate) fn refresh_avg_precision(&mut self, flavours: &[Flavour]) {
         self.avg_precision = avg_precision(&self.weights, flavours);
-        if let Some(d) = self
-            .diagnostics
-            .iter_mut()
-            .find(|(n, _)| n == "avg_precision")
-        {
-            d.1 = Some(self.avg_precision);
-        }
     }
 
     /// Value of a diagnostic.
@@ -153,6 +147,42 @@ pub enum PolicyError {
         /// Schedule id.
         schedule: String,
     },
+    /// The weights computed are not all finite numbers ≥ 0, or their mean precision is not.
+    #[error(
+        "schedule {schedule}: the computed weights are unusable ({detail}); expected finite weights ≥ 0 summing to 1"
+    )]
+    NonFinite {
+        /// Schedule id.
+        schedule: String,
+        /// Which value was wrong.
+        detail: String,
+    },
+    /// Every computed weight is 0 while enabled flavours exist.
+    #[error("schedule {schedule}: every computed weight is 0; expected weights summing to 1")]
+    NoWeight {
+        /// Schedule id.
+        schedule: String,
+    },
+}
+
+impl PolicyError {
+    /// A bounded label for metrics: why no decision was emitted.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownPolicy { .. } => "unknown_policy",
+            Self::NoEnabledFlavour { .. } => "no_enabled_flavour",
+            Self::NonFinite { .. } => "non_finite",
+            Self::NoWeight { .. } => "no_weight",
+        }
+    }
+
+    /// Every [`kind`](Self::kind), for metrics that start at zero.
+    pub const KINDS: [&'static str; 4] = [
+        "unknown_policy",
+        "no_enabled_flavour",
+        "non_finite",
+        "no_weight",
+    ];
 }
 
 /// A scheduling policy.
@@ -218,14 +248,14 @@ pub(crate) mod tests {
 
     /// The reference's default triple (precision-100/50/30, energy 1.0/0.6/0.3): the
     /// flavours of the default schedule spec.
-    pub fn default_flavours() -> Vec<Flavour> {
+    pub(crate) fn default_flavours() -> Vec<Flavour> {
         crate::spec::ScheduleSpec::default()
             .to_config("test/test", 1, 0)
             .flavours
     }
 
     /// Evaluate `policy` on the default flavours with credit bounds ±1 and target 0.15.
-    pub fn evaluate(
+    pub(crate) fn evaluate(
         policy: &dyn super::Policy,
         forecast: super::ForecastSnapshot,
         balance: f64,
@@ -249,14 +279,14 @@ pub(crate) mod tests {
     }
 
     /// Integer percentages of a result, in policy order.
-    pub fn percentages(r: &super::PolicyResult) -> Vec<i32> {
+    pub(crate) fn percentages(r: &super::PolicyResult) -> Vec<i32> {
         crate::weights::integer_percentages(&r.weights)
             .into_iter()
             .map(|(_, p)| p)
             .collect()
     }
 
-    pub fn weight(r: &super::PolicyResult, name: &str) -> f64 {
+    pub(crate) fn weight(r: &super::PolicyResult, name: &str) -> f64 {
         r.weights
             .iter()
             .find(|(n, _)| n == name)

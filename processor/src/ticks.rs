@@ -1,0 +1,41 @@
+//! The processor's clock on the log: ticks written to every owned partition of
+//! `schedule.ticks` at a fixed interval (DESIGN invariant 2: deciding reads time only from
+//! records, so replaying the log replays the clock).
+
+use std::time::Duration;
+
+use carbonflow_schemas::bus::{RecordProducer, Topic, TopicLayout};
+use carbonflow_schemas::records::Tick;
+use carbonflow_schemas::service::now_ms;
+use tokio_util::sync::CancellationToken;
+
+/// Write the wall clock as one tick per partition of `owned` every `every`, until
+/// `shutdown`. A tick that cannot be written is logged and the next interval tries again:
+/// a missed tick only delays time-driven decisions by one interval.
+pub(crate) async fn write_ticks(
+    producer: RecordProducer,
+    layout: TopicLayout,
+    owned: Vec<i32>,
+    every: Duration,
+    source: String,
+    shutdown: CancellationToken,
+) {
+    let topic = layout.name(Topic::Ticks);
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let tick = Tick {
+            at_ms: now_ms(),
+            source: source.clone(),
+        };
+        for &p in &owned {
+            if let Err(e) = producer.send(&topic, "tick", Some(p), &tick).await {
+                tracing::warn!(partition = p, error = %e, "could not write a tick; retrying next interval");
+            }
+        }
+    }
+}
