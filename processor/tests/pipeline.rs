@@ -376,7 +376,7 @@ async fn two_instances_split_the_partitions_then_one_takes_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_configs_are_refused_over_http_and_topic_and_the_previous_stays() {
+async fn invalid_configs_from_http_or_the_topic_leave_the_previous_in_force() {
     let args = fresh_layout("refuse", 1).await;
     let producer = RecordProducer::new(&args, "refuse-test").expect("producer");
     let p = ProcessorProcess::start(&args, 0, 1, &[]);

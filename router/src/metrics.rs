@@ -219,7 +219,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn events_render_the_names_and_labels_that_dashboards_and_alerts_read() {
+    fn events_render_the_series_that_dashboards_and_alerts_read() {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {

@@ -165,22 +165,35 @@ pub async fn flush_loop(
 mod tests {
     use super::*;
 
-    #[test]
-    fn buckets_close_per_second_and_count_by_flavour_and_outcome() {
+    fn recorded() -> Telemetry {
         let t = Telemetry::new("r1");
         t.record("a/b", 3, "full", Outcome::Success, 4.0, 10_100);
         t.record("a/b", 3, "full", Outcome::Success, 40.0, 10_900);
         t.record("a/b", 4, "lite", Outcome::Timeout, 9000.0, 10_950);
         t.record("a/b", 4, "lite", Outcome::Success, 1.0, 11_000);
+        t
+    }
+
+    #[test]
+    fn buckets_close_once_their_second_is_over() {
+        let t = recorded();
         assert!(t.take_closed(10_999).is_empty());
         let closed = t.take_closed(11_000);
         assert_eq!(closed.len(), 1);
+        assert_eq!(
+            (closed[0].bucket_start_ms, closed[0].decision_version),
+            (10_000, Some(3))
+        );
+        assert_eq!(t.take_closed(12_000).len(), 1, "the next second's bucket");
+    }
+
+    #[test]
+    fn a_bucket_counts_by_flavour_and_outcome_with_latencies() {
+        let closed = recorded().take_closed(11_000);
         let b = &closed[0];
-        assert_eq!((b.bucket_start_ms, b.decision_version), (10_000, Some(3)));
         assert_eq!(b.counts.len(), 2);
         assert_eq!(b.counts[0].count, 2);
         assert_eq!(b.latency.counts.iter().sum::<i64>(), 3);
         assert_eq!(*b.latency.counts.last().expect("inf"), 1);
-        assert_eq!(t.take_closed(12_000).len(), 1);
     }
 }

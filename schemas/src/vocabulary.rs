@@ -222,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn conditions_parse_display_and_match() {
+    fn conditions_round_trip_and_refuse_what_routers_cannot_match() {
         for s in ["timeout", "connect_error", "5xx", "4xx", "503"] {
             let c: FallbackCondition = s.parse().expect("valid condition");
             assert_eq!(c.to_string(), s);
@@ -233,6 +233,10 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn conditions_match_the_attempts_they_name() {
         use AttemptResult::*;
         assert!(FallbackCondition::ServerError.matches(Answered(502)));
         assert!(!FallbackCondition::ServerError.matches(Answered(404)));

@@ -291,7 +291,7 @@ fn promtool(args: &[&str], file: &Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_every_component_and_every_dashboard_and_rule_expression_works() {
+async fn every_dashboard_and_rule_expression_evaluates_over_scraped_components() {
     promtool(
         &["check", "config"],
         &deploy_dir().join("prometheus/prometheus.yml"),

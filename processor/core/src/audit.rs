@@ -8,12 +8,12 @@
 //! re-derives every decision ([`Replay`]).
 //!
 //! Carbon accounting here is *commanded*: the requests answered in each closed telemetry
-//! window are counted at the weights of the decision in force during it, at that
-//! decision's current intensity: `requests × Σ_f weight_f × relative_energy_f × intensity`
-//! against `requests × intensity` at full precision. That is what makes `what-if`
-//! meaningful: telemetry is replayed as recorded, so only the commanded split can change.
-//! The status page and metrics account what was *delivered*
-//! ([`crate::state::EmissionsAccount`]); each [`Derived`] carries that figure too, taken
+//! window are spread over the flavours at the weights of the decision in force during it,
+//! at that decision's current intensity, and accounted with the one definition of
+//! emissions ([`EmissionsAccount::of`]). That is what makes `what-if` meaningful:
+//! telemetry is replayed as recorded, so only the commanded split can change. The status
+//! page and metrics account what was *delivered* with the same definition over the
+//! requests each flavour actually served; each [`Derived`] carries that figure too, taken
 //! from the fold itself, and the two agree when routers deliver what they are commanded.
 
 use std::collections::BTreeMap;
@@ -416,19 +416,20 @@ pub fn account(decisions: &[Derived]) -> (Accounting, Vec<(usize, Accounting)>) 
             .as_ref()
             .and_then(|f| f.intensity_now)
             .unwrap_or(0.0);
-        let energy: f64 = in_force
+        let full_energy = in_force
             .flavours
             .iter()
-            .map(|f| f.weight * f.relative_energy)
-            .sum();
+            .max_by_key(|f| f.precision_percent)
+            .map_or(1.0, |f| f.relative_energy);
         let requests = w.requests as f64;
+        let commanded = in_force
+            .flavours
+            .iter()
+            .map(|f| (f.relative_energy, requests * f.weight));
         let a = Accounting {
             requests: w.requests,
             precision_sum: requests * in_force.avg_precision,
-            emissions: EmissionsAccount {
-                delivered: requests * energy * intensity,
-                full_precision: requests * intensity,
-            },
+            emissions: EmissionsAccount::of(intensity, full_energy, commanded),
         };
         total.add(&a);
         rows.push((i, a));

@@ -243,6 +243,26 @@ pub struct EmissionsAccount {
 }
 
 impl EmissionsAccount {
+    /// The one definition of emissions, used for delivered and for commanded requests:
+    /// `requests` as `(relative energy of the flavour that serves them, request count)`
+    /// pairs, served at carbon `intensity`, against the same requests all served at
+    /// `full_energy`, the relative energy of the most precise flavour.
+    pub fn of(
+        intensity: f64,
+        full_energy: f64,
+        requests: impl IntoIterator<Item = (f64, f64)>,
+    ) -> Self {
+        let (mut count, mut energy) = (0.0, 0.0);
+        for (e, n) in requests {
+            count += n;
+            energy += n * e;
+        }
+        Self {
+            delivered: intensity * energy,
+            full_precision: intensity * full_energy * count,
+        }
+    }
+
     /// Fraction saved against full precision, `None` before anything was accounted.
     pub fn saved_fraction(&self) -> Option<f64> {
         (self.full_precision > 0.0).then(|| 1.0 - self.delivered / self.full_precision)
@@ -606,7 +626,8 @@ fn close_window(
     let w = s.window.take()?;
     // No config (never created, or deleted): no flavour precisions to account against.
     let config = s.config.as_ref()?;
-    let (mut served, mut weighted, mut energy) = (0_i64, 0.0, 0.0);
+    let (mut served, mut weighted) = (0_i64, 0.0);
+    let mut by_energy = Vec::with_capacity(w.served.len());
     let mut delivered = DeliveredWindow {
         start_ms: w.start_ms,
         end_ms: w.end_ms,
@@ -616,7 +637,7 @@ fn close_window(
         if let Some(f) = config.flavours.iter().find(|f| &f.name == name) {
             served += count;
             weighted += *count as f64 * f.precision;
-            energy += *count as f64 * f.relative_energy;
+            by_energy.push((f.relative_energy, *count as f64));
             delivered.served.insert(name.clone(), *count);
         }
     }
@@ -630,8 +651,9 @@ fn close_window(
         .get(&config.zone)
         .and_then(|f| ForecastSnapshot::at(f, w.end_ms).intensity_now);
     if let Some(g) = intensity {
-        s.emissions.delivered += g * energy;
-        s.emissions.full_precision += g * full_energy * served as f64;
+        s.emissions = s
+            .emissions
+            .plus(&EmissionsAccount::of(g, full_energy, by_energy));
     }
     s.last_window = Some(delivered);
     let realised = if served > 0 {
@@ -877,23 +899,41 @@ mod tests {
         assert_eq!(g.schedule().requests_seen, 8);
     }
 
-    #[test]
-    fn ticks_close_windows_refresh_before_expiry_and_cross_slots() {
+    /// Given a schedule with one bucket in its open window and its config's decision.
+    fn given_a_window_and_a_decision() -> (Given, ScheduleDecision) {
         let mut g = given();
         let mut c = config(1, T0);
         c.valid_for_seconds = 60;
         g.config(c);
         g.bucket(T0, &[("precision-100", Outcome::Success, 3)]);
+        let d = g.schedule().last_decision.clone().expect("config decision");
+        (g, d)
+    }
+
+    #[test]
+    fn a_tick_past_the_late_grace_closes_the_window() {
+        let (mut g, _) = given_a_window_and_a_decision();
         assert!(
             g.tick(T0 + TELEMETRY_WINDOW_MS).is_empty(),
             "grace not over"
         );
         let d = decision(&g.tick(T0 + TELEMETRY_WINDOW_MS + LATE_GRACE_MS)).clone();
         assert_eq!(d.provenance.cause, "telemetry");
+    }
+
+    #[test]
+    fn a_tick_near_expiry_refreshes_the_decision() {
+        let (mut g, _) = given_a_window_and_a_decision();
+        let d = decision(&g.tick(T0 + TELEMETRY_WINDOW_MS + LATE_GRACE_MS)).clone();
         assert!(g.tick(T0 + 50_000).is_empty());
         let d = decision(&g.tick(d.valid_until_ms - REFRESH_LEAD_MS)).clone();
         assert_eq!(d.provenance.cause, "refresh");
+    }
 
+    #[test]
+    fn a_tick_at_the_slot_boundary_re_decides_with_the_next_slot() {
+        let (mut g, _) = given_a_window_and_a_decision();
+        let d = decision(&g.tick(T0 + TELEMETRY_WINDOW_MS + LATE_GRACE_MS)).clone();
         // With a forecast, validity ends at the slot end and the boundary re-decides.
         let mut f = samples::forecast();
         f.issued_at_ms = d.decided_at_ms;
