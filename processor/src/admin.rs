@@ -190,6 +190,15 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
+/// The schedule and JSON body of a request that publishes a command.
+fn command_request(
+    ns: &str,
+    name: &str,
+    body: &Bytes,
+) -> Result<(ScheduleId, Value), Box<Response>> {
+    Ok((schedule_id(ns, name)?, parse_json(body)?))
+}
+
 fn parse_json(body: &Bytes) -> Result<Value, Box<Response>> {
     serde_json::from_slice(body).map_err(|e| {
         Box::new(reply(
@@ -218,12 +227,8 @@ async fn put_config(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let id = match schedule_id(&ns, &name) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let value = match parse_json(&body) {
-        Ok(v) => v,
+    let (id, value) = match command_request(&ns, &name, &body) {
+        Ok(r) => r,
         Err(r) => return *r,
     };
     let spec = match ScheduleSpec::from_value(value) {
@@ -279,12 +284,8 @@ async fn post_manual(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let id = match schedule_id(&ns, &name) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let value = match parse_json(&body) {
-        Ok(v) => v,
+    let (id, value) = match command_request(&ns, &name, &body) {
+        Ok(r) => r,
         Err(r) => return *r,
     };
     let body: ManualBody = match serde_json::from_value(value) {
