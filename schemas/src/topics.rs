@@ -7,6 +7,18 @@
 //! about its schedules in partition `p` of every topic. Forecasts are global (every
 //! processor instance reads all of them), so that topic has a single partition.
 
+/// The partition of `partitions` that Kafka's default partitioner (and librdkafka's
+/// `murmur2_random`, which every carbonflow producer uses) puts key `key` on:
+/// `(murmur2(key) & 0x7fffffff) mod partitions`. `None` when `partitions` is not positive.
+pub fn partition_of(key: &[u8], partitions: i32) -> Option<i32> {
+    if partitions <= 0 {
+        return None;
+    }
+    let hash = murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff;
+    // The hash fits in 31 bits, so it is a non-negative i64 and the result fits an i32.
+    Some((i64::from(hash) % i64::from(partitions)) as i32)
+}
+
 /// Default partition count of the schedule-keyed topics.
 pub const DEFAULT_SCHEDULE_PARTITIONS: i32 = 6;
 

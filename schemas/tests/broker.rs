@@ -266,3 +266,23 @@ async fn topics_kept_forever_survive_the_brokers_retention_sweep() {
         assert_eq!((low, high), (0, 3), "{:?} lost records to retention", t);
     }
 }
+
+#[tokio::test]
+async fn keyed_records_land_on_the_partition_that_partition_of_computes() {
+    let args = fresh_layout("keys", 6).await;
+    let layout = args.layout();
+    let producer = RecordProducer::new(&args, "keys").expect("producer");
+    let topic = layout.name(Topic::Config);
+    for i in 0..40 {
+        let key = format!("ns-{i}/schedule-{}", i * 7);
+        let d = producer
+            .send_bytes(&topic, key.as_bytes(), None, b"x", None)
+            .await
+            .expect("delivered");
+        assert_eq!(
+            Some(d.partition),
+            carbonflow_schemas::topics::partition_of(key.as_bytes(), layout.schedule_partitions),
+            "{key}"
+        );
+    }
+}

@@ -16,6 +16,7 @@
 //! * [`spec`] — the schedule spec people write, and its conversion to and from the
 //!   config record;
 //! * [`validate`] — the rules a config and a manual override must keep;
+//! * [`gate`] — the plausibility every decoded input must have before the fold sees it;
 //! * [`decide`] — all of the above composed into one decision;
 //! * [`state`] — a partition's state and the fold `apply(input) -> outputs`;
 //! * [`reconcile`] — after a restore, what the journal and the decisions topic disagree on;
@@ -29,6 +30,7 @@ pub mod contract;
 pub mod decide;
 pub mod dry_run;
 pub mod forecast;
+pub mod gate;
 pub mod ledger;
 pub mod policy;
 pub mod reconcile;

@@ -31,9 +31,10 @@ use crate::policy::{PolicyError, PolicyMemory};
 use crate::validate::{validate, validate_override};
 
 /// Version of the encoding of [`PartitionState`] inside snapshots (gzip-compressed JSON
-/// since 3). Bump it when the struct or the encoding changes incompatibly: restore then
-/// ignores older snapshots and replays the journal, which always works.
-pub const STATE_FORMAT: i32 = 3;
+/// since 3; since 4 the clock is moved by ticks alone). Bump it when the struct, its
+/// encoding or the meaning of a field changes: restore then ignores older snapshots and
+/// replays the journal, which always works.
+pub const STATE_FORMAT: i32 = 4;
 
 /// Length of a telemetry window, event-time ms. Windows are aligned to multiples of it.
 pub const TELEMETRY_WINDOW_MS: i64 = 5_000;
@@ -97,19 +98,6 @@ impl Input {
             _ => return Err(wrong_record(INPUT_RECORDS, bytes)),
         };
         Self::decode(topic, bytes)
-    }
-
-    /// Event time the input carries, epoch ms.
-    pub fn event_time_ms(&self) -> i64 {
-        match self {
-            Input::Config(ConfigCommand::Config(c)) => c.published_at_ms,
-            Input::Config(ConfigCommand::Override(o)) => o.issued_at_ms,
-            Input::Config(ConfigCommand::Delete(d)) => d.issued_at_ms,
-            Input::Forecast(f) => f.issued_at_ms,
-            Input::Telemetry(b) => b.bucket_start_ms + i64::from(b.bucket_length_ms),
-            Input::Tick(t) => t.at_ms,
-            Input::Adopted(_) => i64::MIN,
-        }
     }
 
     /// Short name for logs and metric labels.
@@ -355,7 +343,11 @@ impl PartitionState {
     /// which [`already_applied`](Self::already_applied) holds.
     pub fn apply(&mut self, input: &Input, pos: &InputPosition) -> Vec<Output> {
         self.skip(pos);
-        self.clock_ms = self.clock_ms.max(input.event_time_ms());
+        // Only ticks move the clock: the processor writes them, and an input's own event
+        // time (any writer's clock) must not be able to move every schedule's time.
+        if let Input::Tick(t) = input {
+            self.clock_ms = self.clock_ms.max(t.at_ms);
+        }
         match input {
             Input::Config(ConfigCommand::Config(c)) => self.apply_config(c, pos),
             Input::Config(ConfigCommand::Override(o)) => self.apply_override(o, pos),
@@ -704,11 +696,14 @@ mod tests {
         offset: i64,
     }
 
+    /// Given a partition whose clock a tick set to `T0`.
     fn given() -> Given {
-        Given {
+        let mut g = Given {
             state: PartitionState::new(0),
             offset: 0,
-        }
+        };
+        g.tick(T0);
+        g
     }
 
     impl Given {
@@ -788,7 +783,10 @@ mod tests {
                 .and_then(|u| u.intensity_now),
             Some(180.0)
         );
-        assert_eq!(d2.provenance.input.offset, 2);
+        assert_eq!(
+            d2.provenance.input.offset, 3,
+            "after the tick and the config"
+        );
     }
 
     #[test]
@@ -1023,11 +1021,12 @@ mod tests {
         let mut g = given();
         g.config(config(1, T0));
         g.bucket(T0, &[("precision-100", Outcome::Success, 3)]);
-        assert_eq!(g.state.next_offset("request.telemetry", 0), 3);
+        // Offsets 1 (the given tick), 2 (the config), 3 (the bucket).
+        assert_eq!(g.state.next_offset("request.telemetry", 0), 4);
         assert!(g.state.already_applied(&InputPosition {
             topic: "request.telemetry".into(),
             partition: 0,
-            offset: 2
+            offset: 3
         }));
         let json = serde_json::to_vec(&g.state).expect("encode");
         let back: PartitionState = serde_json::from_slice(&json).expect("decode");
