@@ -94,9 +94,9 @@ pub struct ComponentBounds {
 /// A key/value pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Annotation {
-    /// Key.
+    /// Annotation name, free-form.
     pub key: String,
-    /// Value.
+    /// Annotation value, free-form.
     pub value: String,
 }
 
@@ -177,7 +177,7 @@ pub struct ScheduleConfig {
     pub on_expiry: ExpiryBehaviour,
     /// Autoscaling bounds.
     pub components: Vec<ComponentBounds>,
-    /// Flavours.
+    /// Precision variants in registry order; names unique, at least one enabled.
     pub flavours: Vec<Flavour>,
     /// Ordered fallback rules.
     pub fallbacks: Vec<FallbackRule>,
@@ -203,7 +203,7 @@ pub struct ManualOverride {
     pub ttl_seconds: i64,
     /// Weights to apply.
     pub weights: Vec<FlavourWeight>,
-    /// Why.
+    /// Operator's free-text reason, kept for audit; `None` when not given.
     pub reason: Option<String>,
 }
 
@@ -323,9 +323,9 @@ pub struct Credits {
 /// A named diagnostic value (null when unknown).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Diagnostic {
-    /// Name.
+    /// Diagnostic name, set by the policy (e.g. `allowance`, `num_flavours`).
     pub name: String,
-    /// Value.
+    /// Its value; `None` when the policy does not know it.
     pub value: Option<f64>,
 }
 
@@ -334,7 +334,7 @@ pub struct Diagnostic {
 pub struct ReplicaCeiling {
     /// Component name.
     pub component: String,
-    /// Ceiling.
+    /// Most replicas allowed: max_replicas × throttle, rounded, kept within the bounds.
     pub replicas: i32,
 }
 
@@ -369,9 +369,9 @@ pub struct ForecastUsed {
 /// Ledger balance and velocity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LedgerState {
-    /// Balance.
+    /// Credit balance, clamped to [credit_min, credit_max].
     pub balance: f64,
-    /// Velocity.
+    /// Mean of the unclamped ledger deltas in the velocity window (0 when empty).
     pub velocity: f64,
 }
 
@@ -447,7 +447,7 @@ pub struct ScheduleDecision {
 pub struct Tick {
     /// Epoch ms UTC.
     pub at_ms: i64,
-    /// Writer.
+    /// Who wrote it, e.g. `ticker@host` (the processor writes its client id).
     pub source: String,
 }
 

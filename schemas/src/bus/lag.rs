@@ -207,9 +207,9 @@ impl LagMetrics {
 pub struct LagRow {
     /// Consumer group reported.
     pub group: String,
-    /// Topic.
+    /// Full topic name read (prefix included).
     pub topic: String,
-    /// Partition.
+    /// Partition number within `topic`.
     pub partition: i32,
     /// Records still to process, once known.
     pub messages: Option<i64>,
