@@ -19,7 +19,7 @@ pub enum ForecastError {
     /// The CSV file is unusable.
     #[error("{file}: {detail}")]
     Csv {
-        /// File.
+        /// Path of the forecast CSV file, as given.
         file: PathBuf,
         /// Line and problem.
         detail: String,

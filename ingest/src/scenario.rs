@@ -24,25 +24,25 @@ pub enum ScenarioError {
     /// The file could not be read.
     #[error("reading scenario {file}: {source}")]
     Read {
-        /// File.
+        /// Path of the scenario file, as given.
         file: PathBuf,
-        /// Cause.
+        /// The I/O error reading it.
         #[source]
         source: std::io::Error,
     },
     /// The file is not JSON.
     #[error("scenario {file} is not JSON: {source}")]
     Json {
-        /// File.
+        /// Path of the scenario file, as given.
         file: PathBuf,
-        /// Cause.
+        /// The JSON parser's error, with line and column.
         #[source]
         source: serde_json::Error,
     },
     /// The shape or a value is wrong.
     #[error("scenario {file}: {field} {rule}")]
     Invalid {
-        /// File.
+        /// Path of the scenario file, as given.
         file: PathBuf,
         /// Where, e.g. `pattern[3]`.
         field: String,

@@ -22,24 +22,24 @@ pub enum ScheduleError {
     /// The file could not be read.
     #[error("reading {file}: {source}")]
     Read {
-        /// File.
+        /// Path of the schedule file, as given.
         file: PathBuf,
-        /// Cause.
+        /// The I/O error reading it.
         #[source]
         source: std::io::Error,
     },
     /// The file is not YAML of the expected shape.
     #[error("{file}: {detail}")]
     Shape {
-        /// File.
+        /// Path of the schedule file, as given.
         file: PathBuf,
-        /// Problem.
+        /// The YAML parse error, a missing `schedule:` key, or a spec key error.
         detail: String,
     },
     /// The config breaks rules; nothing was published.
     #[error("{file}: invalid schedule, nothing published:\n{}", .problems.iter().map(|(f, r)| format!("  {f}: {r}")).collect::<Vec<_>>().join("\n"))]
     Invalid {
-        /// File.
+        /// Path of the schedule file, as given.
         file: PathBuf,
         /// `(field, rule)` pairs.
         problems: Vec<(String, String)>,

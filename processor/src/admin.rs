@@ -270,7 +270,7 @@ struct ManualBody {
     /// Lifetime in seconds (default: the reference's max(1, validFor) = 60).
     #[serde(default = "default_ttl")]
     ttl_seconds: i64,
-    /// Why.
+    /// Operator's free-text reason, copied into the override record for audit.
     #[serde(default)]
     reason: Option<String>,
 }

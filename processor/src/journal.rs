@@ -37,7 +37,7 @@ pub enum RestoreError {
     Bus {
         /// Partition being restored.
         partition: i32,
-        /// Cause.
+        /// The failed broker read: client error, stalled read or missing topic.
         #[source]
         source: BusError,
     },
@@ -46,7 +46,7 @@ pub enum RestoreError {
     Journal {
         /// Journal topic.
         topic: String,
-        /// Partition.
+        /// Journal partition, the same number as the schedule partition being restored.
         partition: i32,
         /// Offset of the unreadable journal record.
         offset: i64,
@@ -57,9 +57,9 @@ pub enum RestoreError {
     /// The state inside the snapshot could not be encoded.
     #[error("encoding the state of partition {partition}: {source}")]
     Encode {
-        /// Partition.
+        /// Partition whose state was being snapshotted.
         partition: i32,
-        /// Error.
+        /// The JSON encoder's error (a gzip I/O failure is wrapped in one too).
         #[source]
         source: serde_json::Error,
     },

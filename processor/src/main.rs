@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use carbonflow_core::gate::{Limits, MAX_TIME_MS};
 use carbonflow_processor::admin::{self, AdminState};
 use carbonflow_processor::pipeline::{self, Settings};
 use carbonflow_processor::view::ProcessorView;
@@ -67,6 +68,48 @@ struct RunArgs {
     /// Kafka client id (default: processor-<instance>).
     #[arg(long, env = "CARBONFLOW_CLIENT_ID")]
     client_id: Option<String>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What an input may hold (see README, "What the processor refuses"). Inputs outside
+/// these bounds go to the dead-letter topic (configs and overrides to
+/// schedule.rejections) and change no state.
+#[derive(Args)]
+struct LimitArgs {
+    /// Highest plausible carbon intensity of a forecast slot, gCO2/kWh.
+    #[arg(long, env = "CARBONFLOW_MAX_INTENSITY", default_value_t = 2000.0)]
+    max_intensity: f64,
+    /// How far an input's event time may be ahead of the partition clock (the last
+    /// tick), e.g. 5m, 30s.
+    #[arg(long, env = "CARBONFLOW_MAX_FUTURE_SKEW", default_value = "5m", value_parser = humantime::parse_duration)]
+    max_future_skew: Duration,
+    /// Longest manual override (ttlSeconds), e.g. 24h.
+    #[arg(long, env = "CARBONFLOW_MAX_OVERRIDE_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    max_override_ttl: Duration,
+    /// Longest decision validity a config may ask for (validFor), e.g. 1h.
+    #[arg(long, env = "CARBONFLOW_MAX_VALID_FOR", default_value = "1h", value_parser = humantime::parse_duration)]
+    max_valid_for: Duration,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> anyhow::Result<Limits> {
+        anyhow::ensure!(
+            self.max_intensity.is_finite() && self.max_intensity > 0.0,
+            "--max-intensity must be a positive number of gCO2/kWh, got {}",
+            self.max_intensity
+        );
+        let seconds = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        Ok(Limits {
+            max_intensity: self.max_intensity,
+            max_future_skew_ms: i64::try_from(self.max_future_skew.as_millis())
+                .unwrap_or(i64::MAX)
+                .min(MAX_TIME_MS),
+            max_override_ttl_s: seconds(self.max_override_ttl).clamp(1, MAX_TIME_MS / 1000),
+            max_valid_for_s: seconds(self.max_valid_for).clamp(1, MAX_TIME_MS / 1000),
+            ..Limits::default()
+        })
+    }
 }
 
 #[derive(Args)]
@@ -339,6 +382,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("processor-{}", args.instance)),
+        limits: args.limits.limits()?,
     };
     let handle = carbonflow_schemas::service::install_metrics().context("installing metrics")?;
     carbonflow_processor::metrics::describe();

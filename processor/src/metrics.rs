@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use carbonflow_core::gate::RefusalKind;
 use carbonflow_core::policy::PolicyError;
 use carbonflow_schemas::CodecError;
 use carbonflow_schemas::bus::Topic;
@@ -47,6 +48,7 @@ const SCHEDULE_VERSION: &str = "carbonflow_schedule_version";
 const INPUTS: &str = "carbonflow_inputs_total";
 const DEAD_LETTERS: &str = "carbonflow_dead_letters_total";
 const CONFIG_REJECTIONS: &str = "carbonflow_config_rejections_total";
+const INPUTS_REFUSED: &str = "carbonflow_inputs_refused_total";
 // Journal, snapshots, restore.
 const JOURNAL_ENTRIES: &str = "carbonflow_journal_entries_total";
 const JOURNAL_RECORDS: &str = "carbonflow_journal_records_total";
@@ -149,6 +151,11 @@ pub fn describe() {
         "Input records sent to the dead-letter topic, by topic and error kind."
     );
     describe_counter!(
+        INPUTS_REFUSED,
+        Unit::Count,
+        "Decoded inputs the plausibility gate refused (no state changed), by topic and kind (implausible, future_dated, too_old, wrong_partition)."
+    );
+    describe_counter!(
         CONFIG_REJECTIONS,
         Unit::Count,
         "Configs and overrides refused (written to schedule.rejections)."
@@ -216,6 +223,10 @@ pub(crate) fn start_at_zero() {
     ] {
         for kind in CodecError::DECODE_KINDS {
             counter!(DEAD_LETTERS, "topic" => topic.base_name(), "kind" => kind).increment(0);
+        }
+        for kind in RefusalKind::ALL {
+            counter!(INPUTS_REFUSED, "topic" => topic.base_name(), "kind" => kind.as_str())
+                .increment(0);
         }
     }
     ready(false);
@@ -339,10 +350,17 @@ pub(crate) fn input_read(topic: Topic) {
     counter!(INPUTS, "topic" => topic.base_name()).increment(1);
 }
 
-/// An input record of `topic` was dead-lettered for an error of `kind`.
+/// An input record of `topic` was dead-lettered for an error of `kind` (a codec error
+/// kind or a gate refusal kind).
 pub(crate) fn dead_lettered(topic: Option<Topic>, kind: &'static str) {
     let topic = topic.map_or("unknown", Topic::base_name);
     counter!(DEAD_LETTERS, "topic" => topic, "kind" => kind).increment(1);
+}
+
+/// The plausibility gate refused an input of `topic`.
+pub(crate) fn input_refused(topic: Option<Topic>, kind: RefusalKind) {
+    let topic = topic.map_or("unknown", Topic::base_name);
+    counter!(INPUTS_REFUSED, "topic" => topic, "kind" => kind.as_str()).increment(1);
 }
 
 /// A config or override was refused.

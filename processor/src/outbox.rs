@@ -57,7 +57,7 @@ pub struct WriteFailed {
     pub what: &'static str,
     /// Schedule partition.
     pub partition: i32,
-    /// Cause.
+    /// Why: the record did not encode, could not be queued, or the broker refused it.
     #[source]
     pub source: Box<BusError>,
 }

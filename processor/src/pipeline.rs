@@ -22,15 +22,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use carbonflow_core::gate::{self, Limits, Placement, Refusal};
 use carbonflow_core::state::{Input, Output, PartitionState};
 use carbonflow_schemas::bus::admin::check_partition_counts;
 use carbonflow_schemas::bus::{
     BusError, KafkaArgs, LagContext, RecordProducer, Topic, TopicLayout, add_position,
     assigned_consumer,
 };
-use carbonflow_schemas::records::{DeadLetter, DecisionRef, InputPosition, JournalEntry};
+use carbonflow_schemas::encode;
+use carbonflow_schemas::records::{
+    ConfigRejection, DeadLetter, DecisionRef, FieldProblem, InputPosition, JournalEntry, Tick,
+};
 use carbonflow_schemas::service::now_ms;
-use carbonflow_schemas::{CodecError, encode};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -60,6 +63,8 @@ pub struct Settings {
     pub snapshot_interval: Duration,
     /// Kafka client id.
     pub client_id: String,
+    /// What an input may hold (the plausibility gate's bounds).
+    pub limits: Limits,
 }
 
 impl Settings {
@@ -141,6 +146,7 @@ struct Shell {
     view: Arc<ProcessorView>,
     owned: BTreeMap<i32, Owned>,
     client_id: String,
+    limits: Limits,
 }
 
 /// Restore the owned partitions, then process inputs until `shutdown`.
@@ -176,10 +182,14 @@ pub async fn run(
         view: view.clone(),
         owned: BTreeMap::new(),
         client_id: settings.client_id.clone(),
+        limits: settings.limits.clone(),
     };
     // Restore before deciding anything.
     for &p in &owned {
         shell.restore_partition(&args, p).await?;
+    }
+    for &p in &owned {
+        shell.start_clock(p).await?;
     }
     shell.drain().await?;
     let inputs = shell.assign_inputs(&args, &settings)?;
@@ -231,8 +241,12 @@ impl Shell {
                 offset = pos.offset,
                 "adopting a decision whose journal entry was lost"
             );
-            self.apply_and_journal(p, pos, bytes, input.as_ref(), None)
-                .await?;
+            if let Some(r) = self
+                .apply_and_journal(p, pos, bytes, input.as_ref(), None)
+                .await?
+            {
+                tracing::warn!(partition = p, offset = pos.offset, refusal = %r, "an orphan decision was refused; not adopted");
+            }
         }
         for d in r.repairs.unsent {
             tracing::info!(schedule = %d.schedule, version = d.version, "re-sending a journaled decision that never reached the topic");
@@ -243,6 +257,34 @@ impl Shell {
             self.emit(p, vec![Output::Removed { schedule }], None)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Write a tick to partition `p` and apply it at once, before any input is read: the
+    /// gate compares event times with the partition clock, so after a restart the clock
+    /// must be now, not the time of the last tick before the stop (inputs written while
+    /// the processor was down would all look future-dated). Ticks written before this one
+    /// and not yet applied are passed over; they could only move the clock less.
+    async fn start_clock(&mut self, p: i32) -> Result<(), PipelineError> {
+        let tick = Tick {
+            at_ms: now_ms(),
+            source: self.client_id.clone(),
+        };
+        let bytes = encode(&tick).map_err(BusError::from)?;
+        let topic = self.layout.name(Topic::Ticks);
+        let written = self
+            .outbox
+            .producer()
+            .send_bytes(&topic, b"tick", Some(p), &bytes, None)
+            .await
+            .map_err(|source| WriteFailed::new("a tick", p, source))?;
+        let pos = InputPosition {
+            topic,
+            partition: p,
+            offset: written.offset,
+        };
+        self.apply_and_journal(p, &pos, &bytes, Some(&Input::Tick(tick)), None)
+            .await?;
         Ok(())
     }
 
@@ -519,7 +561,9 @@ impl Shell {
     }
 
     /// Apply one input (already decoded, or not) to partition `p` through the core's fold,
-    /// add its journal entry to the partition's batch and write its outputs.
+    /// add its journal entry to the partition's batch and write its outputs. An input the
+    /// plausibility gate refuses is journaled without its record, so replaying the journal
+    /// skips it as this run did; the refusal is returned for the caller to report.
     async fn apply_and_journal(
         &mut self,
         p: i32,
@@ -527,25 +571,37 @@ impl Shell {
         raw: &[u8],
         input: Option<&Input>,
         input_ts_ms: Option<i64>,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<Option<Refusal>, PipelineError> {
+        let partitions = self.layout.schedule_partitions;
         let Some(o) = self.owned.get_mut(&p) else {
-            return Ok(());
+            return Ok(None);
         };
         if o.state.already_applied(pos) {
-            return Ok(());
+            return Ok(None);
         }
-        let outputs = match input {
-            Some(i) => o.state.apply(i, pos),
-            None => {
+        let at = Placement {
+            partition: p,
+            partitions,
+            clock_ms: o.state.clock_ms,
+        };
+        let refusal = input.and_then(|i| gate::check(i, at, &self.limits).err());
+        let (outputs, record) = match (input, &refusal) {
+            (Some(i), None) => (o.state.apply(i, pos), raw.to_vec()),
+            (Some(_), Some(_)) => {
                 o.state.skip(pos);
-                vec![]
+                (vec![], Vec::new())
+            }
+            // Undecodable: journaled as read; replay fails to decode it and skips it too.
+            (None, _) => {
+                o.state.skip(pos);
+                (vec![], raw.to_vec())
             }
         };
         o.since_snapshot += 1;
         let entry = JournalEntry {
             partition: p,
             input: pos.clone(),
-            record: raw.to_vec(),
+            record,
             decisions: outputs
                 .iter()
                 .filter_map(|out| match out {
@@ -558,7 +614,7 @@ impl Shell {
                 .collect(),
         };
         let touched: Vec<String> = outputs.iter().map(|o| o.schedule().to_string()).collect();
-        if let Some(Input::Telemetry(b)) = input
+        if let (Some(Input::Telemetry(b)), None) = (input, &refusal)
             && !touched.contains(&b.schedule)
         {
             // A bucket that closes no window changes only counters the view shows: they
@@ -576,7 +632,7 @@ impl Shell {
         if full {
             self.write_journal(p).await?;
         }
-        Ok(())
+        Ok(refusal)
     }
 
     async fn on_message(&mut self, m: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
@@ -593,7 +649,7 @@ impl Shell {
         let decoded = Input::decode(topic, raw);
         metrics::input_read(topic);
         if let Err(e) = &decoded {
-            self.dead_letter(m, &pos, e).await?;
+            self.dead_letter(m, &pos, e.to_string(), e.kind()).await?;
         }
         let input = decoded.ok();
         // Forecasts are global: every owned partition applies them (each remembers how far
@@ -603,9 +659,15 @@ impl Shell {
         } else {
             vec![m.partition()]
         };
+        let mut refused = None;
         for p in targets {
-            self.apply_and_journal(p, &pos, raw, input.as_ref(), ts)
+            let refusal = self
+                .apply_and_journal(p, &pos, raw, input.as_ref(), ts)
                 .await?;
+            refused = refused.or(refusal);
+        }
+        if let (Some(r), Some(input)) = (refused, &input) {
+            self.refused(m, &pos, input, r).await?;
         }
         if let Some(lag) = self.view.lag().get(GROUP, m.topic(), m.partition()) {
             lag.processed(ts.unwrap_or_else(now_ms));
@@ -613,22 +675,61 @@ impl Shell {
         Ok(())
     }
 
+    /// Report an input the gate refused: configs and overrides on `schedule.rejections`
+    /// (where their publishers look), everything else on the dead-letter topic.
+    async fn refused(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        pos: &InputPosition,
+        input: &Input,
+        r: Refusal,
+    ) -> Result<(), WriteFailed> {
+        tracing::warn!(topic = %pos.topic, partition = pos.partition, offset = pos.offset, kind = r.kind.as_str(), refusal = %r, "implausible input refused; no state changed");
+        metrics::input_refused(self.layout.topic_of(&pos.topic), r.kind);
+        let Input::Config(command) = input else {
+            return self
+                .dead_letter(m, pos, r.to_string(), r.kind.as_str())
+                .await;
+        };
+        let clock = self
+            .owned
+            .get(&pos.partition)
+            .map_or(0, |o| o.state.clock_ms);
+        let config_version = match command {
+            carbonflow_schemas::records::ConfigCommand::Config(c) => c.config_version,
+            _ => 0,
+        };
+        let rejection = ConfigRejection {
+            schedule: command.schedule().to_string(),
+            config_version,
+            rejected_at_ms: clock,
+            input: pos.clone(),
+            reasons: vec![FieldProblem {
+                field: r.field.clone(),
+                rule: format!("{}, got {} ({})", r.rule, r.value, r.kind.as_str()),
+            }],
+        };
+        self.emit(pos.partition, vec![Output::Rejection(rejection)], None)
+            .await
+    }
+
     async fn dead_letter(
         &mut self,
         m: &BorrowedMessage<'_>,
         pos: &InputPosition,
-        e: &CodecError,
+        reason: String,
+        kind: &'static str,
     ) -> Result<(), WriteFailed> {
-        tracing::warn!(topic = %pos.topic, partition = pos.partition, offset = pos.offset, error = %e, "undecodable record sent to the dead-letter topic");
-        metrics::dead_lettered(self.layout.topic_of(&pos.topic), e.kind());
+        tracing::warn!(topic = %pos.topic, partition = pos.partition, offset = pos.offset, %reason, "record sent to the dead-letter topic");
+        metrics::dead_lettered(self.layout.topic_of(&pos.topic), kind);
         let letter = DeadLetter {
             topic: pos.topic.clone(),
             partition: pos.partition,
             offset: pos.offset,
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
-            reason: e.to_string(),
-            error_kind: e.kind().to_string(),
+            reason,
+            error_kind: kind.to_string(),
             consumer: self.client_id.clone(),
             at_ms: m.timestamp().to_millis().unwrap_or_else(now_ms),
         };

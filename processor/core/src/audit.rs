@@ -199,7 +199,7 @@ pub fn differences(a: &Value, b: &Value) -> Vec<String> {
 pub struct Verification {
     /// Decisions compared.
     pub checked: u64,
-    /// Identical.
+    /// Compared decisions whose re-derived and emitted JSON are identical in every field.
     pub matched: u64,
     /// `(schedule, version, differing fields)`.
     pub mismatched: Vec<(String, i64, Vec<String>)>,

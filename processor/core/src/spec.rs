@@ -76,7 +76,7 @@ pub struct ScheduleSpec {
     pub on_expiry: ExpirySpec,
     /// Replica bounds per component.
     pub components: BTreeMap<String, BoundsSpec>,
-    /// Flavours.
+    /// Precision variants in registry order (default: precision-100, -50 and -30).
     pub flavours: Vec<FlavourSpec>,
     /// Ordered fallback rules.
     pub fallbacks: Vec<FallbackSpec>,
@@ -193,7 +193,7 @@ pub struct BoundsSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackSpec {
-    /// Conditions.
+    /// Outcomes that trigger the retry (`when: {status: [...]}`).
     pub when: FallbackWhen,
     /// Flavour to retry on.
     pub to: String,

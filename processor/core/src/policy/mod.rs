@@ -80,7 +80,7 @@ pub struct PolicyInput<'a> {
     pub flavours: &'a [Flavour],
     /// Forecast view at the decision's event time.
     pub forecast: &'a ForecastSnapshot,
-    /// Ledger.
+    /// Ledger balance and bounds, read before this decision's update.
     pub credit: CreditView,
 }
 
