@@ -63,7 +63,7 @@ pub enum PlotError {
     Draw {
         /// Output file.
         path: String,
-        /// Cause.
+        /// What plotters reported while drawing or writing the PNG, as text.
         detail: String,
     },
 }

@@ -2,20 +2,20 @@
 
 use std::fmt;
 
-/// p50, p99, max and mean of a sample set (milliseconds).
+/// p50, p99, max and mean of a sample set, in the unit of the samples (ms, decisions/s, MiB...).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
-    /// Samples.
+    /// Number of samples summarised.
     pub n: usize,
-    /// Median.
+    /// 50th percentile (nearest rank), in the samples' unit; NaN when there are none.
     pub p50: f64,
     /// 99th percentile (nearest rank).
     pub p99: f64,
-    /// Largest.
+    /// Largest sample; NaN when there are none.
     pub max: f64,
-    /// Smallest.
+    /// Smallest sample; NaN when there are none.
     pub min: f64,
-    /// Mean.
+    /// Arithmetic mean of the samples; 0 when there are none.
     pub mean: f64,
 }
 

@@ -19,7 +19,7 @@ pub enum CheckError {
     Read {
         /// The file.
         path: PathBuf,
-        /// Cause.
+        /// The I/O error reading it.
         #[source]
         source: std::io::Error,
     },
@@ -46,7 +46,7 @@ pub enum CheckError {
     Binary {
         /// Path of the binary.
         binary: PathBuf,
-        /// Cause.
+        /// Why it could not be started, or the non-zero exit status it ended with.
         detail: String,
     },
 }
