@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use carbonflow_core::reconcile::{Reconciliation, Repairs};
 use carbonflow_core::state::{PartitionState, STATE_FORMAT};
-use carbonflow_schemas::bus::{BusError, KafkaArgs, RangeReader, Topic};
+use carbonflow_schemas::bus::{BusError, KafkaArgs, RangeReader, Topic, TopicLayout};
 use carbonflow_schemas::records::{PartitionSnapshot, journal_entries};
 use carbonflow_schemas::{CodecError, decode};
 use flate2::Compression;
@@ -53,6 +53,36 @@ pub enum RestoreError {
         /// Decode error.
         #[source]
         source: CodecError,
+    },
+    /// Journal entries between the snapshot (or offset 0) and the oldest entry left are
+    /// gone: folding what is left would silently drop inputs.
+    #[error(
+        "journal {topic} partition {partition} is missing offsets {expected}..{first}: retention deleted them or the journal has a gap; the state would lack their inputs. Restore from a snapshot that covers them, or start with --accept-journal-gap to fold what is left"
+    )]
+    JournalGap {
+        /// Journal topic.
+        topic: String,
+        /// Journal partition, the same number as the schedule partition being restored.
+        partition: i32,
+        /// First offset the state needs (the snapshot's `journal_next_offset`, or 0).
+        expected: i64,
+        /// Oldest offset the journal still holds.
+        first: i64,
+    },
+    /// An input topic ends before the position the state records: it was recreated or
+    /// truncated, and reading on would skip or re-read inputs by accident.
+    #[error(
+        "input {topic} partition {partition} ends at offset {end}, but the state has read up to {saved}: the topic was recreated or truncated. Restore the topic, or reset this partition's state deliberately"
+    )]
+    InputTruncated {
+        /// Input topic.
+        topic: String,
+        /// Its partition.
+        partition: i32,
+        /// The next offset the state would read.
+        saved: i64,
+        /// The topic's high watermark (next offset to be written).
+        end: i64,
     },
     /// The state inside the snapshot could not be encoded.
     #[error("encoding the state of partition {partition}: {source}")]
@@ -138,13 +168,35 @@ fn decode_state(bytes: &[u8]) -> Option<PartitionState> {
     serde_json::from_reader(GzDecoder::new(bytes)).ok()
 }
 
-/// Restore `partition` from the journal, using the latest snapshot unless
-/// `use_snapshot` is false (then the whole journal is folded: tests). Blocking; call from
-/// a blocking thread.
+/// How a restore reads the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// Start from the latest readable snapshot (else fold the whole journal).
+    pub use_snapshot: bool,
+    /// Fold what is left when journal entries the state needs are gone, instead of
+    /// failing (`--accept-journal-gap`).
+    pub accept_journal_gap: bool,
+}
+
+impl RestoreOptions {
+    /// Latest snapshot plus the journal after it; a gap fails the restore.
+    pub const LATEST: Self = Self {
+        use_snapshot: true,
+        accept_journal_gap: false,
+    };
+    /// The whole journal from offset 0, no snapshot (audits and tests).
+    pub const WHOLE_JOURNAL: Self = Self {
+        use_snapshot: false,
+        accept_journal_gap: false,
+    };
+}
+
+/// Restore `partition` from the journal as `options` say. Blocking; call from a blocking
+/// thread.
 pub fn restore(
     args: &KafkaArgs,
     partition: i32,
-    use_snapshot: bool,
+    options: RestoreOptions,
 ) -> Result<Restored, RestoreError> {
     let bus = |source| RestoreError::Bus { partition, source };
     let started = Instant::now();
@@ -153,7 +205,7 @@ pub fn restore(
     let mut state = PartitionState::new(partition);
     let (mut journal_from, mut decisions_from, mut from_snapshot) = (0, 0, false);
 
-    if use_snapshot
+    if options.use_snapshot
         && let Some((snap, s)) =
             latest_snapshot(&reader, &layout.name(Topic::Snapshots), partition).map_err(bus)?
     {
@@ -166,12 +218,17 @@ pub fn restore(
     // Journal tail.
     let journal = layout.name(Topic::Journal);
     let (low, journal_end) = reader.watermarks(&journal, partition).map_err(bus)?;
-    if !from_snapshot && low > 0 {
-        tracing::warn!(
+    if journal_from < low {
+        let gap = RestoreError::JournalGap {
+            topic: journal.clone(),
             partition,
-            first_offset = low,
-            "journal starts at offset {low}: older entries were deleted by retention and no snapshot covers them; the state folds only what is left"
-        );
+            expected: journal_from,
+            first: low,
+        };
+        if !options.accept_journal_gap {
+            return Err(gap);
+        }
+        tracing::warn!(partition, error = %gap, "folding the journal that is left (--accept-journal-gap)");
     }
     let mut reconciliation = Reconciliation::new();
     let mut divergent = 0_u64;
@@ -229,6 +286,7 @@ pub fn restore(
             },
         )
         .map_err(bus)?;
+    check_inputs_reach(&reader, &layout, &state, partition)?;
     let replayed = reconciliation.replayed;
     let repairs = reconciliation.conclude(&state, &decisions, partition);
     Ok(Restored {
@@ -243,8 +301,44 @@ pub fn restore(
     })
 }
 
+/// Every input partition the state has read still reaches the position it recorded.
+fn check_inputs_reach(
+    reader: &RangeReader,
+    layout: &TopicLayout,
+    state: &PartitionState,
+    partition: i32,
+) -> Result<(), RestoreError> {
+    let inputs = [
+        (Topic::Config, partition),
+        (Topic::Telemetry, partition),
+        (Topic::Ticks, partition),
+        (Topic::Forecasts, 0),
+    ];
+    for (topic, p) in inputs {
+        let name = layout.name(topic);
+        let saved = state.next_offset(&name, p);
+        let (low, end) = reader
+            .watermarks(&name, p)
+            .map_err(|source| RestoreError::Bus { partition, source })?;
+        if end < saved {
+            return Err(RestoreError::InputTruncated {
+                topic: name,
+                partition: p,
+                saved,
+                end,
+            });
+        }
+        if low > saved {
+            tracing::warn!(topic = %name, partition = p, saved, first = low, "inputs between the saved position and the oldest record left were deleted by retention before they were applied");
+        }
+    }
+    Ok(())
+}
+
 /// The newest readable snapshot of `partition` in this state format, with its state, if
-/// any. The last few records suffice: the topic is compacted by partition key.
+/// any. The last few records suffice: the topic is compacted by partition key. Records
+/// that do not decode are counted and passed over (restore then uses an older snapshot
+/// or replays the journal).
 fn latest_snapshot(
     reader: &RangeReader,
     topic: &str,
@@ -253,12 +347,31 @@ fn latest_snapshot(
     let (low, high) = reader.watermarks(topic, partition)?;
     let mut latest = None;
     reader.read(topic, partition, low.max(high - 4), high, |r| {
-        if let Some(snap) = r.payload.and_then(|p| decode::<PartitionSnapshot>(p).ok())
-            && snap.state_format == STATE_FORMAT
-            && snap.partition == partition
-            && let Some(state) = decode_state(&snap.state)
-        {
-            latest = Some((snap, state));
+        let Some(payload) = r.payload else {
+            return Ok(());
+        };
+        let Ok(snap) = decode::<PartitionSnapshot>(payload) else {
+            tracing::warn!(
+                partition,
+                offset = r.offset,
+                "unreadable snapshot record passed over"
+            );
+            crate::metrics::snapshot_unreadable();
+            return Ok(());
+        };
+        if snap.state_format != STATE_FORMAT || snap.partition != partition {
+            return Ok(());
+        }
+        match decode_state(&snap.state) {
+            Some(state) => latest = Some((snap, state)),
+            None => {
+                tracing::warn!(
+                    partition,
+                    offset = r.offset,
+                    "snapshot whose state does not decode passed over"
+                );
+                crate::metrics::snapshot_unreadable();
+            }
         }
         Ok::<(), BusError>(())
     })?;

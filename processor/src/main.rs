@@ -70,6 +70,11 @@ struct RunArgs {
     client_id: Option<String>,
     #[command(flatten)]
     limits: LimitArgs,
+    /// Restore a partition whose journal lost entries the state needs (deleted by
+    /// retention, or a gap) by folding what is left. Without it such a restore fails and
+    /// names the missing offsets: the state would lack their inputs.
+    #[arg(long, env = "CARBONFLOW_ACCEPT_JOURNAL_GAP")]
+    accept_journal_gap: bool,
 }
 
 /// What an input may hold (see README, "What the processor refuses"). Inputs outside
@@ -383,6 +388,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| format!("processor-{}", args.instance)),
         limits: args.limits.limits()?,
+        accept_journal_gap: args.accept_journal_gap,
     };
     let handle = carbonflow_schemas::service::install_metrics().context("installing metrics")?;
     carbonflow_processor::metrics::describe();

@@ -56,6 +56,7 @@ const JOURNAL_BYTES: &str = "carbonflow_journal_bytes_total";
 const SNAPSHOTS: &str = "carbonflow_snapshots_total";
 const SNAPSHOTS_SKIPPED: &str = "carbonflow_snapshots_skipped_total";
 const SNAPSHOT_BYTES: &str = "carbonflow_snapshot_bytes";
+const SNAPSHOTS_UNREADABLE: &str = "carbonflow_snapshots_unreadable_total";
 const RESTORE_DURATION: &str = "carbonflow_restore_duration_seconds";
 const RESTORE_REPLAYED: &str = "carbonflow_restore_replayed_entries_total";
 const RESTORE_DIVERGENT: &str = "carbonflow_restore_divergent_entries_total";
@@ -179,7 +180,12 @@ pub fn describe() {
     describe_counter!(
         SNAPSHOTS_SKIPPED,
         Unit::Count,
-        "Snapshots not written, by reason (too_large: over the broker's record limit)."
+        "Snapshots not written, by reason (too_large: over the broker's record limit; write_failed: refused or not acknowledged)."
+    );
+    describe_counter!(
+        SNAPSHOTS_UNREADABLE,
+        Unit::Count,
+        "Snapshot records restore could not decode and passed over (it used an older snapshot or the journal)."
     );
     describe_gauge!(
         SNAPSHOT_BYTES,
@@ -211,7 +217,10 @@ pub fn describe() {
 /// (a series that appears at 1 has no increase to alert on).
 pub(crate) fn start_at_zero() {
     counter!(CONFIG_REJECTIONS).increment(0);
-    counter!(SNAPSHOTS_SKIPPED, "reason" => "too_large").increment(0);
+    for reason in SnapshotSkipped::ALL {
+        counter!(SNAPSHOTS_SKIPPED, "reason" => reason.label()).increment(0);
+    }
+    counter!(SNAPSHOTS_UNREADABLE).increment(0);
     for reason in PolicyError::KINDS {
         counter!(DECISIONS_REFUSED, "reason" => reason).increment(0);
     }
@@ -381,9 +390,34 @@ pub(crate) fn snapshot_written(partition: i32, bytes: usize) {
     counter!(SNAPSHOTS).increment(1);
 }
 
-/// A snapshot was larger than the broker accepts and was not written.
-pub(crate) fn snapshot_too_large() {
-    counter!(SNAPSHOTS_SKIPPED, "reason" => "too_large").increment(1);
+/// Why a snapshot was not written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SnapshotSkipped {
+    /// Larger than the broker's record limit.
+    TooLarge,
+    /// The broker refused or did not acknowledge it.
+    WriteFailed,
+}
+
+impl SnapshotSkipped {
+    const ALL: [Self; 2] = [Self::TooLarge, Self::WriteFailed];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::WriteFailed => "write_failed",
+        }
+    }
+}
+
+/// A snapshot was not written.
+pub(crate) fn snapshot_skipped(reason: SnapshotSkipped) {
+    counter!(SNAPSHOTS_SKIPPED, "reason" => reason.label()).increment(1);
+}
+
+/// Restore passed over a snapshot record it could not decode.
+pub(crate) fn snapshot_unreadable() {
+    counter!(SNAPSHOTS_UNREADABLE).increment(1);
 }
 
 /// A partition was restored in `took`, replaying `replayed` entries of which `divergent`

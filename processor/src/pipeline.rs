@@ -39,8 +39,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::{RestoreError, restore, snapshot_of};
-use crate::metrics;
+use crate::journal::{RestoreError, RestoreOptions, restore, snapshot_of};
+use crate::metrics::{self, SnapshotSkipped};
 use crate::outbox::{Delivery, Outbox, UnwrittenBatch, WriteFailed, Written};
 use crate::ticks::write_ticks;
 use crate::view::{ProcessorView, ScheduleSummary};
@@ -65,6 +65,8 @@ pub struct Settings {
     pub client_id: String,
     /// What an input may hold (the plausibility gate's bounds).
     pub limits: Limits,
+    /// Restore folds what is left of a journal with missing entries instead of failing.
+    pub accept_journal_gap: bool,
 }
 
 impl Settings {
@@ -175,18 +177,25 @@ pub async fn run(
         ?owned,
         "owning schedule partitions"
     );
-    let producer = RecordProducer::new(&args, &settings.client_id)?;
+    // Journal entries and decisions share one producer; with the gapless guarantee a
+    // record that could leave a gap in a partition is a fatal error, which stops the
+    // processor (restore then rebuilds from what was written).
+    let producer = RecordProducer::gapless(&args, &settings.client_id)?;
     let mut shell = Shell {
         layout: layout.clone(),
-        outbox: Outbox::new(producer.clone(), layout.clone()),
+        outbox: Outbox::new(producer, layout.clone()),
         view: view.clone(),
         owned: BTreeMap::new(),
         client_id: settings.client_id.clone(),
         limits: settings.limits.clone(),
     };
     // Restore before deciding anything.
+    let options = RestoreOptions {
+        accept_journal_gap: settings.accept_journal_gap,
+        ..RestoreOptions::LATEST
+    };
     for &p in &owned {
-        shell.restore_partition(&args, p).await?;
+        shell.restore_partition(&args, p, options).await?;
     }
     for &p in &owned {
         shell.start_clock(p).await?;
@@ -197,8 +206,11 @@ pub async fn run(
     metrics::ready(true);
     tracing::info!("restored; consuming inputs");
 
+    // Ticks have a producer of their own: a tick that fails is simply written again at
+    // the next interval, and must not make the journal's producer fatal.
+    let tick_producer = RecordProducer::new(&args, &format!("{}-ticks", settings.client_id))?;
     let ticker = tokio::spawn(write_ticks(
-        producer,
+        tick_producer,
         layout,
         owned,
         settings.tick_interval,
@@ -213,9 +225,14 @@ pub async fn run(
 impl Shell {
     /// Restore partition `p` from its snapshot and journal, take ownership of it, and
     /// write the repairs restore found (adopted orphans, unsent decisions, tombstones).
-    async fn restore_partition(&mut self, args: &KafkaArgs, p: i32) -> Result<(), PipelineError> {
+    async fn restore_partition(
+        &mut self,
+        args: &KafkaArgs,
+        p: i32,
+        options: RestoreOptions,
+    ) -> Result<(), PipelineError> {
         let a = args.clone();
-        let r = tokio::task::spawn_blocking(move || restore(&a, p, true)).await??;
+        let r = tokio::task::spawn_blocking(move || restore(&a, p, options)).await??;
         tracing::info!(
             partition = p,
             from_snapshot = r.from_snapshot,
@@ -768,10 +785,13 @@ impl Shell {
             // replays the journal from the previous snapshot: slower, still exact.
             Err(e) if e.is_message_too_large() => {
                 tracing::warn!(partition = p, bytes = size, error = %e, "snapshot larger than the broker accepts; skipped (raise message.max.bytes on the broker and with --kafka-option, or spread schedules over more partitions)");
-                metrics::snapshot_too_large();
+                metrics::snapshot_skipped(SnapshotSkipped::TooLarge);
             }
-            Err(source) => {
-                return Err(WriteFailed::new("a snapshot", p, source).into());
+            // Any other failure is not fatal either: the state and the journal are intact,
+            // and the next snapshot is due again after the next interval.
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "snapshot could not be written; skipped, the next one is due after the snapshot interval");
+                metrics::snapshot_skipped(SnapshotSkipped::WriteFailed);
             }
         }
         Ok(())

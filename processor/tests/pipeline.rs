@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use carbonflow_processor::journal::restore;
+use carbonflow_processor::journal::{RestoreOptions, restore};
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::decode;
 use carbonflow_schemas::records::{
@@ -119,10 +119,11 @@ async fn assert_final_state_is_the_journal_fold(
     let mut folds = Vec::new();
     for p in 0..args.schedule_partitions {
         let a = args.clone();
-        let folded = tokio::task::spawn_blocking(move || restore(&a, p, false))
-            .await
-            .expect("join")
-            .expect("fold the whole journal");
+        let folded =
+            tokio::task::spawn_blocking(move || restore(&a, p, RestoreOptions::WHOLE_JOURNAL))
+                .await
+                .expect("join")
+                .expect("fold the whole journal");
         assert_eq!(folded.divergent, 0, "replay diverged from the journal");
         assert!(
             folded.repairs.unsent.is_empty(),
@@ -162,7 +163,26 @@ async fn state_of(p: &ProcessorProcess, schedule: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
-    let args = fresh_layout("crash", 2).await;
+    // Small snapshot interval so restores use snapshot + journal tail, not just the tail.
+    crash_run("crash", &["--snapshot-every", "40"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_snapshots_are_written_loses_and_duplicates_nothing() {
+    // A snapshot of every partition every second: the kills land before, during and just
+    // after snapshot writes.
+    crash_run(
+        "snapcrash",
+        &["--snapshot-every", "1", "--snapshot-interval-s", "1"],
+    )
+    .await;
+}
+
+/// Telemetry for four schedules while the processor is SIGKILLed six times at random
+/// points; then every request is counted once, versions never regress, and the state
+/// equals the journal folded from offset 0 and snapshot + tail.
+async fn crash_run(name: &str, extra: &[&str]) {
+    let args = fresh_layout(name, 2).await;
     let producer = RecordProducer::new(&args, "crash-test").expect("producer");
     let schedules: Vec<String> = (0..4).map(|i| format!("crash/s{i}")).collect();
     for s in &schedules {
@@ -170,9 +190,7 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     }
     send(&producer, &args, Topic::Forecasts, "GB", &forecast(150.0)).await;
 
-    // Small snapshot interval so restores use snapshot + journal tail, not just the tail.
-    let extra = ["--snapshot-every", "40"];
-    let mut processor = ProcessorProcess::start(&args, 0, 1, &extra);
+    let mut processor = ProcessorProcess::start(&args, 0, 1, extra);
     // The configs are journaled before any telemetry is sent. Otherwise a kill before
     // the first journal write makes the restart read configs and telemetry afresh, and
     // across topics the consumer does not keep the order in which they were produced: a
@@ -223,7 +241,7 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
             processor.kill();
             kills += 1;
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
-            processor = ProcessorProcess::start(&args, 0, 1, &extra);
+            processor = ProcessorProcess::start(&args, 0, 1, extra);
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
@@ -252,7 +270,7 @@ async fn sigkill_at_random_points_loses_and_duplicates_nothing() {
     for folded in assert_final_state_is_the_journal_fold(&args).await {
         let p = folded.state.partition;
         let a = args.clone();
-        let restored = tokio::task::spawn_blocking(move || restore(&a, p, true))
+        let restored = tokio::task::spawn_blocking(move || restore(&a, p, RestoreOptions::LATEST))
             .await
             .expect("join")
             .expect("snapshot + tail");
@@ -601,4 +619,194 @@ async fn restore_adopts_orphan_decisions_and_resends_unsent_ones() {
     assert_eq!(resent.provenance.cause, "config");
     assert_versions_never_regress(&args);
     drop(p);
+}
+
+/// `send`, retried for a while: a broker that was just started or restarted may refuse
+/// the first writes while it elects itself leader of the partitions.
+async fn send_retrying<T: carbonflow_schemas::AvroRecord>(
+    producer: &RecordProducer,
+    args: &KafkaArgs,
+    topic: Topic,
+    key: &str,
+    record: &T,
+) {
+    let name = args.layout().name(topic);
+    for attempt in 1.. {
+        match producer.send(&name, key, None, record).await {
+            Ok(_) => return,
+            Err(e) if attempt < 20 => {
+                eprintln!("producing to {name} (attempt {attempt}): {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("producing to {name}: {e}"),
+        }
+    }
+}
+
+/// Buckets for every schedule, `batches` times; adds what was sent to `expected`.
+async fn send_telemetry(
+    producer: &RecordProducer,
+    args: &KafkaArgs,
+    schedules: &[&str],
+    batches: i64,
+    expected: &mut BTreeMap<String, i64>,
+) {
+    for batch in 0..batches {
+        for s in schedules {
+            let counts = [batch % 5, 2, 1];
+            *expected.entry((*s).to_string()).or_default() += counts.iter().sum::<i64>();
+            send_retrying(
+                producer,
+                args,
+                Topic::Telemetry,
+                s,
+                &bucket(s, "router-0", counts),
+            )
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_seen(processor: &ProcessorProcess, expected: &BTreeMap<String, i64>) {
+    for (s, want) in expected {
+        let seen = eventually(
+            &format!("{s} to have seen {want} requests"),
+            Duration::from_secs(60),
+            || async {
+                let seen = state_of(processor, s).await?["requestsSeen"].as_i64()?;
+                (seen >= *want).then_some(seen)
+            },
+        )
+        .await;
+        assert_eq!(seen, *want, "{s}: requests counted {seen}, produced {want}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_under_a_running_processor_loses_and_duplicates_nothing() {
+    let broker = carbonflow_schemas::testing::PrivateBroker::start("bounce");
+    let mut args = KafkaArgs::for_brokers(broker.address());
+    args.topic_prefix = "bounce.".into();
+    args.schedule_partitions = 2;
+    carbonflow_schemas::bus::admin::ensure_topics(&args, &args.layout(), 1)
+        .await
+        .expect("topics on the private broker");
+    let producer = RecordProducer::new(&args, "bounce-test").expect("producer");
+    let schedules = ["bounce/a", "bounce/b", "bounce/c"];
+    for s in schedules {
+        send_retrying(&producer, &args, Topic::Config, s, &config(s, 1)).await;
+    }
+    send_retrying(&producer, &args, Topic::Forecasts, "GB", &forecast(150.0)).await;
+    let mut processor = ProcessorProcess::start(&args, 0, 1, &["--snapshot-every", "20"]);
+    processor.wait_ready(Duration::from_secs(60)).await;
+    let mut expected = BTreeMap::new();
+    send_telemetry(&producer, &args, &schedules, 20, &mut expected).await;
+    wait_seen(&processor, &expected).await;
+
+    // The broker goes away for a few seconds under the running processor, and comes back
+    // with its data. A write the broker fails stops the processor (restore rebuilds from
+    // the log); like its deployments (restart: always, a StatefulSet), the test then starts
+    // it again.
+    broker.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.resume();
+
+    send_telemetry(&producer, &args, &schedules, 20, &mut expected).await;
+    let mut restarts = 0;
+    // Generous: when the local broker does not stop within 5 s, broker.sh SIGKILLs it,
+    // and the restarted broker may then reset connections for tens of seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    loop {
+        if processor.exited() {
+            restarts += 1;
+            eprintln!("the processor stopped on a failed write; restarting it ({restarts})");
+            processor = ProcessorProcess::start(&args, 0, 1, &["--snapshot-every", "20"]);
+        }
+        if processor.exited() {
+            continue;
+        }
+        let mut all = true;
+        for (s, want) in &expected {
+            let seen = match common::try_http(
+                "GET",
+                &format!("{}/schedule/{s}/state", processor.admin),
+                None,
+            )
+            .await
+            {
+                Ok((200, v)) => v["requestsSeen"].as_i64(),
+                _ => None,
+            };
+            all &= seen == Some(*want);
+        }
+        if all {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests not all counted after the broker came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        restarts <= 3,
+        "{restarts} restarts after one broker restart"
+    );
+    wait_seen(&processor, &expected).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    processor.stop();
+    assert_versions_never_regress(&args);
+    for folded in assert_final_state_is_the_journal_fold(&args).await {
+        for (id, s) in &folded.state.schedules {
+            assert_eq!(s.requests_seen, expected[id], "{id}: journal fold counts");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_snapshot_is_passed_over_and_the_journal_replayed() {
+    let args = fresh_layout("badsnap", 1).await;
+    let producer = RecordProducer::new(&args, "badsnap-test").expect("producer");
+    let schedules = ["snap/a", "snap/b"];
+    for s in schedules {
+        send(&producer, &args, Topic::Config, s, &config(s, 1)).await;
+    }
+    let mut processor = ProcessorProcess::start(&args, 0, 1, &[]);
+    processor.wait_ready(Duration::from_secs(60)).await;
+    let mut expected = BTreeMap::new();
+    send_telemetry(&producer, &args, &schedules, 10, &mut expected).await;
+    wait_seen(&processor, &expected).await;
+    processor.stop(); // a clean stop writes a snapshot
+
+    // The newest snapshot record becomes garbage: right magic bytes, nothing behind them.
+    let snapshots = args.layout().name(Topic::Snapshots);
+    producer
+        .send_bytes(&snapshots, b"0", Some(0), b"\xC3\x01garbage", None)
+        .await
+        .expect("a corrupt snapshot record");
+
+    let processor = ProcessorProcess::start(&args, 0, 1, &[]);
+    processor.wait_ready(Duration::from_secs(60)).await;
+    wait_seen(&processor, &expected).await;
+    let client = carbonflow_schemas::testing::http_client();
+    let metrics = carbonflow_schemas::testing::send(
+        &client,
+        "GET",
+        &format!("{}/metrics", processor.admin),
+        &[],
+        None,
+    )
+    .await
+    .expect("metrics");
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("carbonflow_snapshots_unreadable_total") && l.ends_with(" 1")),
+        "the corrupt snapshot is counted:\n{}",
+        text.lines()
+            .filter(|l| l.contains("snapshot"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

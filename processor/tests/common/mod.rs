@@ -40,6 +40,11 @@ impl ProcessorProcess {
         }
     }
 
+    /// Whether the process has exited on its own.
+    pub(crate) fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// SIGKILL: no clean shutdown, no final snapshot.
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();

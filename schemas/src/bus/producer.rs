@@ -40,6 +40,19 @@ impl RecordProducer {
         Ok(Self { inner })
     }
 
+    /// As [`new`](Self::new), with librdkafka's gapless guarantee: a failure that could
+    /// leave a gap in a partition's sequence (a record lost while later ones are written)
+    /// is fatal to the producer instead. For writers whose records form a log that is
+    /// folded in order (the processor's journal and decisions).
+    pub fn gapless(args: &KafkaArgs, client_id: &str) -> Result<Self, BusError> {
+        let mut config = args.producer_config(client_id)?;
+        config.set("enable.gapless.guarantee", "true");
+        let inner = config
+            .create()
+            .map_err(|e| BusError::kafka("create producer", e))?;
+        Ok(Self { inner })
+    }
+
     /// Publish a config command (config, override or deletion) to `schedule.config`,
     /// keyed by its schedule so the default partitioner puts it beside the schedule's
     /// other inputs. Resolves once the broker acknowledged it.
