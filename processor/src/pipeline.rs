@@ -45,6 +45,12 @@ use crate::outbox::{Delivery, Outbox, UnwrittenBatch, WriteFailed, Written};
 use crate::ticks::write_ticks;
 use crate::view::{ProcessorView, ScheduleSummary};
 
+/// Largest input record applied, bytes: a journal batch holding one must stay well under
+/// the broker's default 1 MB record limit.
+const MAX_INPUT_BYTES: usize = 256 * 1024;
+/// How much of a dead-lettered record's key and payload its dead letter copies, bytes.
+const DEAD_LETTER_COPY_BYTES: usize = 64 * 1024;
+
 /// Consumer group name reported in lag metrics (no group commits are made).
 const GROUP: &str = "carbonflow-processor";
 
@@ -661,14 +667,31 @@ impl Shell {
             partition: m.partition(),
             offset: m.offset(),
         };
-        let raw = m.payload().unwrap_or_default();
+        let payload = m.payload().unwrap_or_default();
         let ts = m.timestamp().to_millis();
-        let decoded = Input::decode(topic, raw);
         metrics::input_read(topic);
-        if let Err(e) = &decoded {
-            self.dead_letter(m, &pos, e.to_string(), e.kind()).await?;
-        }
-        let input = decoded.ok();
+        // A record this large would make its journal batch too large for the broker, and
+        // the processor would stop on it at every restart: it is refused unread, and
+        // journaled without its bytes.
+        let too_large = payload.len() > MAX_INPUT_BYTES;
+        let raw = if too_large { &[][..] } else { payload };
+        let decoded = if too_large {
+            let reason = format!(
+                "record of {} bytes is larger than the {MAX_INPUT_BYTES} bytes an input may have",
+                payload.len()
+            );
+            self.dead_letter(m, &pos, reason, "too_large").await?;
+            None
+        } else {
+            match Input::decode(topic, raw) {
+                Ok(input) => Some(input),
+                Err(e) => {
+                    self.dead_letter(m, &pos, e.to_string(), e.kind()).await?;
+                    None
+                }
+            }
+        };
+        let input = decoded;
         // Forecasts are global: every owned partition applies them (each remembers how far
         // it got, so partitions restored from different points each resume correctly).
         let targets: Vec<i32> = if topic == Topic::Forecasts {
@@ -739,12 +762,23 @@ impl Shell {
     ) -> Result<(), WriteFailed> {
         tracing::warn!(topic = %pos.topic, partition = pos.partition, offset = pos.offset, %reason, "record sent to the dead-letter topic");
         metrics::dead_lettered(self.layout.topic_of(&pos.topic), kind);
+        // Copies are bounded so that a dead letter always fits in a record.
+        let copy = |b: &[u8]| b[..b.len().min(DEAD_LETTER_COPY_BYTES)].to_vec();
+        let payload = m.payload().unwrap_or_default();
+        let reason = if payload.len() > DEAD_LETTER_COPY_BYTES {
+            format!(
+                "{reason} (payload copied truncated: the first {DEAD_LETTER_COPY_BYTES} of {} bytes)",
+                payload.len()
+            )
+        } else {
+            reason
+        };
         let letter = DeadLetter {
             topic: pos.topic.clone(),
             partition: pos.partition,
             offset: pos.offset,
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
+            key: m.key().map(copy),
+            payload: m.payload().map(copy),
             reason,
             error_kind: kind.to_string(),
             consumer: self.client_id.clone(),

@@ -148,14 +148,24 @@ async fn bad_records_from_a_foreign_producer_are_refused_and_change_no_decision(
     )
     .await;
 
+    let name = args.layout().name(Topic::Forecasts);
+    let huge_record = vec![0xC3_u8; 600_000];
+    producer
+        .send(
+            FutureRecord::to(&name).key("GB").payload(&huge_record),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("writing a 600 kB record: {e}"));
+
     // Then each is refused with its reason...
     let letters: Vec<DeadLetter> =
-        eventually("four dead letters", Duration::from_secs(30), || async {
+        eventually("five dead letters", Duration::from_secs(30), || async {
             let letters: Vec<DeadLetter> = read_all(&args, Topic::DeadLetters, 0)
                 .into_iter()
                 .filter_map(|(_, _, payload)| decode(&payload?).ok())
                 .collect();
-            (letters.len() >= 4).then_some(letters)
+            (letters.len() >= 5).then_some(letters)
         })
         .await;
     let reasons: Vec<(String, String)> = letters
@@ -175,6 +185,20 @@ async fn bad_records_from_a_foreign_producer_are_refused_and_change_no_decision(
     assert!(
         has("wrong_partition", &format!("partition {home}")),
         "{reasons:?}"
+    );
+    let oversized = letters
+        .iter()
+        .find(|l| l.error_kind == "too_large")
+        .expect("the oversized record is dead-lettered");
+    assert_eq!(
+        oversized.payload.as_ref().map(Vec::len),
+        Some(64 * 1024),
+        "with a truncated copy"
+    );
+    assert!(
+        oversized.reason.contains("600000 bytes"),
+        "{}",
+        oversized.reason
     );
     eventually(
         "the override's TTL refused on schedule.rejections",
