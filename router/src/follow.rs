@@ -64,7 +64,7 @@ pub async fn follow(
     let mut behind: BTreeMap<i32, i64> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
     let mark_ready = |ready: &AtomicBool| {
         ready.store(true, Ordering::SeqCst);
-        metrics::gauge!("carbonflow_router_bootstrap_seconds").set(started.elapsed().as_secs_f64());
+        crate::metrics::bootstrapped(started.elapsed().as_secs_f64());
         tracing::info!(
             took_ms = started.elapsed().as_millis() as u64,
             schedules = table.all().len(),
@@ -98,8 +98,7 @@ pub async fn follow(
             Some(bytes) => match decode::<ScheduleDecision>(bytes) {
                 Ok(d) => apply(&table, d, now, bootstrapping, m.timestamp().to_millis()),
                 Err(e) => {
-                    metrics::counter!("carbonflow_router_undecodable_decisions_total", "kind" => e.kind())
-                        .increment(1);
+                    crate::metrics::undecodable_decision(e.kind());
                     tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "undecodable decision skipped");
                 }
             },

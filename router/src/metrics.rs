@@ -9,10 +9,6 @@
 //! and the remaining labels are fixed enumerations (status classes, fallback rule
 //! indices, codec error kinds, drop reasons).
 //!
-//! Two metrics are still emitted directly in `follow::follow`, the decisions read loop:
-//! `carbonflow_router_bootstrap_seconds` and
-//! `carbonflow_router_undecodable_decisions_total`. They are described here like the
-//! others.
 
 use std::time::Duration;
 
@@ -152,6 +148,16 @@ pub(crate) fn decision_applied(
 /// the clocks of the broker and the router may disagree).
 pub(crate) fn decision_propagated(delay_ms: i64) {
     histogram!(DECISION_PROPAGATION).record(delay_ms.max(0) as f64 / 1000.0);
+}
+
+/// The router caught up with the decisions topic `seconds` after it started.
+pub(crate) fn bootstrapped(seconds: f64) {
+    gauge!(BOOTSTRAP_SECONDS).set(seconds);
+}
+
+/// A record on the decisions topic did not decode (`kind`: the codec error kind).
+pub(crate) fn undecodable_decision(kind: &'static str) {
+    counter!(UNDECODABLE_DECISIONS, "kind" => kind).increment(1);
 }
 
 /// A decision not newer than the one held was ignored.

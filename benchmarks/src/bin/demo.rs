@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use carbonflow_benchmarks::prom;
+use carbonflow_schemas::vocabulary::ScheduleId;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -67,6 +68,7 @@ fn shares(counts: &BTreeMap<String, u64>, names: &[String]) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let id: ScheduleId = cli.schedule.parse()?;
     anyhow::ensure!(cli.rate > 0.0, "--rate must be positive");
     let client: HttpClient = carbonflow_benchmarks::http::client();
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -120,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         let names: Vec<String> = flavours.iter().map(|f| f.0.clone()).collect();
         let metrics = text(&client, &format!("{}/metrics", cli.processor)).await;
-        let (ns, name) = cli.schedule.split_once('/').unwrap_or(("", &cli.schedule));
+        let (ns, name) = (id.namespace(), id.name());
         let intensity = prom::value(
             &metrics,
             &format!(
