@@ -50,11 +50,16 @@ enum Command {
         /// flavour=weight, repeatable (weights are proportional).
         #[arg(
             long = "weight",
-            required = true,
+            required_unless_present = "cancel",
+            conflicts_with = "cancel",
             env = "CARBONFLOW_OVERRIDE_WEIGHTS",
             value_delimiter = ','
         )]
         weights: Vec<String>,
+        /// End the schedule's override now instead of setting one (the next decision
+        /// comes from its policy again).
+        #[arg(long)]
+        cancel: bool,
         /// How long the override lives, e.g. 90s or 10m.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, env = "CARBONFLOW_OVERRIDE_TTL")]
         ttl: Duration,
@@ -316,9 +321,20 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Override {
             schedule: id,
+            cancel: true,
+            reason,
+            ..
+        } => {
+            let c = schedule::cancellation(&id, reason, now_ms())?;
+            producer()?.publish_config(&kafka.layout(), &c).await?;
+            println!("published the end of {id}'s override");
+        }
+        Command::Override {
+            schedule: id,
             weights,
             ttl,
             reason,
+            ..
         } => {
             let o =
                 schedule::manual_override(&id, &weights, ttl.as_secs() as i64, reason, now_ms())?;

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use carbonflow_core::spec::ScheduleSpec;
 use carbonflow_core::validate::{describe_problems, validate, validate_override};
 use carbonflow_schemas::records::{
-    ConfigCommand, FlavourWeight, ManualOverride, ScheduleConfig, ScheduleDeletion,
+    ConfigCommand, FlavourWeight, ManualOverride, OverrideCancellation, ScheduleConfig,
+    ScheduleDeletion,
 };
 use carbonflow_schemas::vocabulary::{ScheduleId, ScheduleIdError};
 use serde_json::Value;
@@ -85,6 +86,22 @@ pub fn deletion(schedule: &str, at_ms: i64) -> Result<ConfigCommand, ScheduleErr
     Ok(ConfigCommand::Delete(ScheduleDeletion {
         schedule: id.to_string(),
         issued_at_ms: at_ms,
+    }))
+}
+
+/// The end of `schedule`'s manual override.
+pub fn cancellation(
+    schedule: &str,
+    reason: Option<String>,
+    at_ms: i64,
+) -> Result<ConfigCommand, ScheduleError> {
+    let id: ScheduleId = schedule
+        .parse()
+        .map_err(|e: ScheduleIdError| ScheduleError::Argument(e.to_string()))?;
+    Ok(ConfigCommand::CancelOverride(OverrideCancellation {
+        schedule: id.to_string(),
+        issued_at_ms: at_ms,
+        reason,
     }))
 }
 

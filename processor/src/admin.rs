@@ -15,7 +15,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use carbonflow_schemas::bus::{RecordProducer, TopicLayout};
-use carbonflow_schemas::records::{ConfigCommand, FieldProblem, FlavourWeight, ManualOverride};
+use carbonflow_schemas::records::{
+    ConfigCommand, FieldProblem, FlavourWeight, ManualOverride, OverrideCancellation,
+};
 use carbonflow_schemas::service::{METRICS_CONTENT_TYPE, metrics_text, now_ms};
 use carbonflow_schemas::vocabulary::ScheduleId;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -52,7 +54,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/schedule", get(list_schedules))
         .route("/schedule/{ns}/{name}", get(get_schedule))
         .route("/schedule/{ns}/{name}/state", get(get_state))
-        .route("/schedule/{ns}/{name}/manual", post(post_manual))
+        .route(
+            "/schedule/{ns}/{name}/manual",
+            post(post_manual).delete(delete_manual),
+        )
         .route("/config/{ns}/{name}", put(put_config))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
@@ -315,6 +320,28 @@ async fn post_manual(
     }
     match publish(&state, ConfigCommand::Override(o)).await {
         Ok(()) => reply(StatusCode::ACCEPTED, json!({"status": "schedule set"})),
+        Err(r) => r,
+    }
+}
+
+/// `DELETE /schedule/{ns}/{name}/manual`: end the override now. Published like every
+/// command; the owner applies it in order with the schedule's other commands, and ending
+/// an override that is not in force changes nothing.
+async fn delete_manual(
+    State(state): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let id = match schedule_id(&ns, &name) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let cancel = OverrideCancellation {
+        schedule: id.to_string(),
+        issued_at_ms: now_ms(),
+        reason: None,
+    };
+    match publish(&state, ConfigCommand::CancelOverride(cancel)).await {
+        Ok(()) => reply(StatusCode::ACCEPTED, json!({"status": "override ending"})),
         Err(r) => r,
     }
 }

@@ -810,3 +810,55 @@ async fn a_corrupt_snapshot_is_passed_over_and_the_journal_replayed() {
             .join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_set_over_http_ends_early_on_delete() {
+    let args = fresh_layout("cancel", 1).await;
+    let producer = RecordProducer::new(&args, "cancel-test").expect("producer");
+    let schedule = "shop/cancel";
+    send(
+        &producer,
+        &args,
+        Topic::Config,
+        schedule,
+        &config(schedule, 1),
+    )
+    .await;
+    let processor = ProcessorProcess::start(&args, 0, 1, &[]);
+    processor.wait_ready(Duration::from_secs(60)).await;
+    let url = format!("{}/schedule/{schedule}", processor.admin);
+    eventually("the config's decision", Duration::from_secs(30), || async {
+        (http("GET", &url, None).await.0 == 200).then_some(())
+    })
+    .await;
+    let manual = format!("{url}/manual");
+    let body = r#"{"weights": {"precision-30": 1}, "ttlSeconds": 3600}"#;
+    assert_eq!(http("POST", &manual, Some(body)).await.0, 202);
+    let manual_on = |want: bool| {
+        let args = args.clone();
+        move || {
+            let args = args.clone();
+            async move {
+                let last = last_decisions(&args).remove(schedule)?;
+                (last.manual == want).then_some(last)
+            }
+        }
+    };
+    let set = eventually(
+        "the override in force",
+        Duration::from_secs(30),
+        manual_on(true),
+    )
+    .await;
+    let (status, reply) = http("DELETE", &manual, None).await;
+    assert_eq!(status, 202, "{reply}");
+    let ended = eventually(
+        "the override ended",
+        Duration::from_secs(30),
+        manual_on(false),
+    )
+    .await;
+    assert!(ended.version > set.version);
+    assert_eq!(ended.provenance.cause, "override-end");
+    assert_eq!(ended.policy, "credit-greedy", "the policy decides again");
+}

@@ -31,6 +31,11 @@ const SHIPPED: &[(&str, u32, &str)] = &[
         include_str!("../avro/schedule_deletion/v1.avsc"),
     ),
     (
+        "override_cancellation",
+        1,
+        include_str!("../avro/override_cancellation/v1.avsc"),
+    ),
+    (
         "telemetry_bucket",
         1,
         include_str!("../avro/telemetry_bucket/v1.avsc"),

@@ -225,6 +225,17 @@ pub struct ScheduleDeletion {
     pub issued_at_ms: i64,
 }
 
+/// End of a schedule's manual override before its TTL (`schedule.config`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverrideCancellation {
+    /// `namespace/name`.
+    pub schedule: String,
+    /// Issue time, epoch ms UTC.
+    pub issued_at_ms: i64,
+    /// Operator's free text, kept for audit.
+    pub reason: Option<String>,
+}
+
 /// Outcome class of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -574,6 +585,7 @@ avro_record! {
     ScheduleConfig => "carbonflow.ScheduleConfig",
     ManualOverride => "carbonflow.ManualOverride",
     ScheduleDeletion => "carbonflow.ScheduleDeletion",
+    OverrideCancellation => "carbonflow.OverrideCancellation",
     TelemetryBucket => "carbonflow.TelemetryBucket",
     ScheduleDecision => "carbonflow.ScheduleDecision",
     Tick => "carbonflow.Tick",
@@ -594,15 +606,24 @@ pub enum ConfigCommand {
     Override(ManualOverride),
     /// A deletion.
     Delete(ScheduleDeletion),
+    /// The end of a manual override.
+    CancelOverride(OverrideCancellation),
 }
 
 impl ConfigCommand {
-    /// Decode whichever of the three records `bytes` holds.
+    /// What [`decode`](Self::decode) accepts, for its error.
+    const RECORDS: &'static str =
+        "ScheduleConfig, ManualOverride, ScheduleDeletion or OverrideCancellation";
+
+    /// Decode whichever of the four records `bytes` holds; any other record is
+    /// [`WrongRecord`](crate::CodecError::WrongRecord).
     pub fn decode(bytes: &[u8]) -> Result<Self, crate::CodecError> {
         match crate::codec::record_name(bytes)? {
+            ScheduleConfig::FULL_NAME => crate::decode(bytes).map(|c| Self::Config(Box::new(c))),
             ManualOverride::FULL_NAME => crate::decode(bytes).map(Self::Override),
             ScheduleDeletion::FULL_NAME => crate::decode(bytes).map(Self::Delete),
-            _ => crate::decode(bytes).map(|c| Self::Config(Box::new(c))),
+            OverrideCancellation::FULL_NAME => crate::decode(bytes).map(Self::CancelOverride),
+            _ => Err(crate::codec::wrong_record(Self::RECORDS, bytes)),
         }
     }
 
@@ -612,6 +633,7 @@ impl ConfigCommand {
             Self::Config(c) => crate::encode(c.as_ref()),
             Self::Override(o) => crate::encode(o),
             Self::Delete(d) => crate::encode(d),
+            Self::CancelOverride(c) => crate::encode(c),
         }
     }
 
@@ -621,6 +643,7 @@ impl ConfigCommand {
             Self::Config(c) => &c.schedule,
             Self::Override(o) => &o.schedule,
             Self::Delete(d) => &d.schedule,
+            Self::CancelOverride(c) => &c.schedule,
         }
     }
 }

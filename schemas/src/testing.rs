@@ -544,6 +544,15 @@ pub mod samples {
         }
     }
 
+    /// The end of `default/demo`'s override.
+    pub fn override_cancellation() -> OverrideCancellation {
+        OverrideCancellation {
+            schedule: "default/demo".into(),
+            issued_at_ms: 1_763_467_400_000,
+            reason: Some("incident over".into()),
+        }
+    }
+
     /// A telemetry bucket.
     pub fn telemetry_bucket() -> TelemetryBucket {
         TelemetryBucket {

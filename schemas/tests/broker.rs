@@ -101,6 +101,7 @@ async fn every_record_type_survives_the_broker() {
     let cmds = [
         ConfigCommand::Override(samples::manual_override()),
         ConfigCommand::Delete(samples::schedule_deletion()),
+        ConfigCommand::CancelOverride(samples::override_cancellation()),
     ];
     for c in &cmds {
         producer

@@ -48,6 +48,7 @@ fn every_record_type_round_trips() {
     round_trip(samples::schedule_config());
     round_trip(samples::manual_override());
     round_trip(samples::schedule_deletion());
+    round_trip(samples::override_cancellation());
     round_trip(samples::telemetry_bucket());
     round_trip(samples::schedule_decision());
     round_trip(samples::tick());
@@ -95,6 +96,11 @@ fn current_version_fixtures_still_decode() {
         "schedule_deletion-v1.bin",
         samples::schedule_deletion(),
         ScheduleDeletion
+    );
+    check!(
+        "override_cancellation-v1.bin",
+        samples::override_cancellation(),
+        OverrideCancellation
     );
     check!(
         "telemetry_bucket-v1.bin",
@@ -291,10 +297,21 @@ fn config_topic_commands_decode_by_fingerprint() {
         ConfigCommand::Config(Box::new(samples::schedule_config())),
         ConfigCommand::Override(samples::manual_override()),
         ConfigCommand::Delete(samples::schedule_deletion()),
+        ConfigCommand::CancelOverride(samples::override_cancellation()),
     ] {
         let bytes = cmd.encode().expect("encode");
         assert_eq!(ConfigCommand::decode(&bytes).expect("decode"), cmd);
     }
+}
+
+#[test]
+fn a_record_of_another_type_is_no_config_command() {
+    let tick = encode(&samples::tick()).expect("encode");
+    let e = ConfigCommand::decode(&tick).expect_err("a tick is not a command");
+    assert!(
+        matches!(e, carbonflow_schemas::CodecError::WrongRecord { .. }),
+        "{e}"
+    );
 }
 
 fn all_samples() -> Vec<Vec<u8>> {

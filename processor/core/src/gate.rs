@@ -424,6 +424,7 @@ impl Gate<'_> {
                 Ok(())
             }
             ConfigCommand::Delete(d) => self.not_future("issued_at_ms", d.issued_at_ms),
+            ConfigCommand::CancelOverride(c) => self.not_future("issued_at_ms", c.issued_at_ms),
         }
     }
 }

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use carbonflow_schemas::codec::{record_name, wrong_record};
 use carbonflow_schemas::records::{
     ConfigCommand, ConfigRejection, FieldProblem, Forecast, ForecastUsed, InputPosition,
-    JournalEntry, ManualOverride, Outcome, PrecisionFeed, ScheduleConfig, ScheduleDecision,
-    ScheduleDeletion, TelemetryBucket, TelemetryWindow, Tick,
+    JournalEntry, ManualOverride, Outcome, OverrideCancellation, PrecisionFeed, ScheduleConfig,
+    ScheduleDecision, ScheduleDeletion, TelemetryBucket, TelemetryWindow, Tick,
 };
 use carbonflow_schemas::topics::Topic;
 use carbonflow_schemas::vocabulary::DecisionCause;
@@ -92,9 +92,10 @@ impl Input {
             TelemetryBucket::FULL_NAME => Topic::Telemetry,
             Tick::FULL_NAME => Topic::Ticks,
             ScheduleDecision::FULL_NAME => Topic::Decisions,
-            ScheduleConfig::FULL_NAME | ManualOverride::FULL_NAME | ScheduleDeletion::FULL_NAME => {
-                Topic::Config
-            }
+            ScheduleConfig::FULL_NAME
+            | ManualOverride::FULL_NAME
+            | ScheduleDeletion::FULL_NAME
+            | OverrideCancellation::FULL_NAME => Topic::Config,
             _ => return Err(wrong_record(INPUT_RECORDS, bytes)),
         };
         Self::decode(topic, bytes)
@@ -106,6 +107,7 @@ impl Input {
             Input::Config(ConfigCommand::Config(_)) => "config",
             Input::Config(ConfigCommand::Override(_)) => "override",
             Input::Config(ConfigCommand::Delete(_)) => "delete",
+            Input::Config(ConfigCommand::CancelOverride(_)) => "cancel-override",
             Input::Forecast(_) => "forecast",
             Input::Telemetry(_) => "telemetry",
             Input::Tick(_) => "tick",
@@ -363,6 +365,18 @@ impl PartitionState {
                 vec![Output::Removed {
                     schedule: d.schedule.clone(),
                 }]
+            }
+            Input::Config(ConfigCommand::CancelOverride(c)) => {
+                // Ending an override that is not in force changes nothing.
+                let Some(s) = self
+                    .schedules
+                    .get_mut(&c.schedule)
+                    .filter(|s| s.manual.is_some())
+                else {
+                    return vec![];
+                };
+                s.manual = None;
+                self.decide(&c.schedule, DecisionCause::OverrideEnd, pos, None)
             }
             Input::Forecast(f) => self.apply_forecast(f, pos),
             Input::Telemetry(b) => self.apply_telemetry(b, pos),
@@ -951,6 +965,34 @@ mod tests {
         assert_eq!(
             d.provenance.forecast.as_ref().and_then(|u| u.intensity_now),
             Some(200.5)
+        );
+    }
+
+    #[test]
+    fn a_cancellation_ends_the_override_at_once() {
+        let mut g = given();
+        g.config(config(1, T0));
+        let mut o = samples::manual_override();
+        o.issued_at_ms = T0;
+        o.ttl_seconds = 3600;
+        assert!(
+            decision(&g.when("schedule.config", Input::Config(ConfigCommand::Override(o)))).manual
+        );
+        let cancel = OverrideCancellation {
+            schedule: "default/demo".into(),
+            issued_at_ms: T0 + 5000,
+            reason: None,
+        };
+        let input = Input::Config(ConfigCommand::CancelOverride(cancel));
+        let d = decision(&g.when("schedule.config", input.clone())).clone();
+        assert_eq!(
+            (d.manual, d.provenance.cause.as_str()),
+            (false, "override-end")
+        );
+        assert!(g.schedule().manual.is_none());
+        assert!(
+            g.when("schedule.config", input).is_empty(),
+            "cancelling again changes nothing"
         );
     }
 
