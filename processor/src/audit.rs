@@ -44,12 +44,17 @@ pub fn replay(args: &KafkaArgs, opts: ReplayOptions<'_>) -> Result<Replay, Audit
                     out.entries
                 );
             }
-            let Some(batch) = r.payload.and_then(|b| journal_entries(b).ok()) else {
-                out.gaps.push(format!(
-                    "journal partition {p} offset {} is unreadable; skipped",
-                    r.offset
-                ));
-                return Ok(());
+            let batch = match journal_entries(r.payload.unwrap_or_default()) {
+                Ok(batch) => batch,
+                // Reported with the codec's reason (an unknown schema fingerprint names
+                // it), so a journal written by a newer version is seen, not skipped.
+                Err(e) => {
+                    out.gaps.push(format!(
+                        "journal partition {p} offset {} is unreadable ({e}); its entries are not re-derived",
+                        r.offset
+                    ));
+                    return Ok(());
+                }
             };
             for entry in &batch {
                 fold.apply(entry, &mut out)?;

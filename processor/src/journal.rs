@@ -129,20 +129,84 @@ pub struct Restored {
     pub took: Duration,
 }
 
-/// The encoded snapshot of `state` after journal offset `journal_next - 1`.
+/// Most state bytes one snapshot record carries: a record stays well under the broker's
+/// default 1 MB limit, so a partition of any size snapshots in as many records as needed.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 512 * 1024;
+
+/// The snapshot of `state` after journal offset `journal_next - 1`, as the records that
+/// carry it: its encoded state split into chunks of at most [`SNAPSHOT_CHUNK_BYTES`],
+/// written in order to the partition (restore uses a snapshot only once it has read all
+/// of its chunks).
 pub fn snapshot_of(
     state: &PartitionState,
     journal_next: i64,
     decisions_next: i64,
-) -> Result<PartitionSnapshot, RestoreError> {
-    Ok(PartitionSnapshot {
-        partition: state.partition,
-        journal_next_offset: journal_next,
-        decisions_next_offset: decisions_next,
-        clock_ms: state.clock_ms,
-        state_format: STATE_FORMAT,
-        state: encode_state(state)?,
-    })
+) -> Result<Vec<PartitionSnapshot>, RestoreError> {
+    let encoded = encode_state(state)?;
+    let pieces: Vec<&[u8]> = if encoded.is_empty() {
+        vec![&[]]
+    } else {
+        encoded.chunks(SNAPSHOT_CHUNK_BYTES).collect()
+    };
+    let chunks = i32::try_from(pieces.len()).unwrap_or(i32::MAX);
+    Ok(pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| PartitionSnapshot {
+            partition: state.partition,
+            journal_next_offset: journal_next,
+            decisions_next_offset: decisions_next,
+            clock_ms: state.clock_ms,
+            state_format: STATE_FORMAT,
+            state: piece.to_vec(),
+            chunk: i32::try_from(i).unwrap_or(i32::MAX),
+            chunks,
+        })
+        .collect())
+}
+
+/// Snapshot records read back, assembled into whole snapshots.
+#[derive(Default)]
+struct Assembly {
+    /// The snapshot being read: its first chunk (header), the state bytes so far and the
+    /// index of the chunk expected next.
+    open: Option<(PartitionSnapshot, Vec<u8>, i32)>,
+}
+
+impl Assembly {
+    /// Add the next record of the partition; the snapshot it completes, if any. A chunk
+    /// that does not continue the open snapshot (a write that stopped half-way, or chunks
+    /// compaction left from an older snapshot) abandons it.
+    fn push(&mut self, snap: PartitionSnapshot) -> Option<(PartitionSnapshot, Vec<u8>)> {
+        if snap.chunk == 0 {
+            let bytes = snap.state.clone();
+            self.open = Some((snap, bytes, 1));
+        } else {
+            match &mut self.open {
+                Some((head, bytes, next))
+                    if head.journal_next_offset == snap.journal_next_offset
+                        && head.chunks == snap.chunks
+                        && *next == snap.chunk =>
+                {
+                    bytes.extend_from_slice(&snap.state);
+                    *next += 1;
+                }
+                _ => {
+                    self.open = None;
+                    return None;
+                }
+            }
+        }
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|(head, _, next)| *next >= head.chunks)
+        {
+            self.open.take().map(|(head, bytes, _)| (head, bytes))
+        } else {
+            None
+        }
+    }
 }
 
 /// A partition state as snapshots hold it: JSON, gzip-compressed. JSON of many schedules
@@ -335,8 +399,12 @@ fn check_inputs_reach(
     Ok(())
 }
 
+/// Snapshot records read back from the end of a partition to find the latest whole
+/// snapshot: enough for the last snapshots of a partition of several million schedules.
+const SNAPSHOT_RECORDS_READ: i64 = 256;
+
 /// The newest readable snapshot of `partition` in this state format, with its state, if
-/// any. The last few records suffice: the topic is compacted by partition key. Records
+/// any. The last records suffice: the topic is compacted by partition and chunk. Records
 /// that do not decode are counted and passed over (restore then uses an older snapshot
 /// or replays the journal).
 fn latest_snapshot(
@@ -346,35 +414,45 @@ fn latest_snapshot(
 ) -> Result<Option<(PartitionSnapshot, PartitionState)>, BusError> {
     let (low, high) = reader.watermarks(topic, partition)?;
     let mut latest = None;
-    reader.read(topic, partition, low.max(high - 4), high, |r| {
-        let Some(payload) = r.payload else {
-            return Ok(());
-        };
-        let Ok(snap) = decode::<PartitionSnapshot>(payload) else {
-            tracing::warn!(
-                partition,
-                offset = r.offset,
-                "unreadable snapshot record passed over"
-            );
-            crate::metrics::snapshot_unreadable();
-            return Ok(());
-        };
-        if snap.state_format != STATE_FORMAT || snap.partition != partition {
-            return Ok(());
-        }
-        match decode_state(&snap.state) {
-            Some(state) => latest = Some((snap, state)),
-            None => {
+    let mut assembly = Assembly::default();
+    reader.read(
+        topic,
+        partition,
+        low.max(high - SNAPSHOT_RECORDS_READ),
+        high,
+        |r| {
+            let Some(payload) = r.payload else {
+                return Ok(());
+            };
+            let Ok(snap) = decode::<PartitionSnapshot>(payload) else {
                 tracing::warn!(
                     partition,
                     offset = r.offset,
-                    "snapshot whose state does not decode passed over"
+                    "unreadable snapshot record passed over"
                 );
                 crate::metrics::snapshot_unreadable();
+                return Ok(());
+            };
+            if snap.state_format != STATE_FORMAT || snap.partition != partition {
+                return Ok(());
             }
-        }
-        Ok::<(), BusError>(())
-    })?;
+            let Some((head, bytes)) = assembly.push(snap) else {
+                return Ok(());
+            };
+            match decode_state(&bytes) {
+                Some(state) => latest = Some((head, state)),
+                None => {
+                    tracing::warn!(
+                        partition,
+                        offset = r.offset,
+                        "snapshot whose state does not decode passed over"
+                    );
+                    crate::metrics::snapshot_unreadable();
+                }
+            }
+            Ok::<(), BusError>(())
+        },
+    )?;
     Ok(latest)
 }
 
@@ -398,7 +476,10 @@ mod tests {
             };
             state.apply(&Input::Config(ConfigCommand::Config(Box::new(c))), &pos);
         }
-        let snap = snapshot_of(&state, 200, 17).expect("encodes");
+        let chunks = snapshot_of(&state, 200, 17).expect("encodes");
+        let [snap] = chunks.as_slice() else {
+            panic!("200 schedules fit one chunk, got {}", chunks.len())
+        };
         assert_eq!(snap.state_format, STATE_FORMAT);
         assert_eq!(decode_state(&snap.state), Some(state.clone()));
         let json = serde_json::to_vec(&state).expect("json");
@@ -409,5 +490,52 @@ mod tests {
             json.len()
         );
         assert_eq!(decode_state(b"not gzip"), None);
+    }
+
+    /// The chunks `snapshot_of` would write for encoded state `bytes`.
+    fn chunks_of(journal_next: i64, bytes: &[u8]) -> Vec<PartitionSnapshot> {
+        let pieces: Vec<&[u8]> = bytes.chunks(SNAPSHOT_CHUNK_BYTES).collect();
+        pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PartitionSnapshot {
+                partition: 0,
+                journal_next_offset: journal_next,
+                decisions_next_offset: 0,
+                clock_ms: 0,
+                state_format: STATE_FORMAT,
+                state: p.to_vec(),
+                chunk: i as i32,
+                chunks: pieces.len() as i32,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_in_chunks_is_assembled_once_every_chunk_is_read() {
+        let bytes: Vec<u8> = (0..SNAPSHOT_CHUNK_BYTES * 2 + 10)
+            .map(|i| i as u8)
+            .collect();
+        let mut a = Assembly::default();
+        let mut chunks = chunks_of(7, &bytes).into_iter();
+        assert!(a.push(chunks.next().expect("0")).is_none());
+        assert!(a.push(chunks.next().expect("1")).is_none());
+        let (head, whole) = a.push(chunks.next().expect("2")).expect("complete");
+        assert_eq!((head.journal_next_offset, whole), (7, bytes));
+    }
+
+    #[test]
+    fn a_snapshot_missing_a_chunk_is_never_used() {
+        let bytes = vec![1_u8; SNAPSHOT_CHUNK_BYTES * 2 + 10];
+        let mut a = Assembly::default();
+        let mut older = chunks_of(7, &bytes);
+        older.remove(1); // the write stopped, or compaction dropped it
+        for c in older {
+            assert!(a.push(c).is_none());
+        }
+        // A later whole one still assembles.
+        let newer = chunks_of(9, &bytes[..10]);
+        let (head, _) = a.push(newer[0].clone()).expect("one chunk");
+        assert_eq!(head.journal_next_offset, 9);
     }
 }

@@ -802,32 +802,35 @@ impl Shell {
         let Some(o) = self.owned.get_mut(&p) else {
             return Ok(());
         };
-        let snap = snapshot_of(&o.state, o.journal_next, o.decisions_next)?;
+        let chunks = snapshot_of(&o.state, o.journal_next, o.decisions_next)?;
         o.since_snapshot = 0;
         o.last_snapshot = Instant::now();
-        let size = snap.state.len();
+        let size: usize = chunks.iter().map(|c| c.state.len()).sum();
         let topic = self.layout.name(Topic::Snapshots);
-        let result = self
-            .outbox
-            .producer()
-            .send(&topic, &p.to_string(), Some(p), &snap)
-            .await;
-        match result {
-            Ok(_) => metrics::snapshot_written(p, size),
-            // A snapshot only shortens restores; one the broker refuses for its size must
-            // not stop the processor (it would fail again on every restart). Restore then
-            // replays the journal from the previous snapshot: slower, still exact.
-            Err(e) if e.is_message_too_large() => {
-                tracing::warn!(partition = p, bytes = size, error = %e, "snapshot larger than the broker accepts; skipped (raise message.max.bytes on the broker and with --kafka-option, or spread schedules over more partitions)");
-                metrics::snapshot_skipped(SnapshotSkipped::TooLarge);
-            }
-            // Any other failure is not fatal either: the state and the journal are intact,
-            // and the next snapshot is due again after the next interval.
-            Err(e) => {
-                tracing::warn!(partition = p, error = %e, "snapshot could not be written; skipped, the next one is due after the snapshot interval");
-                metrics::snapshot_skipped(SnapshotSkipped::WriteFailed);
+        for chunk in &chunks {
+            // Keyed by partition and chunk, so compaction keeps every chunk of the latest.
+            let key = format!("{p}:{}", chunk.chunk);
+            let result = self
+                .outbox
+                .producer()
+                .send(&topic, &key, Some(p), chunk)
+                .await;
+            // A snapshot only shortens restores, so a failed one must not stop the
+            // processor (one refused for its size would fail again on every restart): the
+            // state and the journal are intact, restore uses the previous whole snapshot,
+            // and the next one is due after the interval.
+            if let Err(e) = result {
+                let reason = if e.is_message_too_large() {
+                    SnapshotSkipped::TooLarge
+                } else {
+                    SnapshotSkipped::WriteFailed
+                };
+                tracing::warn!(partition = p, chunk = chunk.chunk, chunks = chunk.chunks, error = %e, "snapshot could not be written; skipped");
+                metrics::snapshot_skipped(reason);
+                return Ok(());
             }
         }
+        metrics::snapshot_written(p, size);
         Ok(())
     }
 

@@ -71,6 +71,11 @@ const SHIPPED: &[(&str, u32, &str)] = &[
         1,
         include_str!("../avro/partition_snapshot/v1.avsc"),
     ),
+    (
+        "partition_snapshot",
+        2,
+        include_str!("../avro/partition_snapshot/v2.avsc"),
+    ),
 ];
 
 /// A parsed schema version.

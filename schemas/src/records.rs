@@ -569,9 +569,14 @@ pub struct PartitionSnapshot {
     pub clock_ms: i64,
     /// Version of the state encoding.
     pub state_format: i32,
-    /// The encoded state.
+    /// This chunk of the encoded state: the bytes of chunks `0..chunks`, concatenated in
+    /// order, are the state.
     #[serde(with = "apache_avro::serde::bytes")]
     pub state: Vec<u8>,
+    /// Index of this chunk, 0-based (v1 snapshots are one chunk).
+    pub chunk: i32,
+    /// Number of chunks of this snapshot, written consecutively on its partition.
+    pub chunks: i32,
 }
 
 macro_rules! avro_record {

@@ -755,6 +755,8 @@ pub mod samples {
             clock_ms: 1_763_467_200_000,
             state_format: 1,
             state: br#"{"schedules":{}}"#.to_vec(),
+            chunk: 0,
+            chunks: 1,
         }
     }
 }

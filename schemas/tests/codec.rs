@@ -130,10 +130,20 @@ fn current_version_fixtures_still_decode() {
         JournalBatch
     );
     check!(
-        "partition_snapshot-v1.bin",
+        "partition_snapshot-v2.bin",
         samples::partition_snapshot(),
         PartitionSnapshot
     );
+}
+
+#[test]
+fn a_v1_snapshot_decodes_as_one_chunk() {
+    let bytes = golden("partition_snapshot-v1.bin", || {
+        unreachable!("shipped fixture")
+    });
+    let snap: PartitionSnapshot = decode(&bytes).expect("v1 snapshot decodes");
+    assert_eq!(snap, samples::partition_snapshot());
+    assert_eq!((snap.chunk, snap.chunks), (0, 1));
 }
 
 #[test]
