@@ -245,39 +245,63 @@ async fn two_routers_apply_every_decision_in_order_and_ignore_older_ones() {
     assert_eq!(total, 105);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weights_forced_flavours_fallbacks_and_expiry() {
-    let args = fresh_layout("routing", 1).await;
-    let backend = start_backend().await;
-    let producer = RecordProducer::new(&args, "routing-test").expect("producer");
-    let r = RouterProcess::start(&args, "r1", &["--mode", "smooth", "--expiry-grace-ms", "0"]);
-    r.ready().await;
-    let url = format!("{}/api/x", r.proxy);
-    let mut v = 0;
-    let mut apply = |d: ScheduleDecision| {
-        v += 1;
-        let mut d = d;
-        d.version = v;
-        d
-    };
-    let settle = |want: i64| {
-        let r = &r;
-        async move {
-            eventually("decision applied", Duration::from_secs(10), || async {
-                (r.held_version().await == Some(want)).then_some(())
-            })
-            .await
-        }
-    };
+/// A router in smooth mode with no expiry grace, following the decisions of a fresh
+/// layout, in front of the test backend; `publish` writes a decision with the next
+/// version and waits until the router holds it.
+struct Routing {
+    args: KafkaArgs,
+    backend: String,
+    producer: RecordProducer,
+    router: RouterProcess,
+    url: String,
+    version: i64,
+}
 
-    // Header hygiene and service-mesh mode: one upstream, the flavour named by a header.
-    let mut d = apply(decision(0, &backend, [0.0, 100.0, 0.0]));
-    d.flavours[1].upstream_url = format!("{backend}/headers");
+impl Routing {
+    async fn start(test: &str) -> Self {
+        let args = fresh_layout(test, 1).await;
+        let backend = start_backend().await;
+        let producer = RecordProducer::new(&args, "routing-test").expect("producer");
+        let router =
+            RouterProcess::start(&args, "r1", &["--mode", "smooth", "--expiry-grace-ms", "0"]);
+        router.ready().await;
+        let url = format!("{}/api/x", router.proxy);
+        Self {
+            args,
+            backend,
+            producer,
+            router,
+            url,
+            version: 0,
+        }
+    }
+
+    fn decision(&self, weights: [f64; 3]) -> ScheduleDecision {
+        decision(0, &self.backend, weights)
+    }
+
+    async fn publish(&mut self, mut d: ScheduleDecision) {
+        self.version += 1;
+        d.version = self.version;
+        publish(&self.producer, &self.args, &d).await;
+        let (r, want) = (&self.router, self.version);
+        eventually("decision applied", Duration::from_secs(10), || async {
+            (r.held_version().await == Some(want)).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_drops_hop_by_hop_headers_and_sets_the_mesh_header() {
+    let mut t = Routing::start("hygiene").await;
+    // Service-mesh mode: one upstream, the flavour named by a header.
+    let mut d = t.decision([0.0, 100.0, 0.0]);
+    d.flavours[1].upstream_url = format!("{}/headers", t.backend);
     d.flavours[1].upstream_header = Some("x-carbonrouter".into());
-    publish(&producer, &args, &d).await;
-    settle(d.version).await;
+    t.publish(d).await;
     let (status, body, _) = get_text(
-        &url,
+        &t.url,
         &[
             ("connection", "x-secret"),
             ("x-secret", "hop"),
@@ -293,13 +317,15 @@ async fn weights_forced_flavours_fallbacks_and_expiry() {
         !body.contains("x-secret") && !body.contains("keep-alive"),
         "{body}"
     );
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_are_used_in_proportion_whatever_their_sum() {
+    let mut t = Routing::start("weights").await;
     // Sums below and above 100 are used proportionally, not normalised.
     for weights in [[10.0, 10.0, 0.0], [100.0, 300.0, 0.0]] {
-        let d = apply(decision(0, &backend, weights));
-        publish(&producer, &args, &d).await;
-        settle(d.version).await;
-        let counts = served(&r, 40).await;
+        t.publish(t.decision(weights)).await;
+        let counts = served(&t.router, 40).await;
         let total = weights[0] + weights[1];
         assert_eq!(
             counts.get("full").copied().unwrap_or(0) as f64,
@@ -308,26 +334,32 @@ async fn weights_forced_flavours_fallbacks_and_expiry() {
         assert_eq!(counts.get("lite"), None);
     }
     // Sum 0: 503 no_providers.
-    let d = apply(decision(0, &backend, [0.0, 0.0, 0.0]));
-    publish(&producer, &args, &d).await;
-    settle(d.version).await;
-    let (status, body, _) = get_text(&url, &[]).await;
+    t.publish(t.decision([0.0, 0.0, 0.0])).await;
+    let (status, body, _) = get_text(&t.url, &[]).await;
     assert_eq!(status, 503);
     assert!(body.contains("\"no_providers\""), "{body}");
+}
 
-    // Forced flavour: honoured when it names an enabled flavour, else 400 listing them.
-    let (status, body, _) = get_text(&url, &[("x-carbonrouter", "lite")]).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_flavour_is_honoured_only_when_enabled() {
+    let mut t = Routing::start("forced").await;
+    t.publish(t.decision([0.0, 0.0, 0.0])).await;
+    let (status, body, _) = get_text(&t.url, &[("x-carbonrouter", "lite")]).await;
     assert_eq!((status, body.as_str()), (200, "lite"));
-    let (status, body, _) = get_text(&url, &[("x-carbonrouter", "turbo")]).await;
+    let (status, body, _) = get_text(&t.url, &[("x-carbonrouter", "turbo")]).await;
     assert_eq!(status, 400);
     assert!(
         body.contains("unknown_flavour") && body.contains("\"mid\""),
         "{body}"
     );
+}
 
-    // Fallbacks: identical and overlapping conditions, the first matching rule wins.
-    let mut d = apply(decision(0, &backend, [0.0, 100.0, 0.0]));
-    d.flavours[1].upstream_url = format!("{backend}/broken");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_matching_fallback_rule_wins() {
+    let mut t = Routing::start("fallbacks").await;
+    // Identical and overlapping conditions.
+    let mut d = t.decision([0.0, 100.0, 0.0]);
+    d.flavours[1].upstream_url = format!("{}/broken", t.backend);
     d.fallbacks = vec![
         FallbackRule {
             when_status: vec!["timeout".into()],
@@ -342,33 +374,33 @@ async fn weights_forced_flavours_fallbacks_and_expiry() {
             to: "lite".into(),
         },
     ];
-    publish(&producer, &args, &d).await;
-    settle(d.version).await;
-    let (status, body, flavour) = get_text(&url, &[]).await;
+    t.publish(d.clone()).await;
+    let (status, body, flavour) = get_text(&t.url, &[]).await;
     assert_eq!(
         (status, body.as_str(), flavour.as_deref()),
         (200, "full", Some("full"))
     );
     assert_eq!(
-        r.metric("carbonflow_router_fallbacks_total{schedule=\"shop/checkout\",rule=\"1\"}")
+        t.router
+            .metric("carbonflow_router_fallbacks_total{schedule=\"shop/checkout\",rule=\"1\"}")
             .await,
         Some(1.0)
     );
     // No matching rule: the client gets the upstream's own error.
-    let mut d = apply(d.clone());
     d.fallbacks.truncate(1);
-    publish(&producer, &args, &d).await;
-    settle(d.version).await;
-    let (status, body, _) = get_text(&url, &[]).await;
+    t.publish(d).await;
+    let (status, body, _) = get_text(&t.url, &[]).await;
     assert_eq!((status, body.as_str()), (503, "backend overloaded"));
+}
 
-    // Expiry: all traffic to the highest-precision enabled flavour, gauge set; a fresh
-    // decision switches back.
-    let mut d = apply(decision(0, &backend, [0.0, 0.0, 100.0]));
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_decision_routes_to_the_most_precise_flavour_until_a_fresh_one() {
+    let mut t = Routing::start("expiry").await;
+    let mut d = t.decision([0.0, 0.0, 100.0]);
     d.valid_until_ms = carbonflow_router::now_ms() - 1000;
-    publish(&producer, &args, &d).await;
-    settle(d.version).await;
-    assert_eq!(served(&r, 10).await.get("full"), Some(&10));
+    t.publish(d).await;
+    assert_eq!(served(&t.router, 10).await.get("full"), Some(&10));
+    let r = &t.router;
     eventually("expired gauge", Duration::from_secs(5), || async {
         (r.metric("carbonflow_router_decision_expired{schedule=\"shop/checkout\"}")
             .await
@@ -376,10 +408,9 @@ async fn weights_forced_flavours_fallbacks_and_expiry() {
         .then_some(())
     })
     .await;
-    let d = apply(decision(0, &backend, [0.0, 0.0, 100.0]));
-    publish(&producer, &args, &d).await;
-    settle(d.version).await;
-    assert_eq!(served(&r, 10).await.get("lite"), Some(&10));
+    t.publish(t.decision([0.0, 0.0, 100.0])).await;
+    assert_eq!(served(&t.router, 10).await.get("lite"), Some(&10));
+    let r = &t.router;
     eventually("expired gauge cleared", Duration::from_secs(5), || async {
         (r.metric("carbonflow_router_decision_expired{schedule=\"shop/checkout\"}")
             .await
@@ -390,7 +421,7 @@ async fn weights_forced_flavours_fallbacks_and_expiry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_outage_keeps_routing_counts_dropped_telemetry_and_resumes() {
+async fn a_broker_outage_keeps_routing_on_the_last_decision() {
     let broker = carbonflow_schemas::testing::PrivateBroker::start("outage");
     let mut args = KafkaArgs::for_brokers(broker.address());
     args.topic_prefix = "outage.".into();

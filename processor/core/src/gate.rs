@@ -10,9 +10,10 @@
 //!
 //! Time: the partition clock moves only by ticks, which the processor writes. An input
 //! more than [`Limits::max_future_skew_ms`] ahead of it is `future_dated`; a forecast
-//! whose every slot has ended is `too_old`. Every time an input carries must lie in
-//! `[0, MAX_TIME_MS]` and every version in `[0, MAX_VERSION]`, so that the arithmetic
-//! done with them later (expiry = issue + TTL, version + 1, bucket end) is exact.
+//! whose every slot has ended, or a telemetry bucket a day old, is `too_old`. Every time
+//! an input carries must lie in `[0, MAX_TIME_MS]` and every version in
+//! `[0, MAX_VERSION]`, so that the arithmetic done with them later (expiry = issue + TTL,
+//! version + 1, bucket end) is exact.
 
 use std::fmt;
 
@@ -46,6 +47,9 @@ pub struct Limits {
     pub max_override_ttl_s: i64,
     /// Longest decision validity a config may ask for, s (`--max-valid-for`).
     pub max_valid_for_s: i64,
+    /// How far behind the partition clock a telemetry bucket may end, ms: older requests
+    /// would be accounted in a window they were not served in.
+    pub max_telemetry_age_ms: i64,
     /// Most requests one telemetry count may report.
     pub max_bucket_requests: i64,
     /// Longest telemetry bucket, ms.
@@ -60,6 +64,7 @@ impl Default for Limits {
             max_future_skew_ms: 5 * 60 * 1000,
             max_override_ttl_s: 24 * 3600,
             max_valid_for_s: 3600,
+            max_telemetry_age_ms: 24 * 3600 * 1000,
             max_bucket_requests: 1_000_000_000,
             max_bucket_length_ms: 60_000,
         }
@@ -339,10 +344,23 @@ impl Gate<'_> {
             ));
         }
         time("bucket_start_ms", b.bucket_start_ms)?;
-        self.not_future(
-            "bucket_start_ms",
-            b.bucket_start_ms + i64::from(b.bucket_length_ms),
-        )?;
+        let end = b.bucket_start_ms + i64::from(b.bucket_length_ms);
+        self.not_future("bucket_start_ms", end)?;
+        let oldest = self
+            .at
+            .clock_ms
+            .saturating_sub(self.limits.max_telemetry_age_ms);
+        if self.at.clock_ms > 0 && end < oldest {
+            return Err(refuse(
+                RefusalKind::TooOld,
+                "bucket_start_ms",
+                b.bucket_start_ms,
+                &format!(
+                    "must end at most {} ms before the partition clock {}",
+                    self.limits.max_telemetry_age_ms, self.at.clock_ms
+                ),
+            ));
+        }
         if let Some(v) = b.decision_version {
             version("decision_version", v)?;
         }

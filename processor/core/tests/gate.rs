@@ -99,6 +99,16 @@ fn a_forecast_that_has_ended_is_too_old() {
 }
 
 #[test]
+fn telemetry_older_than_a_day_is_too_old() {
+    let mut bucket = samples::telemetry_bucket();
+    bucket.bucket_start_ms = home().clock_ms - 25 * 3600 * 1000;
+    assert_eq!(
+        refusal(&Input::Telemetry(bucket), home()).0,
+        RefusalKind::TooOld
+    );
+}
+
+#[test]
 fn telemetry_on_another_partition_is_refused_naming_its_own() {
     let mut at = home();
     let own = at.partition;
