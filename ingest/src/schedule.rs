@@ -78,11 +78,16 @@ pub fn load(file: &Path, config_version: i64, at_ms: i64) -> Result<ScheduleConf
     })
 }
 
+/// `--schedule` as a schedule id.
+fn schedule_argument(schedule: &str) -> Result<ScheduleId, ScheduleError> {
+    schedule
+        .parse()
+        .map_err(|e: ScheduleIdError| ScheduleError::Argument(format!("--schedule: {e}")))
+}
+
 /// A deletion of `schedule`.
 pub fn deletion(schedule: &str, at_ms: i64) -> Result<ConfigCommand, ScheduleError> {
-    let id: ScheduleId = schedule
-        .parse()
-        .map_err(|e: ScheduleIdError| ScheduleError::Argument(e.to_string()))?;
+    let id = schedule_argument(schedule)?;
     Ok(ConfigCommand::Delete(ScheduleDeletion {
         schedule: id.to_string(),
         issued_at_ms: at_ms,
@@ -95,9 +100,7 @@ pub fn cancellation(
     reason: Option<String>,
     at_ms: i64,
 ) -> Result<ConfigCommand, ScheduleError> {
-    let id: ScheduleId = schedule
-        .parse()
-        .map_err(|e: ScheduleIdError| ScheduleError::Argument(e.to_string()))?;
+    let id = schedule_argument(schedule)?;
     Ok(ConfigCommand::CancelOverride(OverrideCancellation {
         schedule: id.to_string(),
         issued_at_ms: at_ms,
@@ -114,9 +117,7 @@ pub fn manual_override(
     reason: Option<String>,
     at_ms: i64,
 ) -> Result<ConfigCommand, ScheduleError> {
-    let id: ScheduleId = schedule
-        .parse()
-        .map_err(|e: ScheduleIdError| ScheduleError::Argument(e.to_string()))?;
+    let id = schedule_argument(schedule)?;
     let weights = weights
         .iter()
         .map(|w| {

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use carbonflow_schemas::bus::{RecordProducer, TopicLayout};
@@ -89,14 +90,24 @@ fn reply(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// The schedule id of a request path, or the 400 that names what is wrong with it.
-fn schedule_id(ns: &str, name: &str) -> Result<ScheduleId, Box<Response>> {
-    ScheduleId::new(ns, name).map_err(|e| {
-        Box::new(reply(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "invalid_schedule", "detail": e.to_string()}),
-        ))
-    })
+/// The `{ns}/{name}` of a request path as a schedule id; a path that is not one is
+/// answered 400 naming what is wrong with it.
+struct SchedulePath(ScheduleId);
+
+impl<S: Send + Sync> FromRequestParts<S> for SchedulePath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Path((ns, name)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        ScheduleId::new(&ns, &name).map(SchedulePath).map_err(|e| {
+            reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_schedule", "detail": e.to_string()}),
+            )
+        })
+    }
 }
 
 /// 400 body listing every field problem.
@@ -133,14 +144,7 @@ async fn list_schedules(State(state): State<AdminState>) -> Response {
     reply(StatusCode::OK, json!({ "schedules": all }))
 }
 
-async fn get_schedule(
-    State(state): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Response {
-    let id = match schedule_id(&ns, &name) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+async fn get_schedule(State(state): State<AdminState>, SchedulePath(id): SchedulePath) -> Response {
     match state.view.decision(id.as_str()) {
         Some(d) => reply(StatusCode::OK, reference_contract(&d)),
         None if state.view.summary(id.as_str()).is_some() => {
@@ -150,14 +154,7 @@ async fn get_schedule(
     }
 }
 
-async fn get_state(
-    State(state): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Response {
-    let id = match schedule_id(&ns, &name) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+async fn get_state(State(state): State<AdminState>, SchedulePath(id): SchedulePath) -> Response {
     match state.view.summary(id.as_str()) {
         Some(s) => reply(StatusCode::OK, json!(s)),
         None => unknown(&state, &id),
@@ -195,15 +192,6 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         .into_response()
 }
 
-/// The schedule and JSON body of a request that publishes a command.
-fn command_request(
-    ns: &str,
-    name: &str,
-    body: &Bytes,
-) -> Result<(ScheduleId, Value), Box<Response>> {
-    Ok((schedule_id(ns, name)?, parse_json(body)?))
-}
-
 fn parse_json(body: &Bytes) -> Result<Value, Box<Response>> {
     serde_json::from_slice(body).map_err(|e| {
         Box::new(reply(
@@ -229,11 +217,11 @@ async fn publish(state: &AdminState, command: ConfigCommand) -> Result<(), Respo
 
 async fn put_config(
     State(state): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
+    SchedulePath(id): SchedulePath,
     body: Bytes,
 ) -> Response {
-    let (id, value) = match command_request(&ns, &name, &body) {
-        Ok(r) => r,
+    let value = match parse_json(&body) {
+        Ok(v) => v,
         Err(r) => return *r,
     };
     let spec = match ScheduleSpec::from_value(value) {
@@ -286,11 +274,11 @@ fn default_ttl() -> i64 {
 
 async fn post_manual(
     State(state): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
+    SchedulePath(id): SchedulePath,
     body: Bytes,
 ) -> Response {
-    let (id, value) = match command_request(&ns, &name, &body) {
-        Ok(r) => r,
+    let value = match parse_json(&body) {
+        Ok(v) => v,
         Err(r) => return *r,
     };
     let body: ManualBody = match serde_json::from_value(value) {
@@ -329,12 +317,8 @@ async fn post_manual(
 /// an override that is not in force changes nothing.
 async fn delete_manual(
     State(state): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
+    SchedulePath(id): SchedulePath,
 ) -> Response {
-    let id = match schedule_id(&ns, &name) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
     let cancel = OverrideCancellation {
         schedule: id.to_string(),
         issued_at_ms: now_ms(),

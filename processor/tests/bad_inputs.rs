@@ -71,6 +71,27 @@ fn decisions(args: &KafkaArgs, home: i32) -> Vec<ScheduleDecision> {
         .collect()
 }
 
+/// Write a good forecast for GB starting at `g_per_kwh` and wait for the decision on it.
+async fn decide_on_forecast(
+    producer: &FutureProducer,
+    args: &KafkaArgs,
+    home: i32,
+    g_per_kwh: f64,
+) -> ScheduleDecision {
+    let f = forecast("GB", now_ms(), g_per_kwh);
+    write(producer, args, Topic::Forecasts, "GB", None, &f).await;
+    eventually(
+        &format!("a decision on the forecast at {g_per_kwh} g/kWh"),
+        Duration::from_secs(30),
+        || async {
+            decisions(args, home)
+                .into_iter()
+                .rfind(|d| intensity_now(d) == Some(g_per_kwh))
+        },
+    )
+    .await
+}
+
 fn intensity_now(d: &ScheduleDecision) -> Option<f64> {
     d.provenance.forecast.as_ref().and_then(|f| f.intensity_now)
 }
@@ -93,25 +114,7 @@ async fn bad_records_from_a_foreign_producer_are_refused_and_change_no_decision(
         &config(),
     )
     .await;
-    write(
-        &producer,
-        &args,
-        Topic::Forecasts,
-        "GB",
-        None,
-        &forecast("GB", now_ms(), 180.0),
-    )
-    .await;
-    let before = eventually(
-        "a decision on the good forecast",
-        Duration::from_secs(30),
-        || async {
-            decisions(&args, home)
-                .into_iter()
-                .rfind(|d| intensity_now(d) == Some(180.0))
-        },
-    )
-    .await;
+    let before = decide_on_forecast(&producer, &args, home, 180.0).await;
 
     // When a foreign client writes each bad record of the issue.
     let mut nan = forecast("GB", now_ms(), 180.0);
@@ -223,25 +226,7 @@ async fn bad_records_from_a_foreign_producer_are_refused_and_change_no_decision(
     assert!(!last.manual);
 
     // ... and the real forecasts of the zone still apply.
-    write(
-        &producer,
-        &args,
-        Topic::Forecasts,
-        "GB",
-        None,
-        &forecast("GB", now_ms(), 300.0),
-    )
-    .await;
-    let next = eventually(
-        "a decision on the next good forecast",
-        Duration::from_secs(30),
-        || async {
-            decisions(&args, home)
-                .into_iter()
-                .rfind(|d| intensity_now(d) == Some(300.0))
-        },
-    )
-    .await;
+    let next = decide_on_forecast(&producer, &args, home, 300.0).await;
     assert!(next.version > before.version);
     assert!(
         next.valid_until_ms <= now_ms() + 3_600_000,

@@ -216,6 +216,32 @@ fn non_negative(field: &str, v: f64, max: f64, unit: &str) -> Result<(), Refusal
     }
 }
 
+/// Slots `(start, end, value)` of list `list`: each non-empty, ordered by start, not
+/// overlapping, with its value (`(name, max, unit)`) finite in `[0, max]`. Returns the
+/// end of the last slot (0 for none).
+fn slots_in_order(
+    list: &str,
+    slots: impl Iterator<Item = (i64, i64, f64)>,
+    (value_name, max, unit): (&str, f64, &str),
+) -> Result<i64, Refusal> {
+    let mut previous_end = 0;
+    for (i, (start, end, value)) in slots.enumerate() {
+        let field = |n: &str| format!("{list}[{i}].{n}");
+        time(&field("start_ms"), start)?;
+        time(&field("end_ms"), end)?;
+        if end <= start || start < previous_end {
+            return Err(implausible(
+                &field("start_ms"),
+                format!("[{start}, {end})"),
+                "slots must be non-empty, ordered by start and must not overlap",
+            ));
+        }
+        previous_end = end;
+        non_negative(&field(value_name), value, max, unit)?;
+    }
+    Ok(previous_end)
+}
+
 impl Gate<'_> {
     /// An event time no further ahead of the partition clock than the skew allows. Before
     /// the partition's first tick there is no clock to compare with.
@@ -273,26 +299,12 @@ impl Gate<'_> {
                 &format!("must hold 1 to {most} slots"),
             ));
         }
-        let mut previous_end = 0;
-        for (i, p) in f.points.iter().enumerate() {
-            let field = |n: &str| format!("points[{i}].{n}");
-            time(&field("start_ms"), p.start_ms)?;
-            time(&field("end_ms"), p.end_ms)?;
-            if p.end_ms <= p.start_ms || p.start_ms < previous_end {
-                return Err(implausible(
-                    &field("start_ms"),
-                    format!("[{}, {})", p.start_ms, p.end_ms),
-                    "slots must be non-empty, ordered by start and must not overlap",
-                ));
-            }
-            previous_end = p.end_ms;
-            non_negative(
-                &field("g_per_kwh"),
-                p.g_per_kwh,
-                self.limits.max_intensity,
-                "g/kWh",
-            )?;
-        }
+        let slots = f.points.iter().map(|p| (p.start_ms, p.end_ms, p.g_per_kwh));
+        let previous_end = slots_in_order(
+            "points",
+            slots,
+            ("g_per_kwh", self.limits.max_intensity, "g/kWh"),
+        )?;
         if self.at.clock_ms > 0 && previous_end <= self.at.clock_ms {
             return Err(refuse(
                 RefusalKind::TooOld,
@@ -309,26 +321,10 @@ impl Gate<'_> {
                 &format!("must hold at most {most} slots"),
             ));
         }
-        let mut previous_end = 0;
-        for (i, d) in demand.iter().enumerate() {
-            let field = |n: &str| format!("demand[{i}].{n}");
-            time(&field("start_ms"), d.start_ms)?;
-            time(&field("end_ms"), d.end_ms)?;
-            if d.end_ms <= d.start_ms || d.start_ms < previous_end {
-                return Err(implausible(
-                    &field("start_ms"),
-                    format!("[{}, {})", d.start_ms, d.end_ms),
-                    "slots must be non-empty, ordered by start and must not overlap",
-                ));
-            }
-            previous_end = d.end_ms;
-            non_negative(
-                &field("requests_per_second"),
-                d.requests_per_second,
-                1e9,
-                "requests/s",
-            )?;
-        }
+        let slots = demand
+            .iter()
+            .map(|d| (d.start_ms, d.end_ms, d.requests_per_second));
+        slots_in_order("demand", slots, ("requests_per_second", 1e9, "requests/s"))?;
         Ok(())
     }
 
