@@ -13,6 +13,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use carbonflow_schemas::bus::{RecordProducer, TopicLayout};
@@ -31,6 +32,7 @@ use carbonflow_core::contract::reference_contract;
 use carbonflow_core::spec::ScheduleSpec;
 use carbonflow_core::validate::{validate, validate_override};
 
+use crate::access::{AdminToken, guard_commands, json_errors};
 use crate::status::StatusDocument;
 use crate::view::ProcessorView;
 
@@ -45,24 +47,34 @@ pub struct AdminState {
     pub layout: TopicLayout,
     /// Prometheus exporter handle.
     pub metrics: PrometheusHandle,
+    /// The token requests that publish commands must carry (`None`: loopback only).
+    pub token: Option<AdminToken>,
 }
 
-/// The routes.
+/// The routes: reading is open, publishing commands goes through
+/// [`guard_commands`], and every error answer is JSON.
 pub fn router(state: AdminState) -> Router {
+    let commands = Router::new()
+        .route(
+            "/schedule/{ns}/{name}/manual",
+            post(post_manual).delete(delete_manual),
+        )
+        .route("/config/{ns}/{name}", put(put_config))
+        .route_layer(middleware::from_fn_with_state(
+            state.token.clone(),
+            guard_commands,
+        ));
     Router::new()
         .route("/", get(status_page))
         .route("/status.json", get(status_document))
         .route("/schedule", get(list_schedules))
         .route("/schedule/{ns}/{name}", get(get_schedule))
         .route("/schedule/{ns}/{name}/state", get(get_state))
-        .route(
-            "/schedule/{ns}/{name}/manual",
-            post(post_manual).delete(delete_manual),
-        )
-        .route("/config/{ns}/{name}", put(put_config))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(commands)
+        .layer(middleware::map_response(json_errors))
         .with_state(state)
 }
 

@@ -5,9 +5,10 @@
 //! Modules, from the loop outwards: [`pipeline`] (the event loop: restore, assign,
 //! consume, stop), `outbox` (writes in flight and the unwritten journal batch), `ticks`
 //! (the clock written to the log), [`journal`] (restore and snapshots), `view` (the read
-//! model), [`metrics`], [`admin`] and `status` (HTTP), [`audit`] (reading the topics
+//! model), [`metrics`], [`admin`], [`access`] and `status` (HTTP), [`audit`] (reading the topics
 //! for `processor audit`).
 
+pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod journal;

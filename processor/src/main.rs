@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use carbonflow_core::gate::{Limits, MAX_TIME_MS};
+use carbonflow_processor::access::AdminToken;
 use carbonflow_processor::admin::{self, AdminState};
 use carbonflow_processor::pipeline::{self, Settings};
 use carbonflow_processor::view::ProcessorView;
@@ -47,7 +48,22 @@ struct RunArgs {
     /// p mod instances = i.
     #[arg(long, env = "CARBONFLOW_INSTANCES", default_value_t = 1)]
     instances: i32,
-    /// Admin API and /metrics address (loopback by default; set 0.0.0.0:PORT to expose).
+    /// File holding the bearer token that requests publishing commands (PUT /config,
+    /// POST and DELETE .../manual) must carry as `Authorization: Bearer <token>`. Required
+    /// when --admin-listen is not a loopback address.
+    #[arg(long, env = "CARBONFLOW_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
+    /// The admin token itself, instead of a file (prefer the environment variable or the
+    /// file: flags show up in `ps`).
+    #[arg(
+        long,
+        env = "CARBONFLOW_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
+    admin_token: Option<String>,
+    /// Admin API and /metrics address (loopback by default; another address needs an
+    /// admin token).
     #[arg(
         long,
         env = "CARBONFLOW_ADMIN_LISTEN",
@@ -376,6 +392,26 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+/// The admin token from --admin-token-file or CARBONFLOW_ADMIN_TOKEN; none is an error
+/// when the admin API would listen beyond loopback.
+fn admin_token(args: &RunArgs) -> anyhow::Result<Option<AdminToken>> {
+    let text = match (&args.admin_token_file, &args.admin_token) {
+        (Some(file), _) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading the admin token file {}", file.display()))?,
+        ),
+        (None, Some(token)) => Some(token.clone()),
+        (None, None) => None,
+    };
+    let token = text.map(|t| AdminToken::new(&t)).transpose()?;
+    let addr = args.admin_listen;
+    anyhow::ensure!(
+        token.is_some() || addr.ip().is_loopback(),
+        "the admin API would listen on {addr}, which is not a loopback address, without a token: anyone who can reach it could steer every schedule. Set CARBONFLOW_ADMIN_TOKEN_FILE (--admin-token-file) to a file holding a long random token (e.g. `openssl rand -hex 32`), or listen on 127.0.0.1"
+    );
+    Ok(token)
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         instance: args.instance,
@@ -390,6 +426,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         limits: args.limits.limits()?,
         accept_journal_gap: args.accept_journal_gap,
     };
+    let token = admin_token(&args)?;
     let handle = carbonflow_schemas::service::install_metrics().context("installing metrics")?;
     carbonflow_processor::metrics::describe();
     let view = Arc::new(ProcessorView::new(settings.instance, settings.instances));
@@ -403,6 +440,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         producer: RecordProducer::new(&args.kafka, &format!("{}-admin", settings.client_id))?,
         layout: args.kafka.layout(),
         metrics: handle,
+        token,
     };
     let admin = tokio::spawn(admin::run(listener, admin_state, shutdown.clone()));
     carbonflow_schemas::service::cancel_on_signal(shutdown.clone());

@@ -60,7 +60,7 @@ impl StatusDocument {
             .map(|(id, summary, decision, recent)| ScheduleStatus {
                 id,
                 summary,
-                decision,
+                decision: decision.map(without_upstreams),
                 recent,
             })
             .collect();
@@ -73,4 +73,14 @@ impl StatusDocument {
             lag: view.lag().rows(now),
         }
     }
+}
+
+/// `d` without where its flavours are served: the page is open to anyone who reaches the
+/// admin port, and upstream addresses are no business of theirs.
+fn without_upstreams(mut d: ScheduleDecision) -> ScheduleDecision {
+    for f in &mut d.flavours {
+        f.upstream_url.clear();
+        f.upstream_header = None;
+    }
+    d
 }

@@ -862,3 +862,86 @@ async fn an_override_set_over_http_ends_early_on_delete() {
     assert_eq!(ended.provenance.cause, "override-end");
     assert_eq!(ended.policy, "credit-greedy", "the policy decides again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_commands_needs_the_admin_token_when_one_is_set() {
+    let args = fresh_layout("token", 1).await;
+    let token_file = std::env::temp_dir().join(format!("{}admin-token", args.topic_prefix));
+    let token = "correct-horse-battery-staple-42";
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    let processor = ProcessorProcess::start(
+        &args,
+        0,
+        1,
+        &["--admin-token-file", &token_file.to_string_lossy()],
+    );
+    processor.wait_ready(Duration::from_secs(60)).await;
+    let url = format!("{}/config/shop/token", processor.admin);
+    let body = r#"{"policy": "credit-greedy", "zone": "GB", "flavours": [
+        {"name": "full", "precision": 1.0, "carbonIntensity": 1.0, "upstream": "http://127.0.0.1:1"}]}"#;
+    let client = carbonflow_schemas::testing::http_client();
+    let put = |auth: Option<String>, content_type: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut headers = vec![("content-type", content_type)];
+            let auth = auth.unwrap_or_default();
+            if !auth.is_empty() {
+                headers.push(("authorization", auth.as_str()));
+            }
+            let reply =
+                carbonflow_schemas::testing::send(&client, "PUT", &url, &headers, Some(body))
+                    .await
+                    .expect("the admin API answers");
+            let json: Value = serde_json::from_slice(&reply.body).expect("a JSON answer");
+            (reply.status, json)
+        }
+    };
+    let (status, reply) = put(None, "application/json").await;
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, _) = put(
+        Some("Bearer not-the-token-at-all".into()),
+        "application/json",
+    )
+    .await;
+    assert_eq!(status, 401, "a wrong token");
+    let (status, reply) = put(Some(format!("Bearer {token}")), "text/plain").await;
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let (status, reply) = put(Some(format!("Bearer {token}")), "application/json").await;
+    assert_eq!(status, 202, "{reply}");
+    // Reading stays open, and axum's own errors are JSON too.
+    assert_eq!(
+        http("GET", &format!("{}/readyz", processor.admin), None)
+            .await
+            .0,
+        200
+    );
+    let (status, reply) = http("GET", &format!("{}/no/such/page", processor.admin), None).await;
+    assert_eq!((status, reply["error"].as_str()), (404, Some("not_found")));
+}
+
+#[test]
+fn a_processor_listening_beyond_loopback_without_a_token_refuses_to_start() {
+    let args = KafkaArgs::for_brokers("127.0.0.1:1");
+    let out = carbonflow_schemas::testing::processor_command(
+        env!("CARGO_BIN_EXE_processor"),
+        "run",
+        &args,
+    )
+    .args(["--admin-listen", "0.0.0.0:0"])
+    .env_remove("CARBONFLOW_ADMIN_TOKEN")
+    .env_remove("CARBONFLOW_ADMIN_TOKEN_FILE")
+    .output()
+    .expect("run the processor binary");
+    assert!(!out.status.success(), "it started");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not a loopback address") && stderr.contains("CARBONFLOW_ADMIN_TOKEN_FILE"),
+        "{stderr}"
+    );
+}

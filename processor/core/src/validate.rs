@@ -170,6 +170,14 @@ pub fn validate(config: &ScheduleConfig) -> Result<ScheduleConfig, Vec<FieldProb
                 format!("must be ≥ 0, got {}", f.relative_energy),
             );
         }
+        if let Some(h) = &f.upstream_header
+            && let Err(rule) = forwardable_header(h)
+        {
+            bad(
+                &format!("flavours[{i}].upstream_header"),
+                format!("{rule}, got {h:?}"),
+            );
+        }
         if !(f.upstream_url.starts_with("http://") || f.upstream_url.starts_with("https://")) {
             bad(
                 &format!("flavours[{i}].upstream_url"),
@@ -201,6 +209,46 @@ pub fn validate(config: &ScheduleConfig) -> Result<ScheduleConfig, Vec<FieldProb
     } else {
         Err(problems)
     }
+}
+
+/// Headers a router sets or strips itself, or that carry the client's credentials: a
+/// config must not name them as the flavour header.
+const RESERVED_HEADERS: [&str; 16] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "authorization",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+];
+
+/// Whether `name` may be the header a router sets to a flavour's precision (service-mesh
+/// mode): a valid, lower-case header name the router does not own.
+fn forwardable_header(name: &str) -> Result<(), &'static str> {
+    let token = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !token {
+        return Err(
+            "must be a lower-case header name of letters, digits and '-', at most 64 bytes",
+        );
+    }
+    if RESERVED_HEADERS.contains(&name) || name.starts_with("x-forwarded-") {
+        return Err("must not be a header the router sets, strips or forwards from the client");
+    }
+    Ok(())
 }
 
 /// Check manual override `o`. The rules on its own values always apply; those that need
@@ -334,6 +382,14 @@ mod tests {
             (
                 "flavours[0].upstream_url",
                 Box::new(|c| c.flavours[0].upstream_url = "ftp://x".into()),
+            ),
+            (
+                "flavours[0].upstream_header",
+                Box::new(|c| c.flavours[0].upstream_header = Some("content-length".into())),
+            ),
+            (
+                "flavours[0].upstream_header",
+                Box::new(|c| c.flavours[0].upstream_header = Some("X Bad".into())),
             ),
             (
                 "fallbacks[0].to",
