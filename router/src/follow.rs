@@ -19,6 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::now_ms;
+use crate::served::Served;
 use crate::table::{Applied, DecisionTable};
 
 /// Why following decisions stopped.
@@ -40,9 +41,11 @@ fn end_offsets(args: &KafkaArgs, topic: &str) -> Result<BTreeMap<i32, i64>, Foll
         .collect()
 }
 
-/// Follow `schedule.decisions` into `table` until `shutdown`; sets `ready` once caught up.
+/// Follow the decisions of the `served` schedules on `schedule.decisions` into `table`
+/// until `shutdown`; sets `ready` once caught up.
 pub async fn follow(
     args: KafkaArgs,
+    served: Served,
     group: String,
     table: Arc<DecisionTable>,
     ready: Arc<AtomicBool>,
@@ -54,6 +57,15 @@ pub async fn follow(
     let ends = {
         let (a, t) = (args.clone(), topic.clone());
         tokio::task::spawn_blocking(move || end_offsets(&a, &t)).await??
+    };
+    // Only the partitions that hold the served schedules' decisions: less to read at
+    // start, and fewer partitions per fetch.
+    let ends: BTreeMap<i32, i64> = match served.partitions(ends.len() as i32) {
+        Some(wanted) => ends
+            .into_iter()
+            .filter(|(p, _)| wanted.contains(p))
+            .collect(),
+        None => ends,
     };
     let mut tpl = TopicPartitionList::new();
     for p in ends.keys() {

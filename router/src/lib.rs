@@ -16,6 +16,7 @@ pub mod follow;
 pub mod metrics;
 pub mod proxy;
 pub mod select;
+pub mod served;
 pub mod table;
 pub mod telemetry;
 

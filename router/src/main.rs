@@ -11,10 +11,12 @@ use anyhow::Context;
 use carbonflow_router::admin::{self, AdminState};
 use carbonflow_router::proxy::{self, Proxy, ProxySettings};
 use carbonflow_router::select::Mode;
+use carbonflow_router::served::Served;
 use carbonflow_router::table::DecisionTable;
 use carbonflow_router::telemetry::{self, Telemetry};
 use carbonflow_router::{follow, now_ms};
 use carbonflow_schemas::bus::{KafkaArgs, LagMetrics, RecordProducer};
+use carbonflow_schemas::vocabulary::ScheduleId;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -41,9 +43,25 @@ struct Cli {
         default_value = "127.0.0.1:9401"
     )]
     admin_listen: SocketAddr,
-    /// Schedule (namespace/name) of requests without an x-carbonflow-schedule header.
-    #[arg(long, env = "CARBONFLOW_SCHEDULE")]
-    schedule: Option<String>,
+    /// Schedules (namespace/name) this router serves: repeat the flag or separate with
+    /// commas. Requests for any other schedule get 404, and the router reads only the
+    /// decisions partitions of these. With one schedule, requests without an
+    /// x-carbonflow-schedule header are for it.
+    #[arg(
+        long = "schedule",
+        env = "CARBONFLOW_SCHEDULE",
+        value_delimiter = ',',
+        required_unless_present = "all_schedules"
+    )]
+    schedules: Vec<ScheduleId>,
+    /// Serve every schedule on the decisions topic instead of a list (the
+    /// x-carbonflow-schedule header of each request picks one).
+    #[arg(long, env = "CARBONFLOW_ALL_SCHEDULES", conflicts_with = "schedules")]
+    all_schedules: bool,
+    /// Let clients force a flavour with the x-carbonrouter request header. Off by default:
+    /// with it, anyone who can reach the router picks the flavour that serves them.
+    #[arg(long, env = "CARBONFLOW_ALLOW_FORCED_FLAVOUR")]
+    allow_forced_flavour: bool,
     /// How requests are spread: random (independent weighted draws) or smooth (smooth
     /// weighted round-robin, delivered shares within one request of the weights).
     #[arg(
@@ -107,8 +125,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let telemetry_log = Arc::new(Telemetry::new(router_id.clone()));
     let producer = RecordProducer::new(&cli.kafka, &format!("{router_id}-telemetry"))?;
 
+    let served = if cli.all_schedules {
+        Served::All
+    } else {
+        Served::Only(cli.schedules.iter().map(|s| s.to_string()).collect())
+    };
     let follower = tokio::spawn(follow::follow(
         cli.kafka.clone(),
+        served.clone(),
         format!("carbonflow-router-{router_id}"),
         table.clone(),
         ready.clone(),
@@ -149,7 +173,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         telemetry_log,
         ProxySettings {
             mode: cli.mode,
-            default_schedule: cli.schedule.clone(),
+            served,
+            allow_forced_flavour: cli.allow_forced_flavour,
             request_timeout: Duration::from_millis(cli.request_timeout_ms),
             max_body_bytes: cli.max_body_bytes,
             expiry_grace_ms: cli.expiry_grace_ms,
@@ -161,7 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding the proxy to {}", cli.listen))?;
-    tracing::info!(proxy = %cli.listen, admin = %cli.admin_listen, %router_id, mode = ?cli.mode, schedule = ?cli.schedule, started_ms = now_ms(), "router listening");
+    tracing::info!(proxy = %cli.listen, admin = %cli.admin_listen, %router_id, mode = ?cli.mode, schedules = ?cli.schedules.iter().map(ToString::to_string).collect::<Vec<_>>(), all_schedules = cli.all_schedules, started_ms = now_ms(), "router listening");
     carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
     let stop = shutdown.clone();
     axum::serve(

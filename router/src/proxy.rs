@@ -25,6 +25,7 @@ use serde_json::json;
 
 use crate::metrics;
 use crate::select::Mode;
+use crate::served::Served;
 use crate::table::{DecisionTable, Route};
 use crate::telemetry::Telemetry;
 
@@ -42,8 +43,11 @@ const VERSION_HEADER: &str = "x-carbonflow-decision-version";
 pub struct ProxySettings {
     /// How requests are spread over the flavours when none is forced.
     pub mode: Mode,
-    /// Schedule of requests without an `x-carbonflow-schedule` header.
-    pub default_schedule: Option<String>,
+    /// The schedules served (with one, requests without an `x-carbonflow-schedule`
+    /// header are for it).
+    pub served: Served,
+    /// Clients may force a flavour with `x-carbonrouter`.
+    pub allow_forced_flavour: bool,
     /// Time allowed for an upstream's response headers.
     pub request_timeout: Duration,
     /// Largest request body accepted (bodies are buffered so a fallback can resend them).
@@ -230,17 +234,24 @@ async fn handle(
         .headers
         .get(SCHEDULE_HEADER)
         .and_then(|v| v.to_str().ok())
+        .or_else(|| proxy.settings.served.single())
         .map(str::to_string)
-        .or_else(|| proxy.settings.default_schedule.clone())
     {
         Some(s) => s,
         None => {
             return error(
                 StatusCode::BAD_REQUEST,
-                json!({"error": "no_schedule", "detail": format!("name the schedule in the {SCHEDULE_HEADER} header (this router has no default schedule)")}),
+                json!({"error": "no_schedule", "detail": format!("name the schedule in the {SCHEDULE_HEADER} header (this router serves several)")}),
             );
         }
     };
+    if !proxy.settings.served.contains(&schedule) {
+        return error(
+            StatusCode::NOT_FOUND,
+            json!({"error": "schedule_not_served", "schedule": schedule, "served": proxy.settings.served.names(),
+                   "detail": "this router does not serve that schedule (its --schedule list)"}),
+        );
+    }
     let Some(route) = proxy.table.get(&schedule) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -252,6 +263,13 @@ async fn handle(
         .headers
         .get(FORCE_HEADER)
         .map(|v| v.to_str().unwrap_or(""));
+    if forced.is_some() && !proxy.settings.allow_forced_flavour {
+        return error(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "forced_flavour_disabled",
+                   "detail": format!("this router does not let clients pick a flavour with {FORCE_HEADER}: start it with --allow-forced-flavour to allow that")}),
+        );
+    }
     let chosen = match forced {
         Some(name) => match route.enabled_flavour(name) {
             Some(i) => i,
@@ -291,6 +309,15 @@ async fn handle(
     };
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
+    // The router's own request headers are for the router, not for the upstream.
+    let own: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-carbonflow-") || n.as_str() == FORCE_HEADER)
+        .cloned()
+        .collect();
+    for n in own {
+        headers.remove(n);
+    }
     if let Some(host) = parts.headers.get(header::HOST).cloned() {
         headers.remove(header::HOST);
         headers.insert("x-forwarded-host", host);

@@ -259,11 +259,18 @@ struct Routing {
 
 impl Routing {
     async fn start(test: &str) -> Self {
+        Self::start_with(test, &[]).await
+    }
+
+    async fn start_with(test: &str, extra: &[&str]) -> Self {
         let args = fresh_layout(test, 1).await;
         let backend = start_backend().await;
         let producer = RecordProducer::new(&args, "routing-test").expect("producer");
-        let router =
-            RouterProcess::start(&args, "r1", &["--mode", "smooth", "--expiry-grace-ms", "0"]);
+        let flags: Vec<&str> = ["--mode", "smooth", "--expiry-grace-ms", "0"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let router = RouterProcess::start(&args, "r1", &flags);
         router.ready().await;
         let url = format!("{}/api/x", router.proxy);
         Self {
@@ -306,10 +313,15 @@ async fn forwarding_drops_hop_by_hop_headers_and_sets_the_mesh_header() {
             ("connection", "x-secret"),
             ("x-secret", "hop"),
             ("keep-alive", "timeout=5"),
+            ("x-carbonflow-schedule", SCHEDULE),
         ],
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    assert!(
+        !body.contains("x-carbonflow-schedule"),
+        "the router's own headers stay with it: {body}"
+    );
     assert!(body.contains("x-carbonrouter: 50"), "{body}");
     assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
     assert!(body.contains("x-forwarded-proto: http"), "{body}");
@@ -342,7 +354,7 @@ async fn weights_are_used_in_proportion_whatever_their_sum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_flavour_is_honoured_only_when_enabled() {
-    let mut t = Routing::start("forced").await;
+    let mut t = Routing::start_with("forced", &["--allow-forced-flavour"]).await;
     t.publish(t.decision([0.0, 0.0, 0.0])).await;
     let (status, body, _) = get_text(&t.url, &[("x-carbonrouter", "lite")]).await;
     assert_eq!((status, body.as_str()), (200, "lite"));
@@ -350,6 +362,18 @@ async fn a_forced_flavour_is_honoured_only_when_enabled() {
     assert_eq!(status, 400);
     assert!(
         body.contains("unknown_flavour") && body.contains("\"mid\""),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forcing_a_flavour_needs_the_routers_consent() {
+    let mut t = Routing::start("noforce").await;
+    t.publish(t.decision([100.0, 0.0, 0.0])).await;
+    let (status, body, _) = get_text(&t.url, &[("x-carbonrouter", "lite")]).await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("forced_flavour_disabled") && body.contains("--allow-forced-flavour"),
         "{body}"
     );
 }
@@ -469,12 +493,16 @@ async fn a_broker_outage_keeps_routing_on_the_last_decision() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_over_the_limit_get_413_and_unknown_schedules_503() {
+async fn bodies_over_the_limit_get_413_and_schedules_not_served_404() {
     let args = fresh_layout("limits", 1).await;
     let backend = start_backend().await;
     let producer = RecordProducer::new(&args, "limits-test").expect("producer");
     publish(&producer, &args, &decision(1, &backend, [100.0, 0.0, 0.0])).await;
-    let r = RouterProcess::start(&args, "r-limits", &["--max-body-bytes", "16"]);
+    let r = RouterProcess::start(
+        &args,
+        "r-limits",
+        &["--max-body-bytes", "16", "--schedule", "shop/undecided"],
+    );
     r.ready().await;
     let client = http_client();
     let url = format!("{}/api/x", r.proxy);
@@ -491,7 +519,10 @@ async fn bodies_over_the_limit_get_413_and_unknown_schedules_503() {
         .await
         .expect("big");
     assert_eq!(big.status, 413);
-    let unknown = post("x", "shop/unknown").await.expect("unknown");
-    assert_eq!(unknown.status, 503);
-    assert!(String::from_utf8_lossy(&unknown.body).contains("no_decision"));
+    let undecided = post("x", "shop/undecided").await.expect("undecided");
+    assert_eq!(undecided.status, 503, "served, but no decision yet");
+    assert!(String::from_utf8_lossy(&undecided.body).contains("no_decision"));
+    let elsewhere = post("x", "other/team").await.expect("not served");
+    assert_eq!(elsewhere.status, 404);
+    assert!(String::from_utf8_lossy(&elsewhere.body).contains("schedule_not_served"));
 }
