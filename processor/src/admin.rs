@@ -21,6 +21,7 @@ use carbonflow_schemas::records::{
     ConfigCommand, FieldProblem, FlavourWeight, ManualOverride, OverrideCancellation,
 };
 use carbonflow_schemas::service::{METRICS_CONTENT_TYPE, metrics_text, now_ms};
+use carbonflow_schemas::upstream::AllowList;
 use carbonflow_schemas::vocabulary::ScheduleId;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -49,6 +50,9 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// The token requests that publish commands must carry (`None`: loopback only).
     pub token: Option<AdminToken>,
+    /// Where flavour upstreams may be (the gate's allow-list, checked here first so
+    /// that the caller hears of it).
+    pub upstreams: AllowList,
 }
 
 /// The routes: reading is open, publishing commands goes through
@@ -255,6 +259,21 @@ async fn put_config(
     let config = spec.to_config(id.as_str(), now.max(in_force + 1), now);
     if let Err(problems) = validate(&config) {
         return invalid("invalid_config", &problems);
+    }
+    let not_allowed: Vec<FieldProblem> = config
+        .flavours
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let refusal = state.upstreams.check_url(&f.upstream_url).err()?;
+            Some(FieldProblem {
+                field: format!("flavours[{i}].upstream_url"),
+                rule: format!("must be an allowed upstream: {}", refusal.rule),
+            })
+        })
+        .collect();
+    if !not_allowed.is_empty() {
+        return invalid("invalid_config", &not_allowed);
     }
     let version = config.config_version;
     match publish(&state, ConfigCommand::Config(Box::new(config))).await {

@@ -12,6 +12,7 @@ use carbonflow_processor::admin::{self, AdminState};
 use carbonflow_processor::pipeline::{self, Settings};
 use carbonflow_processor::view::ProcessorView;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer};
+use carbonflow_schemas::upstream::AllowList;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -108,6 +109,11 @@ struct LimitArgs {
     /// Longest manual override (ttlSeconds), e.g. 24h.
     #[arg(long, env = "CARBONFLOW_MAX_OVERRIDE_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     max_override_ttl: Duration,
+    /// Where flavour upstreams may be: host names, suffixes (*.svc.cluster.local) and
+    /// networks (10.0.0.0/8), comma-separated. Empty allows any host; link-local and
+    /// cloud metadata addresses are always refused.
+    #[arg(long, env = "CARBONFLOW_ALLOWED_UPSTREAMS", value_delimiter = ',')]
+    allowed_upstreams: Vec<String>,
     /// Longest decision validity a config may ask for (validFor), e.g. 1h.
     #[arg(long, env = "CARBONFLOW_MAX_VALID_FOR", default_value = "1h", value_parser = humantime::parse_duration)]
     max_valid_for: Duration,
@@ -122,6 +128,7 @@ impl LimitArgs {
         );
         let seconds = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         Ok(Limits {
+            upstreams: AllowList::new(&self.allowed_upstreams)?,
             max_intensity: self.max_intensity,
             max_future_skew_ms: i64::try_from(self.max_future_skew.as_millis())
                 .unwrap_or(i64::MAX)
@@ -441,6 +448,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         layout: args.kafka.layout(),
         metrics: handle,
         token,
+        upstreams: settings.limits.upstreams.clone(),
     };
     let admin = tokio::spawn(admin::run(listener, admin_state, shutdown.clone()));
     carbonflow_schemas::service::cancel_on_signal(shutdown.clone());

@@ -914,6 +914,29 @@ async fn publishing_commands_needs_the_admin_token_when_one_is_set() {
     );
     let (status, reply) = put(Some(format!("Bearer {token}")), "application/json").await;
     assert_eq!(status, 202, "{reply}");
+    // A metadata address is refused at the API, naming the field.
+    let metadata = body.replace(
+        "http://127.0.0.1:1",
+        "http://169.254.169.254/latest/meta-data",
+    );
+    let reply = carbonflow_schemas::testing::send(
+        &client,
+        "PUT",
+        &url,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &format!("Bearer {token}")),
+        ],
+        Some(&metadata),
+    )
+    .await
+    .expect("the admin API answers");
+    let json: Value = serde_json::from_slice(&reply.body).expect("JSON");
+    assert_eq!(reply.status, 400, "{json}");
+    assert_eq!(
+        json["problems"][0]["field"], "flavours[0].upstream_url",
+        "{json}"
+    );
     // Reading stays open, and axum's own errors are JSON too.
     assert_eq!(
         http("GET", &format!("{}/readyz", processor.admin), None)

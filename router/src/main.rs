@@ -16,6 +16,7 @@ use carbonflow_router::table::DecisionTable;
 use carbonflow_router::telemetry::{self, Telemetry};
 use carbonflow_router::{follow, now_ms};
 use carbonflow_schemas::bus::{KafkaArgs, LagMetrics, RecordProducer};
+use carbonflow_schemas::upstream::AllowList;
 use carbonflow_schemas::vocabulary::ScheduleId;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +59,11 @@ struct Cli {
     /// x-carbonflow-schedule header of each request picks one).
     #[arg(long, env = "CARBONFLOW_ALL_SCHEDULES", conflicts_with = "schedules")]
     all_schedules: bool,
+    /// Where upstreams may be: host names, suffixes (*.svc.cluster.local) and networks
+    /// (10.0.0.0/8), repeatable or comma-separated. Empty allows any host; link-local and
+    /// cloud metadata addresses are always refused (502 upstream_not_allowed).
+    #[arg(long, env = "CARBONFLOW_ALLOW_UPSTREAM", value_delimiter = ',')]
+    allow_upstream: Vec<String>,
     /// Let clients force a flavour with the x-carbonrouter request header. Off by default:
     /// with it, anyone who can reach the router picks the flavour that serves them.
     #[arg(long, env = "CARBONFLOW_ALLOW_FORCED_FLAVOUR")]
@@ -175,6 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mode: cli.mode,
             served,
             allow_forced_flavour: cli.allow_forced_flavour,
+            upstreams: AllowList::new(&cli.allow_upstream).context("--allow-upstream")?,
             request_timeout: Duration::from_millis(cli.request_timeout_ms),
             max_body_bytes: cli.max_body_bytes,
             expiry_grace_ms: cli.expiry_grace_ms,

@@ -14,6 +14,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use carbonflow_schemas::records::Outcome;
+use carbonflow_schemas::upstream::AllowList;
 use carbonflow_schemas::vocabulary::AttemptResult;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -48,6 +49,8 @@ pub struct ProxySettings {
     pub served: Served,
     /// Clients may force a flavour with `x-carbonrouter`.
     pub allow_forced_flavour: bool,
+    /// Where upstreams may be; a decision naming another is not followed there.
+    pub upstreams: AllowList,
     /// Time allowed for an upstream's response headers.
     pub request_timeout: Duration,
     /// Largest request body accepted (bodies are buffered so a fallback can resend them).
@@ -115,6 +118,8 @@ fn error(status: StatusCode, body: serde_json::Value) -> Response {
 enum Failure {
     Timeout,
     Connect(String),
+    /// The upstream is outside the router's `--allow-upstream` list.
+    NotAllowed(String),
     Other(String),
 }
 
@@ -123,6 +128,7 @@ impl Failure {
         match self {
             Failure::Timeout => "timeout",
             Failure::Connect(_) => "connect_error",
+            Failure::NotAllowed(_) => "not_allowed",
             Failure::Other(_) => "error",
         }
     }
@@ -134,7 +140,7 @@ fn attempt_result(result: &Result<hyper::Response<Incoming>, Failure>) -> Attemp
         Ok(r) => AttemptResult::Answered(r.status().as_u16()),
         Err(Failure::Timeout) => AttemptResult::TimedOut,
         Err(Failure::Connect(_)) => AttemptResult::Unreachable,
-        Err(Failure::Other(_)) => AttemptResult::Failed,
+        Err(Failure::NotAllowed(_) | Failure::Other(_)) => AttemptResult::Failed,
     }
 }
 
@@ -197,6 +203,13 @@ async fn attempt(
     out: &Outgoing<'_>,
 ) -> Result<hyper::Response<Incoming>, Failure> {
     let f = &route.decision.flavours[flavour];
+    // Defence in depth: the processor checks configs, but a decision written to the
+    // topic by anyone else must not send traffic anywhere either.
+    proxy
+        .settings
+        .upstreams
+        .check_url(&f.upstream_url)
+        .map_err(|r| Failure::NotAllowed(r.to_string()))?;
     let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
     let target = format!("{}{}", f.upstream_url.trim_end_matches('/'), path);
     let mut req = hyper::Request::builder()
@@ -393,6 +406,11 @@ async fn handle(
         Err(Failure::Connect(e)) => error(
             StatusCode::BAD_GATEWAY,
             json!({"error": "upstream_unreachable", "flavour": flavour, "detail": e}),
+        ),
+        Err(Failure::NotAllowed(e)) => error(
+            StatusCode::BAD_GATEWAY,
+            json!({"error": "upstream_not_allowed", "flavour": flavour, "detail": e,
+                   "rule": "the router's --allow-upstream list; link-local and metadata addresses are always refused"}),
         ),
         Err(Failure::Other(e)) => error(
             StatusCode::BAD_GATEWAY,

@@ -379,6 +379,18 @@ async fn forcing_a_flavour_needs_the_routers_consent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_naming_a_metadata_upstream_is_not_followed_there() {
+    let mut t = Routing::start("ssrf").await;
+    // Written to the topic directly: the processor's checks never saw it.
+    let mut d = t.decision([100.0, 0.0, 0.0]);
+    d.flavours[0].upstream_url = "http://169.254.169.254/latest/meta-data".into();
+    t.publish(d).await;
+    let (status, body, _) = get_text(&t.url, &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_not_allowed"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_matching_fallback_rule_wins() {
     let mut t = Routing::start("fallbacks").await;
     // Identical and overlapping conditions.

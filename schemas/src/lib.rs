@@ -9,6 +9,7 @@
 //!   decoding with the writer's schema resolved to the current reader schema;
 //! * [`time`] — event times: epoch ms ↔ RFC 3339, the one conversion;
 //! * [`topics`] — topic names (with a prefix), partition counts, cleanup policies;
+//! * [`upstream`] — the allow-list of upstreams, checked by the processor and the router;
 //! * [`vocabulary`] — typed schedule ids, decision causes and fallback conditions, the
 //!   meanings of the records' string fields;
 //! * `bus` — client configuration, the producer helper, range reads, topic creation and
@@ -32,6 +33,7 @@ pub mod service;
 pub mod testing;
 pub mod time;
 pub mod topics;
+pub mod upstream;
 pub mod vocabulary;
 
 pub use codec::{AvroRecord, CodecError, decode, encode};

@@ -19,6 +19,7 @@ use std::fmt;
 
 use carbonflow_schemas::records::{ConfigCommand, Forecast, TelemetryBucket};
 use carbonflow_schemas::topics::partition_of;
+use carbonflow_schemas::upstream::AllowList;
 use carbonflow_schemas::vocabulary::ScheduleId;
 
 use crate::state::Input;
@@ -36,6 +37,9 @@ const MAX_LATENCY_BOUNDS: usize = 64;
 /// The configurable bounds (processor flags); the defaults are the documented ones.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
+    /// Where flavour upstreams may be (`--allowed-upstreams`; empty: any host but
+    /// link-local and metadata addresses).
+    pub upstreams: AllowList,
     /// Highest plausible carbon intensity, g/kWh (`--max-intensity`).
     pub max_intensity: f64,
     /// Most slots a forecast (and its demand forecast) may hold.
@@ -59,6 +63,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            upstreams: AllowList::default(),
             max_intensity: 2000.0,
             max_forecast_points: 5000,
             max_future_skew_ms: 5 * 60 * 1000,
@@ -82,15 +87,18 @@ pub enum RefusalKind {
     TooOld,
     /// A schedule-keyed record on a partition its schedule does not hash to.
     WrongPartition,
+    /// A config whose upstream is outside the allowed upstreams.
+    NotAllowed,
 }
 
 impl RefusalKind {
     /// Every kind, for metrics that start at zero.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Implausible,
         Self::FutureDated,
         Self::TooOld,
         Self::WrongPartition,
+        Self::NotAllowed,
     ];
 
     /// The label.
@@ -100,6 +108,7 @@ impl RefusalKind {
             Self::FutureDated => "future_dated",
             Self::TooOld => "too_old",
             Self::WrongPartition => "wrong_partition",
+            Self::NotAllowed => "not_allowed",
         }
     }
 }
@@ -415,6 +424,16 @@ impl Gate<'_> {
             ConfigCommand::Config(c) => {
                 self.not_future("published_at_ms", c.published_at_ms)?;
                 version("config_version", c.config_version)?;
+                for (i, f) in c.flavours.iter().enumerate() {
+                    if let Err(r) = self.limits.upstreams.check_url(&f.upstream_url) {
+                        return Err(refuse(
+                            RefusalKind::NotAllowed,
+                            &format!("flavours[{i}].upstream_url"),
+                            format!("{:?}", f.upstream_url),
+                            &format!("must be an allowed upstream: {}", r.rule),
+                        ));
+                    }
+                }
                 let longest = self.limits.max_valid_for_s;
                 if c.valid_for_seconds > longest {
                     return Err(implausible(

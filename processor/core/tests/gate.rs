@@ -143,6 +143,16 @@ fn an_override_longer_than_a_day_is_refused() {
 }
 
 #[test]
+fn a_metadata_upstream_is_not_allowed() {
+    let mut c = samples::schedule_config();
+    c.flavours[1].upstream_url = "http://169.254.169.254/latest/meta-data".into();
+    assert_eq!(
+        refusal(&Input::Config(ConfigCommand::Config(Box::new(c))), home()),
+        (RefusalKind::NotAllowed, "flavours[1].upstream_url".into())
+    );
+}
+
+#[test]
 fn a_validity_longer_than_an_hour_is_refused() {
     let mut c = samples::schedule_config();
     c.valid_for_seconds = 7200;
