@@ -54,6 +54,7 @@ impl Pipeline {
         let mut procs = Children::default();
         let common = |c: &mut Command| {
             c.args(args.to_flags())
+                .envs(args.to_secret_env())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
         };

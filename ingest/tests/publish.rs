@@ -9,6 +9,7 @@ use carbonflow_schemas::testing::{fresh_layout, read_all, repo_root};
 fn ingest(args: &KafkaArgs, rest: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ingest"))
         .args(args.to_flags())
+        .envs(args.to_secret_env())
         .args(rest)
         .output()
         .expect("run ingest")

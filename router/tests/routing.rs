@@ -67,6 +67,7 @@ impl RouterProcess {
         let log = std::env::temp_dir().join(format!("{}{id}.log", args.topic_prefix));
         let child = Command::new(env!("CARGO_BIN_EXE_router"))
             .args(args.to_flags())
+            .envs(args.to_secret_env())
             .args(["--listen", &format!("127.0.0.1:{p}")])
             .args(["--admin-listen", &format!("127.0.0.1:{a}")])
             .args(["--router-id", id, "--schedule", SCHEDULE])

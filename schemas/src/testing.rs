@@ -272,7 +272,10 @@ impl Drop for Children {
 /// directory in benchmarks and deploy checks.
 pub fn processor_command(bin: impl AsRef<OsStr>, subcommand: &str, kafka: &KafkaArgs) -> Command {
     let mut command = Command::new(bin);
-    command.arg(subcommand).args(kafka.to_flags());
+    command
+        .arg(subcommand)
+        .args(kafka.to_flags())
+        .envs(kafka.to_secret_env());
     command
 }
 

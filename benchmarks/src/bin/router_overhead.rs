@@ -119,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
     procs.0.push(
         Command::new(cli.bin_dir.join("router"))
             .args(args.to_flags())
+            .envs(args.to_secret_env())
             .args(["--listen", &format!("127.0.0.1:{proxy}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args([

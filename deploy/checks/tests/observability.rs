@@ -123,6 +123,7 @@ impl Pipeline {
         std::fs::write(&file, yaml).expect("schedule file");
         let status = Command::new(workspace_binary("ingest"))
             .args(args.to_flags())
+            .envs(args.to_secret_env())
             .args(["config", "apply", "-f"])
             .arg(&file)
             .status()
@@ -151,6 +152,7 @@ impl Pipeline {
                 &format!("{test}-{id}"),
                 Command::new(workspace_binary("router"))
                     .args(args.to_flags())
+                    .envs(args.to_secret_env())
                     .args([
                         "--listen",
                         &listen,

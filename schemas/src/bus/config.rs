@@ -11,7 +11,7 @@ use super::BusError;
 use crate::topics::{DEFAULT_SCHEDULE_PARTITIONS, TopicLayout};
 
 /// Flags for reaching the Kafka cluster (flatten into a component's clap `Parser`).
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated host:port.
     #[arg(
@@ -64,8 +64,34 @@ pub struct KafkaArgs {
 
     /// Extra librdkafka property as key=value (repeatable; the env var takes a
     /// comma-separated list). Applied last, so it overrides carbonflow's own settings.
-    #[arg(long = "kafka-option", env = "KAFKA_OPTIONS", value_delimiter = ',')]
+    #[arg(
+        long = "kafka-option",
+        env = "KAFKA_OPTIONS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub options: Vec<String>,
+}
+
+/// Secrets stay out of logs and panics: the password and the librdkafka options (which
+/// may name one) are shown redacted.
+impl std::fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |set: bool| if set { "<redacted>" } else { "<none>" };
+        f.debug_struct("KafkaArgs")
+            .field("brokers", &self.brokers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("schedule_partitions", &self.schedule_partitions)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &redacted(self.sasl_password.is_some()))
+            .field("ssl_ca_location", &self.ssl_ca_location)
+            .field("ssl_certificate_location", &self.ssl_certificate_location)
+            .field("ssl_key_location", &self.ssl_key_location)
+            .field("options", &redacted(!self.options.is_empty()))
+            .finish()
+    }
 }
 
 impl Default for KafkaArgs {
@@ -93,7 +119,8 @@ impl KafkaArgs {
     }
 
     /// The command-line flags that give a child process (processor, router, ingest) these
-    /// same settings. Secrets are passed as flags too, so never log the result.
+    /// same settings, secrets excepted: pass [`to_secret_env`](Self::to_secret_env) as
+    /// its environment too.
     pub fn to_flags(&self) -> Vec<String> {
         let mut flags = vec![
             "--kafka-brokers".to_string(),
@@ -107,7 +134,6 @@ impl KafkaArgs {
             ("--kafka-security-protocol", &self.security_protocol),
             ("--kafka-sasl-mechanism", &self.sasl_mechanism),
             ("--kafka-sasl-username", &self.sasl_username),
-            ("--kafka-sasl-password", &self.sasl_password),
             ("--kafka-ssl-ca", &self.ssl_ca_location),
             ("--kafka-ssl-certificate", &self.ssl_certificate_location),
             ("--kafka-ssl-key", &self.ssl_key_location),
@@ -118,11 +144,21 @@ impl KafkaArgs {
                 flags.push(v.clone());
             }
         }
-        for o in &self.options {
-            flags.push("--kafka-option".into());
-            flags.push(o.clone());
-        }
         flags
+    }
+
+    /// The settings [`to_flags`](Self::to_flags) leaves out because they may hold
+    /// secrets (the SASL password; librdkafka options, which can name one), as
+    /// environment variables for a child process: command lines show up in `ps`.
+    pub fn to_secret_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        if let Some(p) = &self.sasl_password {
+            env.push(("KAFKA_SASL_PASSWORD", p.clone()));
+        }
+        if !self.options.is_empty() {
+            env.push(("KAFKA_OPTIONS", self.options.join(",")));
+        }
+        env
     }
 
     /// Topic names and partition counts these flags describe.
@@ -259,5 +295,25 @@ mod tests {
         assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
         assert_eq!(c.get("sasl.username"), Some("u"));
         assert_eq!(c.get("sasl.password"), None);
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_stay_off_command_lines_and_out_of_debug() {
+        let mut args = KafkaArgs::for_brokers("b:9092");
+        args.sasl_password = Some("hunter2-hunter2".into());
+        args.options = vec!["sasl.password=hunter2-hunter2".into()];
+        assert!(!args.to_flags().iter().any(|f| f.contains("hunter2")));
+        assert!(!format!("{args:?}").contains("hunter2"));
+        let env = args.to_secret_env();
+        assert!(env.contains(&("KAFKA_SASL_PASSWORD", "hunter2-hunter2".into())));
+        assert!(
+            env.iter()
+                .any(|(k, v)| *k == "KAFKA_OPTIONS" && v.contains("hunter2"))
+        );
     }
 }
