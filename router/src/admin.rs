@@ -33,19 +33,34 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// Milliseconds past `validUntil` before a decision counts as expired.
     pub expiry_grace_ms: i64,
+    /// Cleared when the decisions follower has stopped: `/healthz` then fails, so that
+    /// the router is restarted rather than left routing on decisions that no longer
+    /// change.
+    pub following: Arc<AtomicBool>,
 }
 
 /// `/healthz`, `/readyz`, `/decisions` and `/metrics`.
 pub fn router(state: AdminState) -> axum::Router {
     axum::Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/decisions", get(decisions))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+async fn healthz(State(s): State<AdminState>) -> Response {
+    if s.following.load(Ordering::SeqCst) {
+        axum::Json(json!({"status": "ok"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(
+                json!({"status": "failed", "detail": "the decisions follower has stopped; restart the router"}),
+            ),
+        )
+            .into_response()
+    }
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {

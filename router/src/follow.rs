@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use carbonflow_schemas::bus::consumer::add_offset;
 use carbonflow_schemas::bus::{
@@ -41,8 +41,14 @@ fn end_offsets(args: &KafkaArgs, topic: &str) -> Result<BTreeMap<i32, i64>, Foll
         .collect()
 }
 
+/// Longest wait between two attempts to start following.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
 /// Follow the decisions of the `served` schedules on `schedule.decisions` into `table`
-/// until `shutdown`; sets `ready` once caught up.
+/// until `shutdown`; sets `ready` once caught up. Starting (metadata, end offsets,
+/// assignment) is retried with exponential backoff while the broker cannot be reached,
+/// each failure logged and counted, so a router started before its broker becomes ready
+/// once the broker is up.
 pub async fn follow(
     args: KafkaArgs,
     served: Served,
@@ -51,6 +57,31 @@ pub async fn follow(
     ready: Arc<AtomicBool>,
     lag: LagMetrics,
     shutdown: CancellationToken,
+) -> Result<(), FollowError> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let attempt = follow_once(&args, &served, &group, &table, &ready, &lag, &shutdown).await;
+        let Err(e) = attempt else {
+            return Ok(());
+        };
+        crate::metrics::follow_failed();
+        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot follow the decisions topic yet; retrying");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn follow_once(
+    args: &KafkaArgs,
+    served: &Served,
+    group: &str,
+    table: &DecisionTable,
+    ready: &AtomicBool,
+    lag: &LagMetrics,
+    shutdown: &CancellationToken,
 ) -> Result<(), FollowError> {
     let started = Instant::now();
     let topic = args.layout().name(Topic::Decisions);
@@ -71,7 +102,7 @@ pub async fn follow(
     for p in ends.keys() {
         add_offset(&mut tpl, &topic, *p, Offset::Beginning)?;
     }
-    let consumer = assigned_consumer(&args, &group, &group, lag, &tpl)?;
+    let consumer = assigned_consumer(args, group, group, lag.clone(), &tpl)?;
     // Partitions still to catch up with: those that had records when we started.
     let mut behind: BTreeMap<i32, i64> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
     let mark_ready = |ready: &AtomicBool| {
@@ -84,7 +115,7 @@ pub async fn follow(
         );
     };
     if behind.is_empty() {
-        mark_ready(&ready);
+        mark_ready(ready);
     }
     loop {
         let m = tokio::select! {
@@ -108,7 +139,7 @@ pub async fn follow(
                 }
             }
             Some(bytes) => match decode::<ScheduleDecision>(bytes) {
-                Ok(d) => apply(&table, d, now, bootstrapping, m.timestamp().to_millis()),
+                Ok(d) => apply(table, d, now, bootstrapping, m.timestamp().to_millis()),
                 Err(e) => {
                     crate::metrics::undecodable_decision(e.kind());
                     tracing::warn!(partition = m.partition(), offset = m.offset(), error = %e, "undecodable decision skipped");
@@ -118,7 +149,7 @@ pub async fn follow(
         if let Some(l) = consumer
             .context()
             .metrics()
-            .get(&group, &topic, m.partition())
+            .get(group, &topic, m.partition())
         {
             l.processed(m.timestamp().to_millis().unwrap_or(now));
         }
@@ -127,7 +158,7 @@ pub async fn follow(
             if m.offset() + 1 >= end {
                 behind.remove(&m.partition());
                 if behind.is_empty() {
-                    mark_ready(&ready);
+                    mark_ready(ready);
                 }
             }
         }

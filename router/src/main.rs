@@ -102,6 +102,15 @@ struct Cli {
     seed: Option<u64>,
 }
 
+/// Sets the flag it holds to false when dropped.
+struct StillFollowing(Arc<AtomicBool>);
+
+impl Drop for StillFollowing {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     carbonflow_schemas::service::init_logging();
@@ -136,15 +145,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         Served::Only(cli.schedules.iter().map(|s| s.to_string()).collect())
     };
-    let follower = tokio::spawn(follow::follow(
-        cli.kafka.clone(),
-        served.clone(),
-        format!("carbonflow-router-{router_id}"),
-        table.clone(),
-        ready.clone(),
-        lag.clone(),
-        shutdown.clone(),
-    ));
+    let following = Arc::new(AtomicBool::new(true));
+    let follower = {
+        let follow = follow::follow(
+            cli.kafka.clone(),
+            served.clone(),
+            format!("carbonflow-router-{router_id}"),
+            table.clone(),
+            ready.clone(),
+            lag.clone(),
+            shutdown.clone(),
+        );
+        // Cleared however the task ends, a panic included.
+        let alive = StillFollowing(following.clone());
+        tokio::spawn(async move {
+            let _alive = alive;
+            follow.await
+        })
+    };
     let flusher = tokio::spawn(telemetry::flush_loop(
         telemetry_log.clone(),
         producer,
@@ -166,6 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         lag,
         metrics: handle,
         expiry_grace_ms: cli.expiry_grace_ms,
+        following,
     });
     let stop = shutdown.clone();
     let admin_server = tokio::spawn(async move {

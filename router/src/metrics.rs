@@ -30,6 +30,7 @@ const DECISIONS_IGNORED: &str = "carbonflow_router_decisions_ignored_total";
 const TELEMETRY_DROPPED: &str = "carbonflow_router_telemetry_dropped_total";
 const BOOTSTRAP_SECONDS: &str = "carbonflow_router_bootstrap_seconds";
 const UNDECODABLE_DECISIONS: &str = "carbonflow_router_undecodable_decisions_total";
+const FOLLOW_FAILURES: &str = "carbonflow_router_follow_failures_total";
 
 /// Describe every metric with its unit, so that `/metrics` has a HELP line for each.
 /// (`install_metrics` enables no unit suffixes: the names stay as they are.)
@@ -94,6 +95,11 @@ pub fn describe() {
         Unit::Count,
         "Records on the decisions topic skipped as undecodable, by codec error kind."
     );
+    describe_counter!(
+        FOLLOW_FAILURES,
+        Unit::Count,
+        "Failed attempts to start following the decisions topic (retried with backoff)."
+    );
 }
 
 /// A request was answered with `status` by `flavour` after `latency`.
@@ -148,6 +154,11 @@ pub(crate) fn decision_applied(
 /// the clocks of the broker and the router may disagree).
 pub(crate) fn decision_propagated(delay_ms: i64) {
     histogram!(DECISION_PROPAGATION).record(delay_ms.max(0) as f64 / 1000.0);
+}
+
+/// An attempt to start following the decisions topic failed (it is retried).
+pub(crate) fn follow_failed() {
+    counter!(FOLLOW_FAILURES).increment(1);
 }
 
 /// The router caught up with the decisions topic `seconds` after it started.

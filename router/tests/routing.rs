@@ -13,7 +13,7 @@ use carbonflow_schemas::records::{
     DecisionFlavour, ExpiryBehaviour, FallbackRule, ScheduleDecision, TelemetryBucket,
 };
 use carbonflow_schemas::testing::{
-    eventually, free_port, fresh_layout, http_client, read_all, samples, send,
+    eventually, free_port, fresh_layout, http_client, read_all, samples, send, try_http,
 };
 
 const SCHEDULE: &str = "shop/checkout";
@@ -538,4 +538,29 @@ async fn bodies_over_the_limit_get_413_and_schedules_not_served_404() {
     let elsewhere = post("x", "other/team").await.expect("not served");
     assert_eq!(elsewhere.status, 404);
     assert!(String::from_utf8_lossy(&elsewhere.body).contains("schedule_not_served"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_started_before_its_broker_becomes_ready_once_the_broker_is_up() {
+    let broker = carbonflow_schemas::testing::PrivateBroker::start("latebroker");
+    let mut args = KafkaArgs::for_brokers(broker.address());
+    args.topic_prefix = "late.".into();
+    args.schedule_partitions = 1;
+    carbonflow_schemas::bus::admin::ensure_topics(&args, &args.layout(), 1)
+        .await
+        .expect("topics on the private broker");
+    broker.stop();
+    let r = RouterProcess::start(&args, "r-late", &[]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let admin = |path: &str| format!("{}{path}", r.admin);
+    let (ready, _) = try_http("GET", &admin("/readyz"), None)
+        .await
+        .expect("the admin endpoints answer without a broker");
+    assert_eq!(ready, 503, "not ready without the broker");
+    let (health, _) = try_http("GET", &admin("/healthz"), None)
+        .await
+        .expect("healthz answers");
+    assert_eq!(health, 200, "alive: it keeps trying");
+    broker.resume();
+    r.ready().await;
 }
