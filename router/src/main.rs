@@ -163,12 +163,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             follow.await
         })
     };
+    // Telemetry is flushed last, after the proxy has drained its in-flight requests, so
+    // that every request answered during a stop is reported.
+    let telemetry_stop = CancellationToken::new();
     let flusher = tokio::spawn(telemetry::flush_loop(
         telemetry_log.clone(),
         producer,
         cli.kafka.layout(),
-        shutdown.clone(),
+        telemetry_stop.clone(),
     ));
+    {
+        // On a stop, turn unready at once: load balancers stop sending new requests
+        // while the in-flight ones finish.
+        let (ready, stop) = (ready.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            ready.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
     tokio::spawn(admin::watch_expiry(
         table.clone(),
         cli.expiry_grace_ms,
@@ -223,6 +235,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     .await
     .context("proxy server")?;
     shutdown.cancel();
+    tracing::info!("in-flight requests done; flushing telemetry");
+    telemetry_stop.cancel();
     let followed = follower.await.context("decisions follower task")?;
     flusher.await.context("telemetry flusher task")?;
     admin_server

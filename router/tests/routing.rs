@@ -37,6 +37,10 @@ async fn start_backend() -> String {
         .route(
             "/{flavour}/{*rest}",
             axum::routing::any(|Path((flavour, _)): Path<(String, String)>| async move {
+                if flavour == "slow" {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    return (StatusCode::OK, flavour);
+                }
                 if flavour == "broken" {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -112,6 +116,15 @@ impl RouterProcess {
             .iter()
             .find(|d| d["schedule"] == SCHEDULE)?["version"]
             .as_i64()
+    }
+}
+
+impl RouterProcess {
+    /// SIGTERM, and wait for the router to exit; its exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("the router exits")
     }
 }
 
@@ -563,4 +576,60 @@ async fn a_router_started_before_its_broker_becomes_ready_once_the_broker_is_up(
     assert_eq!(health, 200, "alive: it keeps trying");
     broker.resume();
     r.ready().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_stopped_under_load_reports_every_request_it_answered() {
+    let args = fresh_layout("drain", 1).await;
+    let backend = start_backend().await;
+    let producer = RecordProducer::new(&args, "drain-test").expect("producer");
+    let mut d = decision(1, &backend, [100.0, 0.0, 0.0]);
+    d.flavours[0].upstream_url = format!("{backend}/slow");
+    publish(&producer, &args, &d).await;
+    let mut r = RouterProcess::start(&args, "r-drain", &["--mode", "smooth"]);
+    r.ready().await;
+    let url = format!("{}/api/x", r.proxy);
+    // Clients in flight when the stop comes: each request takes 300 ms upstream.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = http_client();
+                let mut answered = 0_i64;
+                for _ in 0..20 {
+                    match send(&client, "GET", &url, &[], None).await {
+                        Ok(reply) if reply.status == 200 => answered += 1,
+                        _ => break,
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let status = r.terminate();
+    assert!(status.success(), "router exited with {status}");
+    let mut answered = 0;
+    for c in clients {
+        answered += c.await.expect("client");
+    }
+    assert!(answered > 0, "some requests were answered before the stop");
+    let reported = eventually(
+        "the telemetry of every answered request",
+        Duration::from_secs(15),
+        || async {
+            let total: i64 = read_all(&args, Topic::Telemetry, 0)
+                .into_iter()
+                .filter_map(|(_, _, p)| decode::<TelemetryBucket>(&p?).ok())
+                .filter(|b| b.router_id == "r-drain")
+                .map(|b| b.counts.iter().map(|c| c.count).sum::<i64>())
+                .sum();
+            (total >= answered).then_some(total)
+        },
+    )
+    .await;
+    assert_eq!(
+        reported, answered,
+        "telemetry counts every answered request once"
+    );
 }
