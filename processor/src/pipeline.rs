@@ -216,6 +216,7 @@ pub async fn run(
     // the next interval, and must not make the journal's producer fatal.
     let tick_producer = RecordProducer::new(&args, &format!("{}-ticks", settings.client_id))?;
     let ticker = tokio::spawn(write_ticks(
+        args.clone(),
         tick_producer,
         layout,
         owned,
@@ -820,6 +821,12 @@ impl Shell {
             // state and the journal are intact, restore uses the previous whole snapshot,
             // and the next one is due after the interval.
             if let Err(e) = result {
+                // Unless the producer itself is dead: then every later write fails too,
+                // and only a restart (restore from what was written) recovers.
+                if let Some(fatal) = self.outbox.producer().fatal_error() {
+                    tracing::error!(partition = p, %fatal, "the producer failed for good");
+                    return Err(WriteFailed::new("a snapshot", p, e).into());
+                }
                 let reason = if e.is_message_too_large() {
                     SnapshotSkipped::TooLarge
                 } else {

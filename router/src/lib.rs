@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod follow;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod select;

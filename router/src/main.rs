@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use carbonflow_router::admin::{self, AdminState};
+use carbonflow_router::listener::{self, ListenerLimits};
 use carbonflow_router::proxy::{self, Proxy, ProxySettings};
 use carbonflow_router::select::Mode;
 use carbonflow_router::served::Served;
@@ -64,6 +65,26 @@ struct Cli {
     /// cloud metadata addresses are always refused (502 upstream_not_allowed).
     #[arg(long, env = "CARBONFLOW_ALLOW_UPSTREAM", value_delimiter = ',')]
     allow_upstream: Vec<String>,
+    /// Connections the proxy serves at once; further ones are closed on accept (and
+    /// counted) instead of waiting.
+    #[arg(long, env = "CARBONFLOW_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// Time a client has to send a request's headers, milliseconds, from the
+    /// connection's opening or the end of its previous response: it also closes idle
+    /// keep-alive connections.
+    #[arg(
+        long,
+        env = "CARBONFLOW_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    header_read_timeout_ms: u64,
+    /// Time a client has to send a request's body, milliseconds (408 beyond).
+    #[arg(
+        long,
+        env = "CARBONFLOW_BODY_READ_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    body_read_timeout_ms: u64,
     /// Let clients force a flavour with the x-carbonrouter request header. Off by default:
     /// with it, anyone who can reach the router picks the flavour that serves them.
     #[arg(long, env = "CARBONFLOW_ALLOW_FORCED_FLAVOUR")]
@@ -217,6 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_body_bytes: cli.max_body_bytes,
             expiry_grace_ms: cli.expiry_grace_ms,
             retry_non_idempotent: cli.retry_non_idempotent,
+            body_read_timeout: Duration::from_millis(cli.body_read_timeout_ms.max(1)),
         },
         Duration::from_millis(cli.connect_timeout_ms),
         seed,
@@ -226,14 +248,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("binding the proxy to {}", cli.listen))?;
     tracing::info!(proxy = %cli.listen, admin = %cli.admin_listen, %router_id, mode = ?cli.mode, schedules = ?cli.schedules.iter().map(ToString::to_string).collect::<Vec<_>>(), all_schedules = cli.all_schedules, started_ms = now_ms(), "router listening");
     carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
-    let stop = shutdown.clone();
-    axum::serve(
-        listener,
-        proxy::router(proxy).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.cancelled().await })
-    .await
-    .context("proxy server")?;
+    let limits = ListenerLimits {
+        max_connections: cli.max_connections,
+        header_read_timeout: Duration::from_millis(cli.header_read_timeout_ms.max(1)),
+    };
+    listener::serve(listener, proxy::router(proxy), limits, shutdown.clone()).await;
     shutdown.cancel();
     tracing::info!("in-flight requests done; flushing telemetry");
     telemetry_stop.cancel();

@@ -31,6 +31,7 @@ const TELEMETRY_DROPPED: &str = "carbonflow_router_telemetry_dropped_total";
 const BOOTSTRAP_SECONDS: &str = "carbonflow_router_bootstrap_seconds";
 const UNDECODABLE_DECISIONS: &str = "carbonflow_router_undecodable_decisions_total";
 const FOLLOW_FAILURES: &str = "carbonflow_router_follow_failures_total";
+const CONNECTIONS_REFUSED: &str = "carbonflow_router_connections_refused_total";
 
 /// Describe every metric with its unit, so that `/metrics` has a HELP line for each.
 /// (`install_metrics` enables no unit suffixes: the names stay as they are.)
@@ -100,6 +101,11 @@ pub fn describe() {
         Unit::Count,
         "Failed attempts to start following the decisions topic (retried with backoff)."
     );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connections closed on accept because the proxy already served --max-connections."
+    );
 }
 
 /// A request was answered with `status` by `flavour` after `latency`.
@@ -154,6 +160,11 @@ pub(crate) fn decision_applied(
 /// the clocks of the broker and the router may disagree).
 pub(crate) fn decision_propagated(delay_ms: i64) {
     histogram!(DECISION_PROPAGATION).record(delay_ms.max(0) as f64 / 1000.0);
+}
+
+/// A connection was closed on accept: the proxy already serves its maximum.
+pub(crate) fn connection_refused() {
+    counter!(CONNECTIONS_REFUSED).increment(1);
 }
 
 /// An attempt to start following the decisions topic failed (it is retried).

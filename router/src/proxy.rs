@@ -59,6 +59,8 @@ pub struct ProxySettings {
     pub expiry_grace_ms: i64,
     /// Retry non-idempotent methods (POST, PATCH) on a fallback flavour too.
     pub retry_non_idempotent: bool,
+    /// Time a client has to send a request's body.
+    pub body_read_timeout: Duration,
 }
 
 /// Shared state of the proxy handler.
@@ -308,15 +310,24 @@ async fn handle(
             }
         },
     };
-    let body = match Limited::new(body, proxy.settings.max_body_bytes)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let collected = tokio::time::timeout(
+        proxy.settings.body_read_timeout,
+        Limited::new(body, proxy.settings.max_body_bytes).collect(),
+    )
+    .await;
+    let body = match collected {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": "body_too_large", "limit_bytes": proxy.settings.max_body_bytes, "detail": e.to_string()}),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": "body_timeout", "timeout_ms": proxy.settings.body_read_timeout.as_millis() as u64,
+                       "detail": "the request body did not arrive in time"}),
             );
         }
     };

@@ -633,3 +633,55 @@ async fn a_router_stopped_under_load_reports_every_request_it_answered() {
         "telemetry counts every answered request once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_and_connections_over_the_cap_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let args = fresh_layout("slowloris", 1).await;
+    let backend = start_backend().await;
+    let producer = RecordProducer::new(&args, "slowloris-test").expect("producer");
+    publish(&producer, &args, &decision(1, &backend, [100.0, 0.0, 0.0])).await;
+    let r = RouterProcess::start(
+        &args,
+        "r-slow",
+        &["--max-connections", "2", "--header-read-timeout-ms", "500"],
+    );
+    r.ready().await;
+    let addr = r.proxy.trim_start_matches("http://").to_string();
+    // A client that never finishes its headers is disconnected after the timeout.
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /api/x HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("partial headers");
+    let mut buf = [0_u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("the connection ends well before 5 s");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed without an answer: {read:?}"
+    );
+    // Two idle connections take both slots; a third is closed at once.
+    let _a = tokio::net::TcpStream::connect(&addr).await.expect("a");
+    let _b = tokio::net::TcpStream::connect(&addr).await.expect("b");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = tokio::net::TcpStream::connect(&addr).await.expect("c");
+    let _ = c.write_all(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let n = tokio::time::timeout(Duration::from_millis(400), c.read(&mut buf))
+        .await
+        .expect("answered or closed at once, not queued");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the third connection is closed without an answer: {n:?}"
+    );
+    // Once the idle ones time out, requests are served again.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(served(&r, 3).await.get("full"), Some(&3));
+    assert!(
+        r.metric("carbonflow_router_connections_refused_total")
+            .await
+            .is_some_and(|v| v >= 1.0)
+    );
+}
