@@ -16,6 +16,7 @@ pub mod follow;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+mod resolve;
 pub mod select;
 pub mod served;
 pub mod table;

@@ -25,6 +25,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::metrics;
+use crate::resolve::CheckedResolver;
 use crate::select::Mode;
 use crate::served::Served;
 use crate::table::{DecisionTable, Route};
@@ -67,7 +68,7 @@ pub struct ProxySettings {
 pub struct Proxy {
     table: Arc<DecisionTable>,
     telemetry: Arc<Telemetry>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector<CheckedResolver>, Full<Bytes>>,
     settings: ProxySettings,
     /// Seeded from the router id or `--seed`: routers draw different sequences, and a
     /// run can be repeated.
@@ -83,7 +84,8 @@ impl Proxy {
         connect_timeout: Duration,
         seed: u64,
     ) -> Self {
-        let mut connector = HttpConnector::new();
+        let resolver = CheckedResolver::new(Arc::new(settings.upstreams.clone()));
+        let mut connector = HttpConnector::new_with_resolver(resolver);
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())

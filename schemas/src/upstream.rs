@@ -127,6 +127,19 @@ impl AllowList {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return self.check_ip(ip).map_err(|r| refuse(r.rule));
         }
+        // Numbers that resolvers read as IPv4 addresses (`2852039166`, `0xa9fea9fe`,
+        // `169.254.43518`) are not host names: refused rather than resolved blind.
+        let numeric = host.split('.').all(|label| {
+            label.bytes().all(|b| b.is_ascii_digit())
+                || label
+                    .strip_prefix("0x")
+                    .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        });
+        if numeric {
+            return Err(refuse(format!(
+                "{host} is an IPv4 address in a non-standard form (write it as a.b.c.d)"
+            )));
+        }
         if METADATA_HOSTS.contains(&host.as_str()) {
             return Err(refuse(format!(
                 "{host} is a cloud metadata service (always refused)"
@@ -176,6 +189,22 @@ impl AllowList {
     }
 }
 
+impl AllowList {
+    /// Whether an address an allowed host name resolved to may be connected to: never a
+    /// link-local or metadata address (a name pointing there is refused as the address
+    /// itself would be).
+    pub fn check_resolved(&self, ip: IpAddr) -> Result<(), UpstreamRefusal> {
+        if always_refused(ip) {
+            Err(UpstreamRefusal {
+                upstream: ip.to_string(),
+                rule: format!("{ip} is link-local or a cloud metadata address (always refused)"),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// Link-local addresses (169.254.0.0/16, fe80::/10, which hold the cloud metadata
 /// services) and the metadata addresses outside them.
 fn always_refused(ip: IpAddr) -> bool {
@@ -210,6 +239,17 @@ mod tests {
         ] {
             let e = any.check_url(url).expect_err(url);
             assert!(e.rule.contains("always refused"), "{url}: {e}");
+        }
+        for url in [
+            "http://2852039166/",
+            "http://0xa9fea9fe/",
+            "http://169.254.43518/",
+        ] {
+            let e = any.check_url(url).expect_err(url);
+            assert!(e.rule.contains("non-standard"), "{url}: {e}");
+        }
+        for ip in ["169.254.169.254", "fe80::1"] {
+            assert!(any.check_ip(ip.parse().expect("ip")).is_err(), "{ip}");
         }
         assert_eq!(any.check_url("http://127.0.0.1:8100/precision-30"), Ok(()));
     }
