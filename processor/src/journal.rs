@@ -118,6 +118,9 @@ pub struct Restored {
     pub decisions_next: i64,
     /// Whether a snapshot was used.
     pub from_snapshot: bool,
+    /// The key set of the snapshot used, if it was written under one: the next snapshot
+    /// goes to the other.
+    pub snapshot_space: Option<SnapshotSpace>,
     /// Journal entries replayed after the snapshot.
     pub replayed: u64,
     /// Entries whose recorded decision versions differ from the replay (should be 0).
@@ -163,6 +166,47 @@ pub fn snapshot_of(
             chunks,
         })
         .collect())
+}
+
+/// Which of a partition's two sets of snapshot keys a snapshot is written under
+/// (`p:a:i` or `p:b:i`). Snapshots alternate between them, so that compaction of the
+/// topic (latest record per key) never removes a chunk of the last whole snapshot while
+/// the next one is being written: only a snapshot written whole moves on to the other set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotSpace {
+    /// Keys `p:a:i`.
+    A,
+    /// Keys `p:b:i`.
+    B,
+}
+
+impl SnapshotSpace {
+    /// The other set.
+    pub fn other(self) -> Self {
+        match self {
+            Self::A => Self::B,
+            Self::B => Self::A,
+        }
+    }
+
+    /// The key of chunk `chunk` of partition `partition`'s snapshot in this set.
+    pub fn key(self, partition: i32, chunk: i32) -> String {
+        let space = match self {
+            Self::A => 'a',
+            Self::B => 'b',
+        };
+        format!("{partition}:{space}:{chunk}")
+    }
+
+    /// The set a record key belongs to, if it is one of these keys.
+    fn of_key(key: &[u8]) -> Option<Self> {
+        let key = std::str::from_utf8(key).ok()?;
+        match key.split(':').nth(1)? {
+            "a" => Some(Self::A),
+            "b" => Some(Self::B),
+            _ => None,
+        }
+    }
 }
 
 /// Snapshot records read back, assembled into whole snapshots.
@@ -268,20 +312,32 @@ pub fn restore(
     let reader = RangeReader::new(args, &format!("carbonflow-restore-{partition}")).map_err(bus)?;
     let mut state = PartitionState::new(partition);
     let (mut journal_from, mut decisions_from, mut from_snapshot) = (0, 0, false);
+    let mut snapshot_space = None;
 
     if options.use_snapshot
-        && let Some((snap, s)) =
+        && let Some((snap, s, space)) =
             latest_snapshot(&reader, &layout.name(Topic::Snapshots), partition).map_err(bus)?
     {
         state = s;
         journal_from = snap.journal_next_offset;
         decisions_from = snap.decisions_next_offset;
         from_snapshot = true;
+        snapshot_space = space;
     }
 
     // Journal tail.
     let journal = layout.name(Topic::Journal);
     let (low, journal_end) = reader.watermarks(&journal, partition).map_err(bus)?;
+    // A snapshot past the journal's end belongs to a journal that is gone (recreated or
+    // truncated): new entries would be written at offsets it claims to hold already.
+    if journal_from > journal_end {
+        return Err(RestoreError::InputTruncated {
+            topic: journal.clone(),
+            partition,
+            saved: journal_from,
+            end: journal_end,
+        });
+    }
     if journal_from < low {
         let gap = RestoreError::JournalGap {
             topic: journal.clone(),
@@ -338,6 +394,14 @@ pub fn restore(
     // Decisions written since the snapshot: which reached the topic, and which are orphans.
     let decisions = layout.name(Topic::Decisions);
     let (low, decisions_end) = reader.watermarks(&decisions, partition).map_err(bus)?;
+    if decisions_from > decisions_end {
+        return Err(RestoreError::InputTruncated {
+            topic: decisions.clone(),
+            partition,
+            saved: decisions_from,
+            end: decisions_end,
+        });
+    }
     reader
         .read(
             &decisions,
@@ -358,6 +422,7 @@ pub fn restore(
         journal_next: journal_end,
         decisions_next: decisions_end,
         from_snapshot,
+        snapshot_space,
         replayed,
         divergent,
         repairs,
@@ -411,7 +476,7 @@ fn latest_snapshot(
     reader: &RangeReader,
     topic: &str,
     partition: i32,
-) -> Result<Option<(PartitionSnapshot, PartitionState)>, BusError> {
+) -> Result<Option<(PartitionSnapshot, PartitionState, Option<SnapshotSpace>)>, BusError> {
     let (low, high) = reader.watermarks(topic, partition)?;
     let mut latest = None;
     let mut assembly = Assembly::default();
@@ -440,7 +505,7 @@ fn latest_snapshot(
                 return Ok(());
             };
             match decode_state(&bytes) {
-                Some(state) => latest = Some((head, state)),
+                Some(state) => latest = Some((head, state, r.key.and_then(SnapshotSpace::of_key))),
                 None => {
                     tracing::warn!(
                         partition,

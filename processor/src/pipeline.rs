@@ -39,7 +39,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::{RestoreError, RestoreOptions, restore, snapshot_of};
+use crate::journal::{RestoreError, RestoreOptions, Restored, SnapshotSpace, restore, snapshot_of};
 use crate::metrics::{self, SnapshotSkipped};
 use crate::outbox::{Delivery, Outbox, UnwrittenBatch, WriteFailed, Written};
 use crate::ticks::write_ticks;
@@ -124,18 +124,23 @@ struct Owned {
     unwritten: UnwrittenBatch,
     /// Schedules whose state changed since the view last showed them.
     view_behind: BTreeSet<String>,
+    /// The key set the next snapshot is written under (never the last whole one's).
+    snapshot_space: SnapshotSpace,
 }
 
 impl Owned {
-    fn restored(state: PartitionState, journal_next: i64, decisions_next: i64) -> Self {
+    fn restored(r: &Restored, state: PartitionState) -> Self {
         Self {
             state,
-            journal_next,
-            decisions_next,
+            journal_next: r.journal_next,
+            decisions_next: r.decisions_next,
             since_snapshot: 0,
             last_snapshot: Instant::now(),
             unwritten: UnwrittenBatch::default(),
             view_behind: BTreeSet::new(),
+            snapshot_space: r
+                .snapshot_space
+                .map_or(SnapshotSpace::A, SnapshotSpace::other),
         }
     }
 }
@@ -251,10 +256,9 @@ impl Shell {
         );
         metrics::partition_restored(r.took, r.replayed, r.divergent);
         let ids: Vec<String> = r.state.schedules.keys().cloned().collect();
-        self.owned.insert(
-            p,
-            Owned::restored(r.state, r.journal_next, r.decisions_next),
-        );
+        let mut r = r;
+        let state = std::mem::take(&mut r.state);
+        self.owned.insert(p, Owned::restored(&r, state));
         for id in &ids {
             self.show(p, id);
         }
@@ -607,6 +611,7 @@ impl Shell {
             partition: p,
             partitions,
             clock_ms: o.state.clock_ms,
+            wall_clock_ms: now_ms(),
         };
         let refusal = input.and_then(|i| gate::check(i, at, &self.limits).err());
         let (outputs, record) = match (input, &refusal) {
@@ -808,9 +813,9 @@ impl Shell {
         o.last_snapshot = Instant::now();
         let size: usize = chunks.iter().map(|c| c.state.len()).sum();
         let topic = self.layout.name(Topic::Snapshots);
+        let space = o.snapshot_space;
         for chunk in &chunks {
-            // Keyed by partition and chunk, so compaction keeps every chunk of the latest.
-            let key = format!("{p}:{}", chunk.chunk);
+            let key = space.key(p, chunk.chunk);
             let result = self
                 .outbox
                 .producer()
@@ -836,6 +841,9 @@ impl Shell {
                 metrics::snapshot_skipped(reason);
                 return Ok(());
             }
+        }
+        if let Some(o) = self.owned.get_mut(&p) {
+            o.snapshot_space = space.other();
         }
         metrics::snapshot_written(p, size);
         Ok(())

@@ -2,7 +2,9 @@
 //! read back whole by restore.
 
 use carbonflow_core::state::{Input, PartitionState};
-use carbonflow_processor::journal::{RestoreOptions, SNAPSHOT_CHUNK_BYTES, restore, snapshot_of};
+use carbonflow_processor::journal::{
+    RestoreOptions, SNAPSHOT_CHUNK_BYTES, SnapshotSpace, restore, snapshot_of,
+};
 use carbonflow_schemas::bus::{RecordProducer, Topic};
 use carbonflow_schemas::records::{ConfigCommand, InputPosition};
 use carbonflow_schemas::testing::{fresh_layout, samples};
@@ -33,7 +35,7 @@ async fn a_partition_too_large_for_one_record_snapshots_in_chunks_and_restores_e
     let topic = args.layout().name(Topic::Snapshots);
     for c in &chunks {
         producer
-            .send(&topic, &format!("0:{}", c.chunk), Some(0), c)
+            .send(&topic, &SnapshotSpace::A.key(0, c.chunk), Some(0), c)
             .await
             .expect("each chunk fits a record");
     }
@@ -43,5 +45,10 @@ async fn a_partition_too_large_for_one_record_snapshots_in_chunks_and_restores_e
         .expect("join")
         .expect("restores");
     assert!(restored.from_snapshot, "the chunked snapshot is used");
+    assert_eq!(
+        restored.snapshot_space,
+        Some(SnapshotSpace::A),
+        "the next one goes to the other key set"
+    );
     assert_eq!(restored.state, state);
 }

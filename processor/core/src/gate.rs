@@ -148,6 +148,10 @@ pub struct Placement {
     pub partitions: i32,
     /// The partition's clock, epoch ms (0 before its first tick).
     pub clock_ms: i64,
+    /// The processor's wall clock, epoch ms: ticks, which move the partition clock, may
+    /// be at most the future skew ahead of it. Passed in, not read, so the gate stays
+    /// pure; its verdict is journaled, so replay does not depend on it.
+    pub wall_clock_ms: i64,
 }
 
 fn refuse(kind: RefusalKind, field: &str, value: impl fmt::Display, rule: &str) -> Refusal {
@@ -170,7 +174,7 @@ pub fn check(input: &Input, at: Placement, limits: &Limits) -> Result<(), Refusa
         Input::Forecast(f) => gate.forecast(f),
         Input::Telemetry(b) => gate.telemetry(b),
         Input::Config(c) => gate.command(c),
-        Input::Tick(t) => time("at_ms", t.at_ms),
+        Input::Tick(t) => gate.tick(t.at_ms),
         Input::Adopted(d) => version("version", d.version),
     }
 }
@@ -297,6 +301,29 @@ impl Gate<'_> {
         Ok(())
     }
 
+    /// A tick, from any writer of the ticks topic, moves every schedule's time: one from
+    /// the future would freeze the partition (every input too old), so it is bounded by
+    /// the wall clock.
+    fn tick(&self, at_ms: i64) -> Result<(), Refusal> {
+        time("at_ms", at_ms)?;
+        let limit = self
+            .at
+            .wall_clock_ms
+            .saturating_add(self.limits.max_future_skew_ms);
+        if at_ms > limit {
+            return Err(refuse(
+                RefusalKind::FutureDated,
+                "at_ms",
+                at_ms,
+                &format!(
+                    "must be at most {} ms ahead of the processor's wall clock {}",
+                    self.limits.max_future_skew_ms, self.at.wall_clock_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn forecast(&self, f: &Forecast) -> Result<(), Refusal> {
         name("zone", &f.zone)?;
         self.not_future("issued_at_ms", f.issued_at_ms)?;
@@ -359,7 +386,7 @@ impl Gate<'_> {
             return Err(refuse(
                 RefusalKind::TooOld,
                 "bucket_start_ms",
-                b.bucket_start_ms,
+                format!("{} (ending at {end})", b.bucket_start_ms),
                 &format!(
                     "must end at most {} ms before the partition clock {}",
                     self.limits.max_telemetry_age_ms, self.at.clock_ms

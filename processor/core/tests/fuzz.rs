@@ -120,6 +120,7 @@ fn partition() -> (PartitionState, Placement) {
         partition: 0,
         partitions: 1,
         clock_ms: clock,
+        wall_clock_ms: i64::MAX / 2,
     };
     (state, placement)
 }

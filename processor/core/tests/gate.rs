@@ -20,6 +20,7 @@ fn home() -> Placement {
         partition: partition_of(schedule.as_bytes(), PARTITIONS).expect("partitions > 0"),
         partitions: PARTITIONS,
         clock_ms: samples::forecast().issued_at_ms,
+        wall_clock_ms: i64::MAX / 2,
     }
 }
 
@@ -160,6 +161,20 @@ fn a_validity_longer_than_an_hour_is_refused() {
         refusal(&Input::Config(ConfigCommand::Config(Box::new(c))), home()),
         (RefusalKind::Implausible, "valid_for_seconds".into())
     );
+}
+
+#[test]
+fn a_tick_from_the_future_is_refused() {
+    let mut at = home();
+    at.wall_clock_ms = at.clock_ms;
+    let mut tick = samples::tick();
+    tick.at_ms = 253_402_300_799_999;
+    assert_eq!(
+        refusal(&Input::Tick(tick.clone()), at),
+        (RefusalKind::FutureDated, "at_ms".into())
+    );
+    tick.at_ms = at.clock_ms + 1000;
+    assert_eq!(check(&Input::Tick(tick), at, &Limits::default()), Ok(()));
 }
 
 #[test]
