@@ -94,7 +94,7 @@ pub fn decide(
             policy.evaluate(&input, &mut next_memory)?
         }
     };
-    check_usable(&result, &config.schedule)?;
+    check_usable(&result, config)?;
     *memory = next_memory;
     if config.precision_feed == PrecisionFeed::Commanded {
         ledger.update(&ledger_params(config), result.avg_precision, ctx.at_ms);
@@ -184,7 +184,8 @@ fn valid_until(ctx: &DecisionContext<'_>, config: &ScheduleConfig) -> i64 {
 }
 
 /// Refuse a result that would route nowhere or on numbers that are not numbers.
-fn check_usable(result: &PolicyResult, schedule: &str) -> Result<(), PolicyError> {
+fn check_usable(result: &PolicyResult, config: &ScheduleConfig) -> Result<(), PolicyError> {
+    let schedule = config.schedule.as_str();
     let non_finite = |detail: String| PolicyError::NonFinite {
         schedule: schedule.to_string(),
         detail,
@@ -199,6 +200,20 @@ fn check_usable(result: &PolicyResult, schedule: &str) -> Result<(), PolicyError
             "mean precision is {}",
             result.avg_precision
         )));
+    }
+    // An override set before a config change may name a flavour the config has since
+    // disabled or removed; routers must never be sent there.
+    for (flavour, w) in &result.weights {
+        let enabled = config
+            .flavours
+            .iter()
+            .any(|f| f.enabled && &f.name == flavour);
+        if *w > 0.0 && !enabled {
+            return Err(PolicyError::NotEnabled {
+                schedule: schedule.to_string(),
+                flavour: flavour.clone(),
+            });
+        }
     }
     if result.weights.iter().all(|(_, w)| *w == 0.0) {
         return Err(PolicyError::NoWeight {

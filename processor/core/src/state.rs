@@ -280,7 +280,7 @@ impl EmissionsAccount {
 pub struct PartitionState {
     /// Schedule partition number.
     pub partition: i32,
-    /// Event-time clock: the latest event time of any input applied, epoch ms.
+    /// Event-time clock, epoch ms: the latest tick applied (only ticks move it).
     pub clock_ms: i64,
     /// Next offset to read per input `topic:partition` (last applied + 1, Kafka's
     /// committed-offset convention).
@@ -443,10 +443,24 @@ impl PartitionState {
         if let Err(problems) = validate_override(o, Some(config), Some(self.clock_ms)) {
             return self.reject(&o.schedule, 0, pos, problems);
         }
-        if let Some(s) = self.schedules.get_mut(&o.schedule) {
-            s.manual = Some(o.clone());
+        let previous = self
+            .schedules
+            .get_mut(&o.schedule)
+            .and_then(|s| s.manual.replace(o.clone()));
+        let outputs = self.decide(&o.schedule, DecisionCause::Override, pos, None);
+        // An override whose weights give no usable decision is refused like an invalid
+        // one: the override in force before stays, and the publisher hears why.
+        if let [Output::Refused { error, .. }] = outputs.as_slice() {
+            let problem = FieldProblem {
+                field: "weights".into(),
+                rule: format!("must give a usable decision: {error}"),
+            };
+            if let Some(s) = self.schedules.get_mut(&o.schedule) {
+                s.manual = previous;
+            }
+            return self.reject(&o.schedule, 0, pos, vec![problem]);
         }
-        self.decide(&o.schedule, DecisionCause::Override, pos, None)
+        outputs
     }
 
     fn apply_forecast(&mut self, f: &Forecast, pos: &InputPosition) -> Vec<Output> {
@@ -966,6 +980,23 @@ mod tests {
             d.provenance.forecast.as_ref().and_then(|u| u.intensity_now),
             Some(200.5)
         );
+    }
+
+    #[test]
+    fn an_override_whose_weights_sum_to_infinity_is_rejected_and_changes_nothing() {
+        let mut g = given();
+        g.config(config(1, T0));
+        let mut o = samples::manual_override();
+        o.issued_at_ms = T0;
+        for w in &mut o.weights {
+            w.weight = 1e308;
+        }
+        let out = g.when("schedule.config", Input::Config(ConfigCommand::Override(o)));
+        assert!(
+            matches!(out.as_slice(), [Output::Rejection(r)] if r.reasons[0].field == "weights"),
+            "{out:?}"
+        );
+        assert!(g.schedule().manual.is_none());
     }
 
     #[test]

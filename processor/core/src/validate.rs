@@ -286,8 +286,13 @@ pub fn validate_override(
             );
         }
     }
-    if !o.weights.is_empty() && o.weights.iter().map(|w| w.weight.max(0.0)).sum::<f64>() <= 0.0 {
-        bad("weights", "must have a positive sum".into());
+    let sum: f64 = o.weights.iter().map(|w| w.weight.max(0.0)).sum();
+    let usable_sum = sum.is_finite() && sum > 0.0;
+    if !o.weights.is_empty() && !usable_sum {
+        bad(
+            "weights",
+            format!("must have a positive, finite sum, got {sum}"),
+        );
     }
     if o.ttl_seconds <= 0 {
         bad("ttl_seconds", format!("must be > 0, got {}", o.ttl_seconds));

@@ -157,6 +157,16 @@ pub enum PolicyError {
         /// Which value was wrong.
         detail: String,
     },
+    /// A weight is on a flavour the config does not enable.
+    #[error(
+        "schedule {schedule}: weight on flavour {flavour:?}, which the config does not enable; expected weights on enabled flavours only"
+    )]
+    NotEnabled {
+        /// Schedule id.
+        schedule: String,
+        /// The flavour named.
+        flavour: String,
+    },
     /// Every computed weight is 0 while enabled flavours exist.
     #[error("schedule {schedule}: every computed weight is 0; expected weights summing to 1")]
     NoWeight {
@@ -172,6 +182,7 @@ impl PolicyError {
             Self::UnknownPolicy { .. } => "unknown_policy",
             Self::NoEnabledFlavour { .. } => "no_enabled_flavour",
             Self::NonFinite { .. } => "non_finite",
+            Self::NotEnabled { .. } => "not_enabled",
             Self::NoWeight { .. } => "no_weight",
         }
     }
