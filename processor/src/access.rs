@@ -75,6 +75,21 @@ fn foreign_origin(headers: &HeaderMap) -> bool {
     origin.to_str().ok() != own.as_deref()
 }
 
+/// Whether the `Host` header names a loopback address (with or without a port).
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Middleware of the routes that publish commands.
 pub(crate) async fn guard_commands(
     State(token): State<Option<AdminToken>>,
@@ -97,6 +112,15 @@ pub(crate) async fn guard_commands(
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         }
+    }
+    // Without a token the API listens on loopback only; a page whose name was made to
+    // resolve to 127.0.0.1 (DNS rebinding) still sends its own name as Host.
+    if token.is_none() && !loopback_host(headers) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "foreign_host",
+            "without an admin token, requests that change schedules must address the API as localhost, 127.0.0.1 or [::1]",
+        );
     }
     if foreign_origin(headers) {
         return refuse(
@@ -165,4 +189,39 @@ pub(crate) async fn json_errors(response: Response) -> Response {
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_host(host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_str(host).expect("header"));
+        h
+    }
+
+    #[test]
+    fn only_loopback_hosts_count_as_loopback() {
+        for ok in [
+            "127.0.0.1:9400",
+            "localhost:9400",
+            "[::1]:9400",
+            "localhost",
+        ] {
+            assert!(loopback_host(&with_host(ok)), "{ok}");
+        }
+        for bad in ["rebind.evil:9400", "10.0.0.1:9400", "[fe80::1]:9400"] {
+            assert!(!loopback_host(&with_host(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        let t = AdminToken::new("correct-horse-battery-staple\n").expect("token");
+        assert!(t.matches(b"correct-horse-battery-staple"));
+        assert!(!t.matches(b"correct-horse-battery-stapl"));
+        assert!(AdminToken::new("short").is_err());
+        assert_eq!(format!("{t:?}"), "AdminToken(<redacted>)");
+    }
 }

@@ -154,8 +154,12 @@ struct Inputs {
 }
 
 struct Shell {
+    kafka: KafkaArgs,
     layout: TopicLayout,
     outbox: Outbox,
+    /// Snapshots have a producer of their own: a snapshot may fail (it only shortens
+    /// restores) without making the journal's gapless producer fatal.
+    snapshots: RecordProducer,
     view: Arc<ProcessorView>,
     owned: BTreeMap<i32, Owned>,
     client_id: String,
@@ -193,8 +197,10 @@ pub async fn run(
     // processor (restore then rebuilds from what was written).
     let producer = RecordProducer::gapless(&args, &settings.client_id)?;
     let mut shell = Shell {
+        kafka: args.clone(),
         layout: layout.clone(),
         outbox: Outbox::new(producer, layout.clone()),
+        snapshots: RecordProducer::new(&args, &format!("{}-snapshots", settings.client_id))?,
         view: view.clone(),
         owned: BTreeMap::new(),
         client_id: settings.client_id.clone(),
@@ -816,21 +822,18 @@ impl Shell {
         let space = o.snapshot_space;
         for chunk in &chunks {
             let key = space.key(p, chunk.chunk);
-            let result = self
-                .outbox
-                .producer()
-                .send(&topic, &key, Some(p), chunk)
-                .await;
+            let result = self.snapshots.send(&topic, &key, Some(p), chunk).await;
             // A snapshot only shortens restores, so a failed one must not stop the
             // processor (one refused for its size would fail again on every restart): the
             // state and the journal are intact, restore uses the previous whole snapshot,
             // and the next one is due after the interval.
             if let Err(e) = result {
-                // Unless the producer itself is dead: then every later write fails too,
-                // and only a restart (restore from what was written) recovers.
-                if let Some(fatal) = self.outbox.producer().fatal_error() {
-                    tracing::error!(partition = p, %fatal, "the producer failed for good");
-                    return Err(WriteFailed::new("a snapshot", p, e).into());
+                // A producer whose broker lost its state fails every later write: the
+                // next snapshot gets a new one.
+                if let Ok(fresh) =
+                    RecordProducer::new(&self.kafka, &format!("{}-snapshots", self.client_id))
+                {
+                    self.snapshots = fresh;
                 }
                 let reason = if e.is_message_too_large() {
                     SnapshotSkipped::TooLarge

@@ -176,16 +176,6 @@ impl RecordProducer {
         })
     }
 
-    /// The error that made this producer unusable, if one did (librdkafka's fatal
-    /// errors: a gapless or idempotence guarantee that cannot be kept). Every later
-    /// write fails; the writer must stop or build a new producer.
-    pub fn fatal_error(&self) -> Option<String> {
-        self.inner
-            .client()
-            .fatal_error()
-            .map(|(code, reason)| format!("{code:?}: {reason}"))
-    }
-
     /// Wait up to `timeout` for every queued record to be delivered (at shutdown).
     pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
         self.inner
