@@ -185,7 +185,7 @@ pub(crate) async fn json_errors(response: Response) -> Response {
         .into_response();
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            r.headers_mut().insert(name, value.clone());
+            r.headers_mut().append(name, value.clone());
         }
     }
     r

@@ -34,6 +34,7 @@ use carbonflow_schemas::records::{
     ConfigRejection, DeadLetter, DecisionRef, FieldProblem, InputPosition, JournalEntry, Tick,
 };
 use carbonflow_schemas::service::now_ms;
+use carbonflow_schemas::topics::partition_of;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -679,6 +680,25 @@ impl Shell {
             partition: m.partition(),
             offset: m.offset(),
         };
+        // Forecasts are global: every owned partition applies them (each remembers how far
+        // it got, so partitions restored from different points each resume correctly).
+        let targets: Vec<i32> = if topic == Topic::Forecasts {
+            self.owned.keys().copied().collect()
+        } else {
+            vec![m.partition()]
+        };
+        // Read again after a restart (the forecast consumer starts at the least advanced
+        // partition): already reported and applied, so nothing more to do.
+        if targets.iter().all(|p| {
+            self.owned
+                .get(p)
+                .is_none_or(|o| o.state.already_applied(&pos))
+        }) {
+            if let Some(lag) = self.view.lag().get(GROUP, m.topic(), m.partition()) {
+                lag.processed(m.timestamp().to_millis().unwrap_or_else(now_ms));
+            }
+            return Ok(());
+        }
         let payload = m.payload().unwrap_or_default();
         let ts = m.timestamp().to_millis();
         metrics::input_read(topic);
@@ -704,13 +724,6 @@ impl Shell {
             }
         };
         let input = decoded;
-        // Forecasts are global: every owned partition applies them (each remembers how far
-        // it got, so partitions restored from different points each resume correctly).
-        let targets: Vec<i32> = if topic == Topic::Forecasts {
-            self.owned.keys().copied().collect()
-        } else {
-            vec![m.partition()]
-        };
         let mut refused = None;
         for p in targets {
             let refusal = self
@@ -736,7 +749,9 @@ impl Shell {
         input: &Input,
         r: Refusal,
     ) -> Result<(), WriteFailed> {
-        tracing::warn!(topic = %pos.topic, partition = pos.partition, offset = pos.offset, kind = r.kind.as_str(), refusal = %r, "implausible input refused; no state changed");
+        // A forecast is gated by each owned partition against its own clock: this one was
+        // refused by at least one of them, and those journaled it without applying it.
+        tracing::warn!(topic = %pos.topic, partition = pos.partition, offset = pos.offset, kind = r.kind.as_str(), refusal = %r, "input refused by the plausibility gate");
         metrics::input_refused(self.layout.topic_of(&pos.topic), r.kind);
         let Input::Config(command) = input else {
             return self
@@ -751,6 +766,12 @@ impl Shell {
             carbonflow_schemas::records::ConfigCommand::Config(c) => c.config_version,
             _ => 0,
         };
+        // The rejection goes where its publisher looks: the schedule's own partition.
+        let home = partition_of(
+            command.schedule().as_bytes(),
+            self.layout.schedule_partitions,
+        )
+        .unwrap_or(pos.partition);
         let rejection = ConfigRejection {
             schedule: command.schedule().to_string(),
             config_version,
@@ -761,7 +782,7 @@ impl Shell {
                 rule: format!("{}, got {} ({})", r.rule, r.value, r.kind.as_str()),
             }],
         };
-        self.emit(pos.partition, vec![Output::Rejection(rejection)], None)
+        self.emit(home, vec![Output::Rejection(rejection)], None)
             .await
     }
 

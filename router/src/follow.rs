@@ -106,6 +106,10 @@ async fn follow_once(
     // Partitions still to catch up with: those that had records when we started.
     let mut behind: BTreeMap<i32, i64> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
     let mark_ready = |ready: &AtomicBool| {
+        // A stop that has begun keeps the router unready.
+        if shutdown.is_cancelled() {
+            return;
+        }
         ready.store(true, Ordering::SeqCst);
         crate::metrics::bootstrapped(started.elapsed().as_secs_f64());
         tracing::info!(

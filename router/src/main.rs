@@ -78,6 +78,10 @@ struct Cli {
         default_value_t = 10_000
     )]
     header_read_timeout_ms: u64,
+    /// On SIGTERM, how long the router stays up unready before it stops accepting
+    /// connections, milliseconds: time for load balancers to notice.
+    #[arg(long, env = "CARBONFLOW_DRAIN_DELAY_MS", default_value_t = 0)]
+    drain_delay_ms: u64,
     /// Time a client has to send a request's body, milliseconds (408 beyond).
     #[arg(
         long,
@@ -193,13 +197,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.kafka.layout(),
         telemetry_stop.clone(),
     ));
+    // On a stop, turn unready at once, keep accepting for the drain delay (load
+    // balancers stop sending meanwhile), then stop accepting and finish what is in flight.
+    let stop_listening = CancellationToken::new();
     {
-        // On a stop, turn unready at once: load balancers stop sending new requests
-        // while the in-flight ones finish.
-        let (ready, stop) = (ready.clone(), shutdown.clone());
+        let (ready, stop, listening) = (ready.clone(), shutdown.clone(), stop_listening.clone());
+        let delay = Duration::from_millis(cli.drain_delay_ms);
         tokio::spawn(async move {
             stop.cancelled().await;
             ready.store(false, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            listening.cancel();
         });
     }
     tokio::spawn(admin::watch_expiry(
@@ -252,7 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_connections: cli.max_connections,
         header_read_timeout: Duration::from_millis(cli.header_read_timeout_ms.max(1)),
     };
-    listener::serve(listener, proxy::router(proxy), limits, shutdown.clone()).await;
+    listener::serve(listener, proxy::router(proxy), limits, stop_listening).await;
     shutdown.cancel();
     tracing::info!("in-flight requests done; flushing telemetry");
     telemetry_stop.cancel();
