@@ -159,7 +159,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let handle = carbonflow_schemas::service::install_metrics().context("installing metrics")?;
     carbonflow_router::metrics::describe();
     let shutdown = CancellationToken::new();
-    let table = Arc::new(DecisionTable::default());
+    let upstreams = AllowList::new(&cli.allow_upstream).context("--allow-upstream")?;
+    let table = Arc::new(DecisionTable::new(upstreams.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let lag = LagMetrics::new();
     let telemetry_log = Arc::new(Telemetry::new(router_id.clone()));
@@ -241,7 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mode: cli.mode,
             served,
             allow_forced_flavour: cli.allow_forced_flavour,
-            upstreams: AllowList::new(&cli.allow_upstream).context("--allow-upstream")?,
+            upstreams,
             request_timeout: Duration::from_millis(cli.request_timeout_ms),
             max_body_bytes: cli.max_body_bytes,
             expiry_grace_ms: cli.expiry_grace_ms,

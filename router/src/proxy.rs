@@ -209,11 +209,9 @@ async fn attempt(
     let f = &route.decision.flavours[flavour];
     // Defence in depth: the processor checks configs, but a decision written to the
     // topic by anyone else must not send traffic anywhere either.
-    proxy
-        .settings
-        .upstreams
-        .check_url(&f.upstream_url)
-        .map_err(|r| Failure::NotAllowed(r.to_string()))?;
+    if let Some(refusal) = route.upstream_refusal(flavour) {
+        return Err(Failure::NotAllowed(refusal.to_string()));
+    }
     let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
     let target = format!("{}{}", f.upstream_url.trim_end_matches('/'), path);
     let mut req = hyper::Request::builder()

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use carbonflow_schemas::records::{DecisionFlavour, ExpiryBehaviour, ScheduleDecision};
+use carbonflow_schemas::upstream::AllowList;
 use carbonflow_schemas::vocabulary::{AttemptResult, FallbackCondition};
 use dashmap::DashMap;
 
@@ -20,6 +21,9 @@ pub(crate) struct Route {
     expired_picker: Picker,
     /// The decision's fallback rules, parsed once, in order.
     fallbacks: Vec<Fallback>,
+    /// Per flavour, why its upstream is outside the router's allow-list (checked once
+    /// per decision, not per request).
+    refused_upstreams: Vec<Option<String>>,
     /// Wall-clock time it was applied, epoch ms.
     pub(crate) applied_at_ms: i64,
 }
@@ -34,7 +38,17 @@ struct Fallback {
 }
 
 impl Route {
-    fn new(decision: ScheduleDecision, applied_at_ms: i64) -> Self {
+    fn new(decision: ScheduleDecision, applied_at_ms: i64, upstreams: &AllowList) -> Self {
+        let refused_upstreams = decision
+            .flavours
+            .iter()
+            .map(|f| {
+                upstreams
+                    .check_url(&f.upstream_url)
+                    .err()
+                    .map(|r| r.to_string())
+            })
+            .collect();
         let picker = Picker::new(decision.flavours.iter().map(|f| f.weight));
         let top = highest_precision(&decision.flavours);
         let expired_picker = match decision.on_expiry {
@@ -67,8 +81,14 @@ impl Route {
             picker,
             expired_picker,
             fallbacks,
+            refused_upstreams,
             applied_at_ms,
         }
+    }
+
+    /// Why flavour `index`'s upstream may not be connected to, if it may not.
+    pub(crate) fn upstream_refusal(&self, index: usize) -> Option<&str> {
+        self.refused_upstreams.get(index)?.as_deref()
     }
 
     /// The first rule whose conditions match `result` (seed 003: first match wins), as
@@ -142,9 +162,19 @@ pub struct DecisionTable {
     routes: DashMap<String, Arc<Route>>,
     /// Version held when a schedule was deleted, so older decisions stay ignored.
     deleted: DashMap<String, i64>,
+    /// Where upstreams may be (the router's `--allow-upstream`).
+    upstreams: AllowList,
 }
 
 impl DecisionTable {
+    /// An empty table whose routes check upstreams against `upstreams`.
+    pub fn new(upstreams: AllowList) -> Self {
+        Self {
+            upstreams,
+            ..Self::default()
+        }
+    }
+
     /// Apply `d` if its version is newer than the one held.
     pub(crate) fn apply(&self, d: ScheduleDecision, now_ms: i64) -> Applied {
         let held = self
@@ -157,8 +187,10 @@ impl DecisionTable {
         }
         let previous = self.routes.get(&d.schedule).map(|r| r.decision.version);
         self.deleted.remove(&d.schedule);
-        self.routes
-            .insert(d.schedule.clone(), Arc::new(Route::new(d, now_ms)));
+        self.routes.insert(
+            d.schedule.clone(),
+            Arc::new(Route::new(d, now_ms, &self.upstreams)),
+        );
         Applied::Applied { previous }
     }
 
