@@ -686,12 +686,7 @@ async fn wait_seen(processor: &ProcessorProcess, expected: &BTreeMap<String, i64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_under_a_running_processor_loses_and_duplicates_nothing() {
     let broker = carbonflow_schemas::testing::PrivateBroker::start("bounce");
-    let mut args = KafkaArgs::for_brokers(broker.address());
-    args.topic_prefix = "bounce.".into();
-    args.schedule_partitions = 2;
-    carbonflow_schemas::bus::admin::ensure_topics(&args, &args.layout(), 1)
-        .await
-        .expect("topics on the private broker");
+    let args = broker.layout("bounce.", 2).await;
     let producer = RecordProducer::new(&args, "bounce-test").expect("producer");
     let schedules = ["bounce/a", "bounce/b", "bounce/c"];
     for s in schedules {

@@ -473,12 +473,7 @@ async fn an_expired_decision_routes_to_the_most_precise_flavour_until_a_fresh_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_keeps_routing_on_the_last_decision() {
     let broker = carbonflow_schemas::testing::PrivateBroker::start("outage");
-    let mut args = KafkaArgs::for_brokers(broker.address());
-    args.topic_prefix = "outage.".into();
-    args.schedule_partitions = 1;
-    carbonflow_schemas::bus::admin::ensure_topics(&args, &args.layout(), 1)
-        .await
-        .expect("topics on the private broker");
+    let args = broker.layout("outage.", 1).await;
     let backend = start_backend().await;
     let producer = RecordProducer::new(&args, "outage-test").expect("producer");
     publish(&producer, &args, &decision(1, &backend, [0.0, 100.0, 0.0])).await;
@@ -556,12 +551,7 @@ async fn bodies_over_the_limit_get_413_and_schedules_not_served_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_started_before_its_broker_becomes_ready_once_the_broker_is_up() {
     let broker = carbonflow_schemas::testing::PrivateBroker::start("latebroker");
-    let mut args = KafkaArgs::for_brokers(broker.address());
-    args.topic_prefix = "late.".into();
-    args.schedule_partitions = 1;
-    carbonflow_schemas::bus::admin::ensure_topics(&args, &args.layout(), 1)
-        .await
-        .expect("topics on the private broker");
+    let args = broker.layout("late.", 1).await;
     broker.stop();
     let r = RouterProcess::start(&args, "r-late", &[]);
     tokio::time::sleep(Duration::from_secs(3)).await;

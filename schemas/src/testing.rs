@@ -135,6 +135,18 @@ impl PrivateBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Settings for this broker with topics under `prefix` created, `schedule_partitions`
+    /// partitions each.
+    pub async fn layout(&self, prefix: &str, schedule_partitions: i32) -> KafkaArgs {
+        let mut args = KafkaArgs::for_brokers(self.address());
+        args.topic_prefix = prefix.into();
+        args.schedule_partitions = schedule_partitions;
+        ensure_topics(&args, &args.layout(), 1)
+            .await
+            .unwrap_or_else(|e| panic!("creating topics {prefix}* on the private broker: {e}"));
+        args
+    }
+
     /// Stop it (an outage); [`resume`](Self::resume) brings it back with its data.
     pub fn stop(&self) {
         self.run("stop");
