@@ -707,7 +707,7 @@ impl Shell {
         // journaled without its bytes.
         let too_large = payload.len() > MAX_INPUT_BYTES;
         let raw = if too_large { &[][..] } else { payload };
-        let decoded = if too_large {
+        let input = if too_large {
             let reason = format!(
                 "record of {} bytes is larger than the {MAX_INPUT_BYTES} bytes an input may have",
                 payload.len()
@@ -723,7 +723,6 @@ impl Shell {
                 }
             }
         };
-        let input = decoded;
         let mut refused = None;
         for p in targets {
             let refusal = self
