@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install what the observability tests drive, from Debian's packages, if missing:
-# prometheus (server and promtool), chromium and chromium-driver (status page in a headless
-# browser). Idempotent; uses sudo when not root.
+# Install what the deploy checks drive, if missing: from Debian's packages, prometheus
+# (server and promtool), chromium and chromium-driver (status page in a headless
+# browser); from PyPI, kubernetes-validate (offline validation of the Kubernetes
+# manifests). Idempotent; uses sudo when not root.
 set -euo pipefail
 need=()
 for pair in prometheus:/usr/bin/prometheus prometheus:/usr/bin/promtool \
@@ -18,4 +19,10 @@ if ((${#need[@]})); then
   # The package's post-install may try to start a prometheus service; the tests run their
   # own server on a free port, so a failure to start that service does not matter.
   $sudo_cmd apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+# Pinned: it bundles the Kubernetes schemas it validates against.
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  echo "installing kubernetes-validate (PyPI) for the manifest checks"
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
 fi

@@ -388,9 +388,18 @@ fn kubernetes_manifests_name_only_existing_binaries_ports_variables_and_rules() 
                 "service {app}: targetPort {target} not on the pods"
             );
         }
-        let job = svc["metadata"]["labels"][job_label]
-            .as_str()
-            .expect("job label on the service");
+        // Services without the job label are not scraped (the routers' data plane).
+        let Some(job) = svc["metadata"]["labels"][job_label].as_str() else {
+            assert!(
+                !svc["spec"]["ports"]
+                    .as_array()
+                    .expect("ports")
+                    .iter()
+                    .any(|p| p["name"] == endpoint_port),
+                "service {app} has a metrics port but no job label"
+            );
+            continue;
+        };
         assert!(
             jobs.contains(job),
             "service {app}: job {job} is not a job of deploy/prometheus ({jobs:?})"
@@ -516,4 +525,102 @@ fn dashboards_have_unique_uids_variables_and_a_query_per_panel() {
         "expected the panels the issue lists, found {} queries",
         queries.len()
     );
+}
+
+/// The validator of Kubernetes manifests that works offline (PyPI's `kubernetes-validate`,
+/// installed by `deploy/local/test-tools.sh`), or the reason it cannot be run.
+fn kubernetes_validate() -> std::process::Command {
+    // The module, not the script: pip may put scripts outside PATH.
+    let python = std::env::var("CARBONFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut c = std::process::Command::new(python);
+    c.args(["-m", "kubernetes_validate", "--strict", "--quiet"]);
+    c
+}
+
+#[test]
+fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
+    let files: Vec<std::path::PathBuf> = files_under(&deploy_dir().join("kubernetes"), &["yaml"])
+        .into_iter()
+        .filter(|f| !f.ends_with("kustomization.yaml"))
+        .collect();
+    assert!(!files.is_empty());
+    let out = kubernetes_validate().args(&files).output().unwrap_or_else(|e| {
+        panic!(
+            "python3 not found ({e}): kubernetes-validate runs as `python3 -m kubernetes_validate` (set CARBONFLOW_PYTHON)"
+        )
+    });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("No module named kubernetes_validate"),
+        "kubernetes-validate is not installed: `pip install kubernetes-validate` (deploy/local/test-tools.sh does)"
+    );
+    assert!(out.status.success(), "{text}");
+    // Only the CRDs (Prometheus Operator, KEDA) have no built-in schema.
+    for line in text.lines().filter(|l| l.contains("Couldn't find schema")) {
+        assert!(
+            ["ServiceMonitor", "PrometheusRule", "ScaledObject"]
+                .iter()
+                .any(|k| line.contains(&format!("kind {k} "))),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn pods_satisfy_the_kubelets_non_root_rule_and_admin_ports_are_fenced() {
+    let base = kustomize(&deploy_dir().join("kubernetes/base"));
+    for o in base
+        .iter()
+        .filter(|o| ["Deployment", "StatefulSet"].contains(&o["kind"].as_str().unwrap_or("")))
+    {
+        let name = o["metadata"]["name"].as_str().unwrap_or("?");
+        let pod = &o["spec"]["template"]["spec"];
+        let ctx = &pod["securityContext"];
+        if ctx["runAsNonRoot"] == true {
+            // The kubelet refuses a non-numeric image USER under runAsNonRoot unless the
+            // pod says which (non-zero) user runs it.
+            let user = ctx["runAsUser"].as_i64();
+            assert!(
+                user.is_some_and(|u| u > 0),
+                "{name}: runAsNonRoot needs a numeric, non-zero runAsUser"
+            );
+        }
+    }
+    // No Service exposes an admin port beside a data port.
+    for svc in base.iter().filter(|o| o["kind"] == "Service") {
+        let ports: Vec<&str> = svc["spec"]["ports"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            !(ports.contains(&"admin") && ports.contains(&"http")),
+            "{}: the admin port must not be on the data-plane Service",
+            svc["metadata"]["name"]
+        );
+    }
+    // Every admin port is behind a NetworkPolicy.
+    let policies: Vec<&Value> = base
+        .iter()
+        .filter(|o| o["kind"] == "NetworkPolicy")
+        .collect();
+    for app in ["processor", "router"] {
+        assert!(
+            policies.iter().any(|p| {
+                p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == app
+                    && p["spec"]["ingress"].as_array().is_some_and(|rules| {
+                        rules.iter().any(|r| {
+                            r["from"].is_array()
+                                && r["ports"]
+                                    .as_array()
+                                    .is_some_and(|ps| ps.iter().any(|p| p["port"] == "admin"))
+                        })
+                    })
+            }),
+            "{app}: no NetworkPolicy restricts who reaches its admin port"
+        );
+    }
 }
