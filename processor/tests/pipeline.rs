@@ -621,8 +621,8 @@ async fn restore_adopts_orphan_decisions_and_resends_unsent_ones() {
     drop(p);
 }
 
-/// `send`, retried for a while: a broker that was just started or restarted may refuse
-/// the first writes while it elects itself leader of the partitions.
+/// `send` through the harness's retrying writer (a restarted broker refuses the first
+/// writes for a while).
 async fn send_retrying<T: carbonflow_schemas::AvroRecord>(
     producer: &RecordProducer,
     args: &KafkaArgs,
@@ -630,17 +630,8 @@ async fn send_retrying<T: carbonflow_schemas::AvroRecord>(
     key: &str,
     record: &T,
 ) {
-    let name = args.layout().name(topic);
-    for attempt in 1.. {
-        match producer.send(&name, key, None, record).await {
-            Ok(_) => return,
-            Err(e) if attempt < 20 => {
-                eprintln!("producing to {name} (attempt {attempt}): {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => panic!("producing to {name}: {e}"),
-        }
-    }
+    carbonflow_schemas::testing::send_retrying(producer, &args.layout().name(topic), key, record)
+        .await;
 }
 
 /// Buckets for every schedule, `batches` times; adds what was sent to `expected`.

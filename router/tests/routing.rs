@@ -172,10 +172,8 @@ fn decision(version: i64, backend: &str, weights: [f64; 3]) -> ScheduleDecision 
 }
 
 async fn publish(producer: &RecordProducer, args: &KafkaArgs, d: &ScheduleDecision) {
-    producer
-        .send(&args.layout().name(Topic::Decisions), &d.schedule, None, d)
-        .await
-        .expect("publish decision");
+    let topic = args.layout().name(Topic::Decisions);
+    carbonflow_schemas::testing::send_retrying(producer, &topic, &d.schedule, d).await;
 }
 
 async fn served(router: &RouterProcess, n: usize) -> BTreeMap<String, usize> {

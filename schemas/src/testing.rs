@@ -17,8 +17,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::AvroRecord;
 use crate::bus::admin::ensure_topics;
-use crate::bus::{KafkaArgs, RangeReader, Topic, TopicLayout};
+use crate::bus::{KafkaArgs, RangeReader, RecordProducer, Topic, TopicLayout};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -95,6 +96,27 @@ pub async fn fresh_layout(test: &str, schedule_partitions: i32) -> KafkaArgs {
         .await
         .unwrap_or_else(|e| panic!("creating test topics with prefix {}: {e}", layout.prefix));
     args
+}
+
+/// Write `record` to `topic` with `key`, retried for up to ten seconds: a broker just
+/// started or restarted (the local one especially) may refuse the first writes while it
+/// takes the lead of its partitions.
+pub async fn send_retrying<T: AvroRecord>(
+    producer: &RecordProducer,
+    topic: &str,
+    key: &str,
+    record: &T,
+) {
+    for attempt in 1.. {
+        match producer.send(topic, key, None, record).await {
+            Ok(_) => return,
+            Err(e) if attempt < 20 => {
+                eprintln!("producing to {topic} (attempt {attempt}): {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("producing to {topic}: {e}"),
+        }
+    }
 }
 
 /// A broker of a test's own (for outage tests that must not disturb the shared one):
