@@ -330,14 +330,7 @@ pub fn restore(
     let (low, journal_end) = reader.watermarks(&journal, partition).map_err(bus)?;
     // A snapshot past the journal's end belongs to a journal that is gone (recreated or
     // truncated): new entries would be written at offsets it claims to hold already.
-    if journal_from > journal_end {
-        return Err(RestoreError::InputTruncated {
-            topic: journal.clone(),
-            partition,
-            saved: journal_from,
-            end: journal_end,
-        });
-    }
+    reaches(&journal, partition, journal_from, journal_end)?;
     if journal_from < low {
         let gap = RestoreError::JournalGap {
             topic: journal.clone(),
@@ -394,14 +387,7 @@ pub fn restore(
     // Decisions written since the snapshot: which reached the topic, and which are orphans.
     let decisions = layout.name(Topic::Decisions);
     let (low, decisions_end) = reader.watermarks(&decisions, partition).map_err(bus)?;
-    if decisions_from > decisions_end {
-        return Err(RestoreError::InputTruncated {
-            topic: decisions.clone(),
-            partition,
-            saved: decisions_from,
-            end: decisions_end,
-        });
-    }
+    reaches(&decisions, partition, decisions_from, decisions_end)?;
     reader
         .read(
             &decisions,
@@ -430,6 +416,20 @@ pub fn restore(
     })
 }
 
+/// `topic` partition `partition` still reaches `saved`, the next offset the state holds
+/// for it: `end` (its high watermark) is not below it.
+fn reaches(topic: &str, partition: i32, saved: i64, end: i64) -> Result<(), RestoreError> {
+    if end < saved {
+        return Err(RestoreError::InputTruncated {
+            topic: topic.to_string(),
+            partition,
+            saved,
+            end,
+        });
+    }
+    Ok(())
+}
+
 /// Every input partition the state has read still reaches the position it recorded.
 fn check_inputs_reach(
     reader: &RangeReader,
@@ -449,14 +449,7 @@ fn check_inputs_reach(
         let (low, end) = reader
             .watermarks(&name, p)
             .map_err(|source| RestoreError::Bus { partition, source })?;
-        if end < saved {
-            return Err(RestoreError::InputTruncated {
-                topic: name,
-                partition: p,
-                saved,
-                end,
-            });
-        }
+        reaches(&name, p, saved, end)?;
         if low > saved {
             tracing::warn!(topic = %name, partition = p, saved, first = low, "inputs between the saved position and the oldest record left were deleted by retention before they were applied");
         }

@@ -130,9 +130,10 @@ struct Owned {
 }
 
 impl Owned {
-    fn restored(r: &Restored, state: PartitionState) -> Self {
+    /// Ownership of what restore returned (its repairs are written separately).
+    fn restored(r: Restored) -> Self {
         Self {
-            state,
+            state: r.state,
             journal_next: r.journal_next,
             decisions_next: r.decisions_next,
             since_snapshot: 0,
@@ -251,7 +252,7 @@ impl Shell {
         options: RestoreOptions,
     ) -> Result<(), PipelineError> {
         let a = args.clone();
-        let r = tokio::task::spawn_blocking(move || restore(&a, p, options)).await??;
+        let mut r = tokio::task::spawn_blocking(move || restore(&a, p, options)).await??;
         tracing::info!(
             partition = p,
             from_snapshot = r.from_snapshot,
@@ -263,13 +264,12 @@ impl Shell {
         );
         metrics::partition_restored(r.took, r.replayed, r.divergent);
         let ids: Vec<String> = r.state.schedules.keys().cloned().collect();
-        let mut r = r;
-        let state = std::mem::take(&mut r.state);
-        self.owned.insert(p, Owned::restored(&r, state));
+        let repairs = std::mem::take(&mut r.repairs);
+        self.owned.insert(p, Owned::restored(r));
         for id in &ids {
             self.show(p, id);
         }
-        for (pos, bytes) in &r.repairs.orphans {
+        for (pos, bytes) in &repairs.orphans {
             let input = Input::decode(Topic::Decisions, bytes).ok();
             tracing::warn!(
                 partition = p,
@@ -283,12 +283,12 @@ impl Shell {
                 tracing::warn!(partition = p, offset = pos.offset, refusal = %r, "an orphan decision was refused; not adopted");
             }
         }
-        for d in r.repairs.unsent {
+        for d in repairs.unsent {
             tracing::info!(schedule = %d.schedule, version = d.version, "re-sending a journaled decision that never reached the topic");
             self.emit(p, vec![Output::Decision(Box::new(d))], None)
                 .await?;
         }
-        for schedule in r.repairs.removed {
+        for schedule in repairs.removed {
             self.emit(p, vec![Output::Removed { schedule }], None)
                 .await?;
         }

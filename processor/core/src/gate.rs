@@ -217,6 +217,19 @@ fn name(field: &str, s: &str) -> Result<(), Refusal> {
     }
 }
 
+/// A request count in `[0, most]`.
+fn requests(field: &str, count: i64, most: i64) -> Result<(), Refusal> {
+    if (0..=most).contains(&count) {
+        Ok(())
+    } else {
+        Err(implausible(
+            field,
+            count,
+            &format!("must be in [0, {most}] requests"),
+        ))
+    }
+}
+
 fn non_negative(field: &str, v: f64, max: f64, unit: &str) -> Result<(), Refusal> {
     if v.is_finite() && (0.0..=max).contains(&v) {
         Ok(())
@@ -399,13 +412,7 @@ impl Gate<'_> {
         let most = self.limits.max_bucket_requests;
         for (i, c) in b.counts.iter().enumerate() {
             name(&format!("counts[{i}].flavour"), &c.flavour)?;
-            if !(0..=most).contains(&c.count) {
-                return Err(implausible(
-                    &format!("counts[{i}].count"),
-                    c.count,
-                    &format!("must be in [0, {most}] requests"),
-                ));
-            }
+            requests(&format!("counts[{i}].count"), c.count, most)?;
         }
         let h = &b.latency;
         if h.upper_bounds_ms.len() > MAX_LATENCY_BOUNDS
@@ -434,13 +441,7 @@ impl Gate<'_> {
             previous = *ub;
         }
         for (i, c) in h.counts.iter().enumerate() {
-            if !(0..=most).contains(c) {
-                return Err(implausible(
-                    &format!("latency.counts[{i}]"),
-                    c,
-                    &format!("must be in [0, {most}] requests"),
-                ));
-            }
+            requests(&format!("latency.counts[{i}]"), *c, most)?;
         }
         non_negative("latency.sum_ms", h.sum_ms, 3.6e6 * most as f64, "ms")
     }
