@@ -21,6 +21,11 @@ const SHIPPED: &[(&str, u32, &str)] = &[
         include_str!("../avro/schedule_config/v1.avsc"),
     ),
     (
+        "schedule_config",
+        2,
+        include_str!("../avro/schedule_config/v2.avsc"),
+    ),
+    (
         "manual_override",
         1,
         include_str!("../avro/manual_override/v1.avsc"),

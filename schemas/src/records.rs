@@ -117,6 +117,10 @@ pub struct Flavour {
     pub upstream_header: Option<String>,
     /// Free-form labels.
     pub annotations: Vec<Annotation>,
+    /// carbon-optimal: the largest share of a slot's requests this flavour may get,
+    /// fraction in (0, 1]; `None` = no cap.
+    #[serde(default)]
+    pub max_share: Option<f64>,
 }
 
 /// An ordered fallback rule (seed 003: the first matching rule wins).
@@ -181,6 +185,10 @@ pub struct ScheduleConfig {
     pub flavours: Vec<Flavour>,
     /// Ordered fallback rules.
     pub fallbacks: Vec<FallbackRule>,
+    /// carbon-optimal: the lowest mean precision planned for any one forecast slot,
+    /// fraction in (0, 1]; `None` = no floor.
+    #[serde(default)]
+    pub min_slot_precision: Option<f64>,
 }
 
 /// A weight for one flavour.

@@ -503,6 +503,7 @@ pub mod samples {
                 key: "tier".into(),
                 value: name.into(),
             }],
+            max_share: None,
         };
         let mut p30 = flavour("precision-30", 0.3, 0.3);
         p30.upstream_header = Some("x-carbonrouter".into());
@@ -550,6 +551,7 @@ pub mod samples {
                 when_status: vec!["timeout".into(), "5xx".into()],
                 to: "precision-100".into(),
             }],
+            min_slot_precision: None,
         }
     }
 

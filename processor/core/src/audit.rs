@@ -24,6 +24,7 @@ use carbonflow_schemas::time::format_rfc3339_ms;
 use serde_json::{Value, json};
 
 use crate::contract::reference_contract;
+use crate::policy::planned_slots;
 use crate::spec::ScheduleSpec;
 use crate::state::{EmissionsAccount, Input, Output, PartitionState};
 use crate::validate::{describe_problems, validate};
@@ -333,6 +334,7 @@ pub fn explain(decisions: &[Derived], index: usize) -> String {
     let diags: Vec<String> = d
         .diagnostics
         .iter()
+        .filter(|x| !x.name.starts_with("plan."))
         .map(|x| {
             format!(
                 "{}={}",
@@ -342,6 +344,34 @@ pub fn explain(decisions: &[Derived], index: usize) -> String {
         })
         .collect();
     let _ = writeln!(s, "  policy diagnostics: {}", diags.join(", "));
+    let plan = planned_slots(&d.diagnostics);
+    if !plan.is_empty() {
+        let _ = writeln!(
+            s,
+            "  plan (slot: forecast gCO2/kWh → planned precision; shares):"
+        );
+        let value =
+            |v: Option<f64>, scale: f64| v.map_or("-".into(), |v| format!("{:.1}", v * scale));
+        for (i, p) in plan.iter().enumerate() {
+            let shares: Vec<String> = p
+                .shares
+                .iter()
+                .map(|(f, w)| format!("{f} {} %", value(*w, 100.0)))
+                .collect();
+            let _ = writeln!(
+                s,
+                "    {:>3}: {:>6} → {:>5} %; {}",
+                if i == 0 {
+                    "now".to_string()
+                } else {
+                    format!("+{i}")
+                },
+                value(p.intensity, 1.0),
+                value(p.precision, 100.0),
+                shares.join(", ")
+            );
+        }
+    }
     let _ = writeln!(s, "  weights: {}", weights(d));
     let _ = writeln!(
         s,

@@ -14,10 +14,10 @@ use carbonflow_schemas::records::{
 use carbonflow_schemas::vocabulary::DecisionCause;
 
 use crate::forecast::ForecastSnapshot;
-use crate::ledger::{CreditLedger, LedgerParams};
+use crate::ledger::{CreditLedger, LedgerParams, QualityAccount};
 use crate::policy::{
-    CreditView, PolicyError, PolicyInput, PolicyMemory, PolicyResult, avg_precision, normalise,
-    policy_named, policy_names,
+    CreditView, PlanContext, PolicyError, PolicyInput, PolicyMemory, PolicyResult, avg_precision,
+    normalise, policy_named, policy_names,
 };
 use crate::throttle::scaling_directive;
 use crate::weights::integer_percentages;
@@ -54,6 +54,19 @@ pub struct DecisionContext<'a> {
     pub input: InputPosition,
     /// Telemetry window accounted just before, if any.
     pub telemetry_window: Option<TelemetryWindow>,
+    /// Delivered quality against the promise, and the observed request rate.
+    pub delivered: Delivered,
+}
+
+/// What the schedule delivered so far, as the carbon-optimal policy plans from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Delivered {
+    /// Exact account of delivered quality against the promise in force.
+    pub quality: QualityAccount,
+    /// Request rate of the last closed telemetry window, requests/s.
+    pub observed_rate: Option<f64>,
+    /// Length of a telemetry window, seconds (one ledger update each).
+    pub window_seconds: f64,
 }
 
 /// Decide, updating `ledger` (commanded feed) and `memory` (policy state).
@@ -89,6 +102,13 @@ pub fn decide(
                     min: config.credit_min,
                     max: config.credit_max,
                     target_error: config.target_error,
+                },
+                plan: PlanContext {
+                    quality: ctx.delivered.quality,
+                    observed_rate: ctx.delivered.observed_rate,
+                    window_seconds: ctx.delivered.window_seconds,
+                    credit_sensitivity: config.credit_sensitivity,
+                    min_slot_precision: config.min_slot_precision,
                 },
             };
             policy.evaluate(&input, &mut next_memory)?

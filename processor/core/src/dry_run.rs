@@ -25,11 +25,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::contract::reference_contract;
-use crate::decide::{DecisionContext, decide};
+use crate::decide::{DecisionContext, Delivered, decide};
 use crate::forecast::ForecastSnapshot;
-use crate::ledger::CreditLedger;
+use crate::ledger::{CreditLedger, QualityAccount};
 use crate::policy::PolicyMemory;
 use crate::spec::ScheduleSpec;
+use crate::state::TELEMETRY_WINDOW_MS;
 use crate::validate::{describe_problems, validate};
 
 /// Why a dry run failed.
@@ -66,6 +67,7 @@ struct Document {
     forecast: Option<ForecastDoc>,
     ledger: LedgerDoc,
     memory: MemoryDoc,
+    delivered: DeliveredDoc,
     at: Option<String>,
     version: Option<i64>,
 }
@@ -84,6 +86,16 @@ struct ForecastDoc {
 struct LedgerDoc {
     balance: f64,
     history: Vec<(i64, f64)>,
+}
+
+/// What was delivered so far (carbon-optimal's account): answered requests, their surplus
+/// over the promised precision (precision·requests), and the observed request rate.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct DeliveredDoc {
+    requests: i64,
+    surplus: f64,
+    observed_rate: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -150,6 +162,14 @@ pub fn run(input: &str) -> Result<Value, DryRunError> {
             offset: 0,
         },
         telemetry_window: None,
+        delivered: Delivered {
+            quality: QualityAccount {
+                requests: doc.delivered.requests,
+                surplus: doc.delivered.surplus,
+            },
+            observed_rate: doc.delivered.observed_rate,
+            window_seconds: TELEMETRY_WINDOW_MS as f64 / 1000.0,
+        },
     };
     let decision = decide(&ctx, &mut ledger, &mut memory)?;
     let mut out = reference_contract(&decision);

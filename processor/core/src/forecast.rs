@@ -17,6 +17,12 @@ pub struct ForecastSnapshot {
     pub slots: Vec<f64>,
     /// End of the current slot, epoch ms (bounds a decision's validity).
     pub current_slot_end_ms: Option<i64>,
+    /// `[start, end)` of every slot of `slots`, epoch ms (empty when given as bare values).
+    pub slot_bounds_ms: Vec<(i64, i64)>,
+    /// Forecast demand of every slot of `slots`, requests/s (`None` where there is none).
+    pub slot_demand: Vec<Option<f64>>,
+    /// The moment this is a view at, epoch ms.
+    pub at_ms: i64,
 }
 
 impl ForecastSnapshot {
@@ -41,6 +47,9 @@ impl ForecastSnapshot {
                 .map(|d| d.requests_per_second)
         };
         Self {
+            slot_bounds_ms: points.iter().map(|p| (p.start_ms, p.end_ms)).collect(),
+            slot_demand: (0..points.len()).map(demand_at).collect(),
+            at_ms,
             intensity_now: slots.first().copied(),
             intensity_next: slots.get(1).or(slots.first()).copied(),
             demand_now: demand_at(0),
@@ -48,6 +57,18 @@ impl ForecastSnapshot {
             current_slot_end_ms: points.first().map(|p| p.end_ms),
             slots,
         }
+    }
+
+    /// How long each slot of `slots` lasts from `at_ms` on, seconds: the current slot only
+    /// for what is left of it. Bare values (no bounds) count one second each.
+    pub fn slot_seconds(&self) -> Vec<f64> {
+        if self.slot_bounds_ms.len() != self.slots.len() {
+            return vec![1.0; self.slots.len()];
+        }
+        self.slot_bounds_ms
+            .iter()
+            .map(|(start, end)| (end - (*start).max(self.at_ms)).max(0) as f64 / 1000.0)
+            .collect()
     }
 
     /// A snapshot with now, next and slots given directly (dry runs, tests).

@@ -87,6 +87,36 @@ impl CreditLedger {
     }
 }
 
+/// The exact account of delivered quality against the promise in force: over every
+/// closed telemetry window, answered requests × (delivered precision − promised
+/// precision), in precision·requests. The balance above is the reference's bounded,
+/// forgetting account; this one is never clamped, so what the carbon-optimal policy banked
+/// or borrowed is still owed in full, and its plan can close the account exactly. It
+/// starts again at zero whenever the promise changes (policy or target error).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct QualityAccount {
+    /// Answered requests accounted.
+    pub requests: i64,
+    /// Σ requests × (precision − (1 − target error)): > 0 banked, < 0 owed.
+    pub surplus: f64,
+}
+
+impl QualityAccount {
+    /// Account `served` answered requests delivered at mean precision `precision`.
+    pub fn record(&mut self, served: i64, precision: f64, target_error: f64) {
+        if served <= 0 || !precision.is_finite() {
+            return;
+        }
+        self.requests = self.requests.saturating_add(served);
+        self.surplus += served as f64 * (precision - (1.0 - target_error));
+    }
+
+    /// Mean precision delivered over the account, `None` before any request.
+    pub fn mean_precision(&self, target_error: f64) -> Option<f64> {
+        (self.requests > 0).then(|| 1.0 - target_error + self.surplus / self.requests as f64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +149,18 @@ mod tests {
         }
         assert_eq!(l.balance(), -1.0);
         assert!((l.velocity() + 0.1815).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_quality_account_is_exact_and_unclamped() {
+        let mut a = QualityAccount::default();
+        a.record(1000, 0.3, 0.15); // owes 1000 × 0.55
+        a.record(500, 1.0, 0.15); // banks 500 × 0.15
+        a.record(0, 0.3, 0.15); // nothing served, nothing changes
+        assert_eq!(a.requests, 1500);
+        assert!((a.surplus - (-550.0 + 75.0)).abs() < 1e-9);
+        let mean = a.mean_precision(0.15).expect("requests");
+        assert!((mean - (300.0 + 500.0) / 1500.0).abs() < 1e-12);
     }
 
     #[test]

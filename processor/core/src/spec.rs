@@ -80,6 +80,10 @@ pub struct ScheduleSpec {
     pub flavours: Vec<FlavourSpec>,
     /// Ordered fallback rules.
     pub fallbacks: Vec<FallbackSpec>,
+    /// carbon-optimal: the lowest mean precision planned for any one forecast slot,
+    /// fraction in (0, 1] or percent in (1, 100].
+    #[serde(deserialize_with = "optional_number")]
+    pub min_slot_precision: Option<f64>,
 }
 
 impl Default for ScheduleSpec {
@@ -120,9 +124,11 @@ impl Default for ScheduleSpec {
                 upstream: String::new(),
                 upstream_header: None,
                 annotations: BTreeMap::new(),
+                max_share: None,
             })
             .collect(),
             fallbacks: vec![],
+            min_slot_precision: None,
         }
     }
 }
@@ -171,6 +177,10 @@ pub struct FlavourSpec {
     /// Free-form labels.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// carbon-optimal: the largest share of a slot's requests this flavour may get,
+    /// fraction in (0, 1] or percent in (1, 100].
+    #[serde(default, deserialize_with = "optional_number")]
+    pub max_share: Option<f64>,
 }
 
 fn enabled() -> bool {
@@ -297,6 +307,7 @@ impl ScheduleSpec {
                             value: value.clone(),
                         })
                         .collect(),
+                    max_share: f.max_share,
                 })
                 .collect(),
             fallbacks: self
@@ -315,6 +326,7 @@ impl ScheduleSpec {
                     to: r.to.clone(),
                 })
                 .collect(),
+            min_slot_precision: self.min_slot_precision,
         }
     }
 }
@@ -353,6 +365,16 @@ fn number<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     match NumberOrString::deserialize(d)? {
         NumberOrString::Number(n) => Ok(n),
         NumberOrString::String(s) => s.trim().parse().map_err(|_| {
+            serde::de::Error::custom(format!("expected a number, got the string {s:?}"))
+        }),
+    }
+}
+
+fn optional_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    match Option::<NumberOrString>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumberOrString::Number(n)) => Ok(Some(n)),
+        Some(NumberOrString::String(s)) => s.trim().parse().map(Some).map_err(|_| {
             serde::de::Error::custom(format!("expected a number, got the string {s:?}"))
         }),
     }

@@ -24,9 +24,9 @@ use carbonflow_schemas::vocabulary::DecisionCause;
 use carbonflow_schemas::{AvroRecord, CodecError, decode};
 use serde::{Deserialize, Serialize};
 
-use crate::decide::{DecisionContext, decide, ledger_params};
+use crate::decide::{DecisionContext, Delivered, decide, ledger_params};
 use crate::forecast::ForecastSnapshot;
-use crate::ledger::CreditLedger;
+use crate::ledger::{CreditLedger, QualityAccount};
 use crate::policy::{PolicyError, PolicyMemory};
 use crate::validate::{validate, validate_override};
 
@@ -173,6 +173,9 @@ pub struct ScheduleState {
     pub manual: Option<ManualOverride>,
     /// The credit ledger.
     pub ledger: CreditLedger,
+    /// Exact delivered quality against the promise in force (what carbon-optimal plans on).
+    #[serde(default)]
+    pub quality: QualityAccount,
     /// Policy memory.
     pub memory: PolicyMemory,
     /// Last version issued (kept across deletions so versions never go backwards).
@@ -424,6 +427,12 @@ impl PartitionState {
         }
         let s = self.schedules.entry(c.schedule.clone()).or_default();
         s.ledger.clamp_to(&ledger_params(&valid));
+        let same_promise = s.config.as_ref().is_some_and(|held| {
+            held.policy == valid.policy && held.target_error == valid.target_error
+        });
+        if !same_promise {
+            s.quality = QualityAccount::default();
+        }
         s.config = Some(valid);
         self.decide(&c.schedule, DecisionCause::Config, pos, None)
     }
@@ -617,6 +626,11 @@ impl PartitionState {
             cause,
             input: pos.clone(),
             telemetry_window,
+            delivered: Delivered {
+                quality: s.quality,
+                observed_rate: s.observed_rate,
+                window_seconds: TELEMETRY_WINDOW_MS as f64 / 1000.0,
+            },
         };
         // A refused decision changes nothing: the one in force stays, and the shell logs
         // and counts the refusal.
@@ -685,6 +699,7 @@ fn close_window(
         s.ledger
             .update(&ledger_params(config), realised, w.end_ms.max(0));
     }
+    s.quality.record(served, realised, config.target_error);
     s.requests_accounted += served;
     s.observed_rate = Some(w.requests as f64 * 1000.0 / (w.end_ms - w.start_ms) as f64);
     Some(TelemetryWindow {

@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use carbonflow_schemas::records::{FieldProblem, ManualOverride, ScheduleConfig};
 use carbonflow_schemas::vocabulary::{FallbackCondition, ScheduleId};
 
-use crate::policy::{policy_named, policy_names};
+use crate::policy::{
+    CarbonOptimal, Policy, highest_reachable_precision, policy_named, policy_names,
+};
 
 /// Check `config`; on success return it with precisions given as percentages (> 1)
 /// converted to fractions, as the reference accepts them.
@@ -185,6 +187,7 @@ pub fn validate(config: &ScheduleConfig) -> Result<ScheduleConfig, Vec<FieldProb
             );
         }
     }
+    check_plan_limits(&mut c, &mut bad);
     for (i, r) in c.fallbacks.iter().enumerate() {
         if !names.contains(&r.to) {
             bad(
@@ -208,6 +211,88 @@ pub fn validate(config: &ScheduleConfig) -> Result<ScheduleConfig, Vec<FieldProb
         Ok(c)
     } else {
         Err(problems)
+    }
+}
+
+/// carbon-optimal's plan limits (`max_share` per flavour, `min_slot_precision`): fractions
+/// (percentages are read as the reference reads precisions), honoured by that policy only,
+/// and satisfiable: the caps of the enabled flavours must be able to fill a slot, and the
+/// floor must be reachable under them.
+fn check_plan_limits(c: &mut ScheduleConfig, bad: &mut impl FnMut(&str, String)) {
+    let as_fraction = |v: &mut f64| {
+        if *v > 1.0 {
+            *v /= 100.0;
+        }
+    };
+    let plans = c.policy == CarbonOptimal.name();
+    for (i, f) in c.flavours.iter_mut().enumerate() {
+        let Some(cap) = f.max_share.as_mut() else {
+            continue;
+        };
+        as_fraction(cap);
+        let field = format!("flavours[{i}].max_share");
+        if !(*cap > 0.0 && *cap <= 1.0) {
+            bad(
+                &field,
+                format!("must be in (0, 1] (or a percentage in (1, 100]), got {cap}"),
+            );
+        } else if !plans {
+            bad(
+                &field,
+                format!(
+                    "is honoured by the carbon-optimal policy only; this schedule's policy is {:?}",
+                    c.policy
+                ),
+            );
+        }
+    }
+    if let Some(floor) = c.min_slot_precision.as_mut() {
+        as_fraction(floor);
+        if !(*floor > 0.0 && *floor <= 1.0) {
+            bad(
+                "min_slot_precision",
+                format!("must be in (0, 1] (or a percentage in (1, 100]), got {floor}"),
+            );
+        } else if !plans {
+            bad(
+                "min_slot_precision",
+                format!(
+                    "is honoured by the carbon-optimal policy only; this schedule's policy is {:?}",
+                    c.policy
+                ),
+            );
+        }
+    }
+    if !plans
+        || c.flavours
+            .iter()
+            .any(|f| !(f.precision > 0.0 && f.precision <= 1.0))
+    {
+        return;
+    }
+    let capacity: f64 = c
+        .flavours
+        .iter()
+        .filter(|f| f.enabled)
+        .map(|f| f.max_share.unwrap_or(1.0).clamp(0.0, 1.0))
+        .sum();
+    if capacity < 1.0 {
+        bad(
+            "flavours",
+            format!(
+                "the max_share caps of the enabled flavours sum to {capacity}: they must sum to at least 1 so that every request has a flavour"
+            ),
+        );
+    } else if let Some(floor) = c.min_slot_precision
+        && let Some(reachable) = highest_reachable_precision(&c.flavours)
+        && floor > reachable + 1e-12
+    {
+        bad(
+            "min_slot_precision",
+            format!(
+                "must be at most {reachable}, the highest mean precision the enabled flavours reach under their max_share caps; got {floor}"
+            ),
+        );
     }
 }
 

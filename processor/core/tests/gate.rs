@@ -4,7 +4,7 @@
 
 use carbonflow_core::forecast::ForecastSnapshot;
 use carbonflow_core::gate::{Limits, Placement, RefusalKind, check};
-use carbonflow_core::policy::{CreditView, POLICIES, PolicyInput, PolicyMemory};
+use carbonflow_core::policy::{CreditView, POLICIES, PlanContext, PolicyInput, PolicyMemory};
 use carbonflow_core::state::Input;
 use carbonflow_schemas::records::{ConfigCommand, Flavour};
 use carbonflow_schemas::testing::samples;
@@ -248,6 +248,7 @@ proptest! {
                 max: 1.0,
                 target_error: 0.15,
             },
+            plan: PlanContext::default(),
         };
         let r = POLICIES[policy].evaluate(&input, &mut PolicyMemory::default()).expect("decides");
         prop_assert!(r.weights.iter().all(|(_, w)| w.is_finite() && *w >= 0.0), "{:?}", r.weights);

@@ -4,7 +4,7 @@
 use carbonflow_core::decide::ledger_params;
 use carbonflow_core::forecast::ForecastSnapshot;
 use carbonflow_core::ledger::CreditLedger;
-use carbonflow_core::policy::{CreditView, POLICIES, PolicyInput, PolicyMemory};
+use carbonflow_core::policy::{CreditView, POLICIES, PlanContext, PolicyInput, PolicyMemory};
 use carbonflow_core::weights::integer_percentages;
 use carbonflow_schemas::records::Flavour;
 use carbonflow_schemas::testing::samples;
@@ -27,6 +27,7 @@ fn flavours() -> impl Strategy<Value = Vec<Flavour>> {
                 upstream_url: "http://x".into(),
                 upstream_header: None,
                 annotations: vec![],
+                max_share: None,
             })
             .collect();
         fl[0].enabled = true;
@@ -58,6 +59,7 @@ proptest! {
             flavours: &flavours,
             forecast: &forecast,
             credit: CreditView { balance, min, max, target_error: 0.15 },
+            plan: PlanContext::default(),
         };
         let mut memory = PolicyMemory { cumulative_carbon: 150.0 * count as f64, evaluation_count: count };
         let policy = POLICIES[policy];

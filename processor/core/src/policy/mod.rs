@@ -5,6 +5,7 @@
 //! I/O; the only state (forecast-aware-global's emissions memory) is passed in and out as
 //! [`PolicyMemory`] so it is journaled like everything else.
 
+mod carbon_optimal;
 mod credit_greedy;
 mod forecast_aware;
 mod forecast_aware_global;
@@ -17,7 +18,12 @@ use carbonflow_schemas::records::Flavour;
 use serde::{Deserialize, Serialize};
 
 use crate::forecast::ForecastSnapshot;
+use crate::ledger::QualityAccount;
 
+pub use carbon_optimal::{
+    CarbonOptimal, MixCurve, Plan, PlanSlot, PlannedSlot, emissions, highest_reachable_precision,
+    planned_slots, solve,
+};
 pub use credit_greedy::CreditGreedy;
 pub use forecast_aware::ForecastAware;
 pub use forecast_aware_global::ForecastAwareGlobal;
@@ -27,7 +33,8 @@ pub use random::Random;
 pub use round_robin::RoundRobin;
 
 /// Every policy, once: names, lookup and validation all derive from this list.
-pub const POLICIES: [&dyn Policy; 7] = [
+pub const POLICIES: [&dyn Policy; 8] = [
+    &CarbonOptimal,
     &CreditGreedy,
     &ForecastAware,
     &ForecastAwareGlobal,
@@ -82,6 +89,24 @@ pub struct PolicyInput<'a> {
     pub forecast: &'a ForecastSnapshot,
     /// Ledger balance and bounds, read before this decision's update.
     pub credit: CreditView,
+    /// What was delivered and the plan's limits (read by carbon-optimal only).
+    pub plan: PlanContext,
+}
+
+/// What carbon-optimal plans from besides the forecast: the exact account of delivered
+/// quality, the request rate observed, and the config's plan limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PlanContext {
+    /// Delivered quality against the promise in force.
+    pub quality: QualityAccount,
+    /// Request rate of the last closed telemetry window, requests/s.
+    pub observed_rate: Option<f64>,
+    /// Length of one telemetry window, seconds (converts the account into ledger credit).
+    pub window_seconds: f64,
+    /// Scale of one ledger delta (converts the account into ledger credit).
+    pub credit_sensitivity: f64,
+    /// Lowest mean precision planned for a slot.
+    pub min_slot_precision: Option<f64>,
 }
 
 /// Policy state that survives between decisions (forecast-aware-global's memory).
@@ -285,6 +310,7 @@ pub(crate) mod tests {
                 max: 1.0,
                 target_error: 0.15,
             },
+            plan: super::PlanContext::default(),
         };
         policy.evaluate(&input, memory).expect("policy decides")
     }
