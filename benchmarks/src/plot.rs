@@ -68,7 +68,7 @@ pub enum PlotError {
     },
 }
 
-const PALETTE: [RGBColor; 8] = [
+const PALETTE: [RGBColor; 10] = [
     RGBColor(47, 111, 79),
     RGBColor(214, 124, 26),
     RGBColor(70, 110, 180),
@@ -77,6 +77,8 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(110, 110, 110),
     RGBColor(20, 160, 170),
     RGBColor(200, 170, 30),
+    RGBColor(25, 25, 25),
+    RGBColor(220, 100, 170),
 ];
 
 fn load_font() -> Result<(), PlotError> {

@@ -627,7 +627,7 @@ impl PartitionState {
             input: pos.clone(),
             telemetry_window,
             delivered: Delivered {
-                quality: s.quality,
+                quality: delivered_so_far(s.quality, s.window.as_ref(), config),
                 observed_rate: s.observed_rate,
                 window_seconds: TELEMETRY_WINDOW_MS as f64 / 1000.0,
             },
@@ -649,6 +649,22 @@ impl PartitionState {
         s.last_decision = Some(d.clone());
         vec![Output::Decision(Box::new(d))]
     }
+}
+
+/// The quality account with the open window's answered requests added: what a plan made
+/// now must count as delivered, though the ledger accounts them only when the window closes.
+fn delivered_so_far(
+    account: QualityAccount,
+    open: Option<&OpenWindow>,
+    config: &ScheduleConfig,
+) -> QualityAccount {
+    let mut account = account;
+    for (name, count) in open.map(|w| &w.served).into_iter().flatten() {
+        if let Some(f) = config.flavours.iter().find(|f| &f.name == name) {
+            account.record(*count, f.precision, config.target_error);
+        }
+    }
+    account
 }
 
 /// Close the open window: account its answered requests in the ledger (telemetry feed)
