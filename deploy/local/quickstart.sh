@@ -8,8 +8,8 @@
 #
 # Options (or environment variables):
 #   --scenario NAME|FILE  scenario under benchmarks/scenarios (default forecast-aware-challenge)
-#   --policy NAME         credit-greedy, forecast-aware, forecast-aware-global, precision-tier,
-#                         p100, random, round-robin (default credit-greedy)
+#   --policy NAME         carbon-optimal, credit-greedy, forecast-aware, forecast-aware-global,
+#                         precision-tier, p100, random, round-robin (default credit-greedy)
 #   --speed N             scenario speed-up: 30-minute slots last 30/N minutes (default 360: 5 s)
 #   --rate N              requests per second through the routers (default 40)
 set -euo pipefail
