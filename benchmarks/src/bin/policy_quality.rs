@@ -232,7 +232,12 @@ fn config(policy: &str) -> ScheduleConfig {
     config
 }
 
-fn bucket(at: i64, d: &ScheduleDecision, config: &ScheduleConfig, counts: &[i64]) -> TelemetryBucket {
+fn bucket(
+    at: i64,
+    d: &ScheduleDecision,
+    config: &ScheduleConfig,
+    counts: &[i64],
+) -> TelemetryBucket {
     TelemetryBucket {
         router_id: "sim".into(),
         schedule: SCHEDULE.into(),
@@ -302,7 +307,10 @@ fn simulate(world: &World, setting: Setting, policy: &str, seed: u64) -> Run {
         if second % world.slot_seconds == 0 {
             let k = (second / world.slot_seconds) as usize;
             let f = world.forecast(k, setting, &mut rng);
-            take(state.apply(&Input::Forecast(f), &next("forecasts")), &mut latest);
+            take(
+                state.apply(&Input::Forecast(f), &next("forecasts")),
+                &mut latest,
+            );
         }
         let tick = Tick {
             at_ms: at,
@@ -320,7 +328,10 @@ fn simulate(world: &World, setting: Setting, policy: &str, seed: u64) -> Run {
             run.precision_sum += *n as f64 * f.precision;
         }
         let b = bucket(at, d, &config, &counts);
-        take(state.apply(&Input::Telemetry(b), &next("telemetry")), &mut latest);
+        take(
+            state.apply(&Input::Telemetry(b), &next("telemetry")),
+            &mut latest,
+        );
         let balance = state.schedules[SCHEDULE].ledger.balance();
         run.credit_min = run.credit_min.min(balance);
         run.credit_final = balance;
@@ -419,7 +430,14 @@ fn print_table(rows: &[Row], oracle_saved: Option<f64>, target: f64) {
     );
     println!(
         "    {:<22} {:>8} {:>10} {:>6} {:>10} {:>10} {:>10} {:>9}",
-        "policy", "saved %", "mean prec", "meets", "% oracle", "credit min", "credit end", "decisions"
+        "policy",
+        "saved %",
+        "mean prec",
+        "meets",
+        "% oracle",
+        "credit min",
+        "credit end",
+        "decisions"
     );
     for r in rows {
         println!(
@@ -454,7 +472,11 @@ fn summary_line(name: &str, rows: &[Row], oracle_saved: Option<f64>) -> String {
             if o.meets { "yes" } else { "no" },
             percent(oracle_saved.map(|s| o.saved / s)),
             percent(o.of_oracle),
-            best_other.map_or("-".into(), |b| format!("{} {:.2}", b.policy, 100.0 * b.saved)),
+            best_other.map_or("-".into(), |b| format!(
+                "{} {:.2}",
+                b.policy,
+                100.0 * b.saved
+            )),
         ),
         None => format!("    {name}: carbon-optimal missing"),
     }
@@ -587,7 +609,11 @@ fn frontier_chart(world: &World, setting: &Setting, oracle: &Oracle, rows: &[Row
         points: vec![(r.precision, 100.0 * r.saved)],
     }));
     Chart {
-        title: format!("Saved vs delivered precision: {}, {}", world.name, setting.label()),
+        title: format!(
+            "Saved vs delivered precision: {}, {}",
+            world.name,
+            setting.label()
+        ),
         x_label: "delivered mean precision".into(),
         y_label: "carbon saved vs full precision, %".into(),
         log_x: false,
