@@ -92,6 +92,11 @@ struct RunArgs {
     /// names the missing offsets: the state would lack their inputs.
     #[arg(long, env = "CARBONFLOW_ACCEPT_JOURNAL_GAP")]
     accept_journal_gap: bool,
+    /// On SIGTERM, how long the processor stays up unready, still consuming, before it
+    /// stops, writes its final snapshots and exits, milliseconds (time for whatever
+    /// routes to its admin API to notice).
+    #[arg(long, env = "CARBONFLOW_DRAIN_DELAY_MS", default_value_t = 0)]
+    drain_delay_ms: u64,
 }
 
 /// What an input may hold (see README, "What the processor refuses"). Inputs outside
@@ -432,6 +437,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("processor-{}", args.instance)),
         limits: args.limits.limits()?,
         accept_journal_gap: args.accept_journal_gap,
+        drain_delay: Duration::from_millis(args.drain_delay_ms),
     };
     let token = admin_token(&args)?;
     let handle = carbonflow_schemas::service::install_metrics().context("installing metrics")?;
@@ -450,10 +456,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         token,
         upstreams: settings.limits.upstreams.clone(),
     };
-    let admin = tokio::spawn(admin::run(listener, admin_state, shutdown.clone()));
+    // The admin API outlives the pipeline: it answers (unready) while the pipeline drains
+    // and writes its final snapshots, and stops last.
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn(admin::run(listener, admin_state, admin_stop.clone()));
     carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
     let outcome = pipeline::run(args.kafka, settings, view, shutdown.clone()).await;
-    shutdown.cancel();
+    admin_stop.cancel();
     admin
         .await
         .context("admin API task")?

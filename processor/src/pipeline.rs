@@ -74,6 +74,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Restore folds what is left of a journal with missing entries instead of failing.
     pub accept_journal_gap: bool,
+    /// On a stop, how long the processor keeps consuming while unready.
+    pub drain_delay: Duration,
 }
 
 impl Settings {
@@ -221,8 +223,11 @@ pub async fn run(
     }
     shell.drain().await?;
     let inputs = shell.assign_inputs(&args, &settings)?;
-    view.set_ready(true);
-    metrics::ready(true);
+    // A stop asked for during the restore keeps the processor unready.
+    if !shutdown.is_cancelled() {
+        view.set_ready(true);
+        metrics::ready(true);
+    }
     tracing::info!("restored; consuming inputs");
 
     // Ticks have a producer of their own: a tick that fails is simply written again at
@@ -237,7 +242,25 @@ pub async fn run(
         settings.client_id.clone(),
         shutdown.clone(),
     ));
-    let outcome = shell.consume(&inputs, &settings, &shutdown).await;
+    // A stop turns the processor unready at once and keeps it consuming for the drain
+    // delay (so whatever routes to its admin API can notice), then stops consuming.
+    let stop_consuming = CancellationToken::new();
+    {
+        let (view, stop, delay) = (view.clone(), stop_consuming.clone(), settings.drain_delay);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            view.set_ready(false);
+            metrics::ready(false);
+            tracing::info!(
+                drain_delay_ms = delay.as_millis() as u64,
+                "stopping: unready, draining"
+            );
+            tokio::time::sleep(delay).await;
+            stop.cancel();
+        });
+    }
+    let outcome = shell.consume(&inputs, &settings, &stop_consuming).await;
     ticker.abort();
     shell.stop(&inputs, &settings, outcome).await
 }

@@ -15,7 +15,7 @@ use carbonflow_schemas::records::{
 };
 use carbonflow_schemas::service::now_ms;
 use carbonflow_schemas::testing::{fresh_layout, samples};
-use common::{ProcessorProcess, eventually, http, read_all};
+use common::{ProcessorProcess, eventually, http, read_all, try_http};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
@@ -795,6 +795,64 @@ async fn a_corrupt_snapshot_is_passed_over_and_the_journal_replayed() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_the_processor_turns_unready_keeps_consuming_through_the_drain_then_exits() {
+    let args = fresh_layout("drain", 1).await;
+    let producer = RecordProducer::new(&args, "drain-test").expect("producer");
+    let schedule = "shop/drain";
+    send(
+        &producer,
+        &args,
+        Topic::Config,
+        schedule,
+        &config(schedule, 1),
+    )
+    .await;
+    let mut processor = ProcessorProcess::start(&args, 0, 1, &["--drain-delay-ms", "6000"]);
+    processor.wait_ready(Duration::from_secs(60)).await;
+    let decided = |version: i64| {
+        let args = args.clone();
+        move || {
+            let args = args.clone();
+            async move {
+                let last = last_decisions(&args).remove(schedule)?;
+                (last.provenance.config_version == version).then_some(())
+            }
+        }
+    };
+    eventually(
+        "the first config decided",
+        Duration::from_secs(30),
+        decided(1),
+    )
+    .await;
+
+    processor.terminate();
+    let readyz = format!("{}/readyz", processor.admin);
+    eventually("unready after SIGTERM", Duration::from_secs(3), || async {
+        matches!(try_http("GET", &readyz, None).await, Ok((503, _))).then_some(())
+    })
+    .await;
+    let (status, _) = http("GET", &format!("{}/healthz", processor.admin), None).await;
+    assert_eq!(status, 200, "alive while draining");
+    // Still the owner while it drains: a config written now is decided.
+    send(
+        &producer,
+        &args,
+        Topic::Config,
+        schedule,
+        &config(schedule, 2),
+    )
+    .await;
+    eventually(
+        "a config decided during the drain",
+        Duration::from_secs(5),
+        decided(2),
+    )
+    .await;
+    processor.wait_clean_exit();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@ pub mod select;
 pub mod served;
 pub mod table;
 pub mod telemetry;
+pub mod tls;
 
 /// Wall clock, epoch ms.
 pub use carbonflow_schemas::service::now_ms;

@@ -105,6 +105,10 @@ struct Cli {
     /// Router id written into telemetry (default: router-<pid>).
     #[arg(long, env = "CARBONFLOW_ROUTER_ID")]
     router_id: Option<String>,
+    /// PEM file of CA certificates trusted for `https://` upstreams besides the system's
+    /// roots (upstreams signed by a private CA).
+    #[arg(long, env = "CARBONFLOW_UPSTREAM_CA_FILE")]
+    upstream_ca_file: Option<std::path::PathBuf>,
     /// Upstream connect timeout, milliseconds.
     #[arg(long, env = "CARBONFLOW_CONNECT_TIMEOUT_MS", default_value_t = 1000)]
     connect_timeout_ms: u64,
@@ -250,6 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             body_read_timeout: Duration::from_millis(cli.body_read_timeout_ms.max(1)),
         },
         Duration::from_millis(cli.connect_timeout_ms),
+        carbonflow_router::tls::upstream_tls(cli.upstream_ca_file.as_deref())?,
         seed,
     ));
     let listener = tokio::net::TcpListener::bind(cli.listen)

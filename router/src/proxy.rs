@@ -18,6 +18,7 @@ use carbonflow_schemas::upstream::AllowList;
 use carbonflow_schemas::vocabulary::AttemptResult;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
+use hyper_tls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use rand::rngs::SmallRng;
@@ -68,7 +69,7 @@ pub struct ProxySettings {
 pub struct Proxy {
     table: Arc<DecisionTable>,
     telemetry: Arc<Telemetry>,
-    client: Client<HttpConnector<CheckedResolver>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, Full<Bytes>>,
     settings: ProxySettings,
     /// Seeded from the router id or `--seed`: routers draw different sequences, and a
     /// run can be repeated.
@@ -76,21 +77,25 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy with a pooled client (`connect_timeout` per connection attempt).
+    /// A proxy with a pooled client (`connect_timeout` per connection attempt) that
+    /// speaks plain HTTP or, to `https://` upstreams, TLS through `tls`.
     pub fn new(
         table: Arc<DecisionTable>,
         telemetry: Arc<Telemetry>,
         settings: ProxySettings,
         connect_timeout: Duration,
+        tls: tokio_native_tls::TlsConnector,
         seed: u64,
     ) -> Self {
         let resolver = CheckedResolver::new(Arc::new(settings.upstreams.clone()));
         let mut connector = HttpConnector::new_with_resolver(resolver);
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
+        // The TLS layer needs the https:// URIs passed through to it.
+        connector.enforce_http(false);
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+            .build(HttpsConnector::from((connector, tls)));
         Self {
             table,
             telemetry,
@@ -341,6 +346,12 @@ async fn handle(
         .collect();
     for n in own {
         headers.remove(n);
+    }
+    // A schedule whose upstreams must not see the client's credentials says so in its
+    // decision (`forwardCredentials: false` in the config).
+    if !route.decision.forward_credentials {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::COOKIE);
     }
     if let Some(host) = parts.headers.get(header::HOST).cloned() {
         headers.remove(header::HOST);

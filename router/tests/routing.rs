@@ -22,7 +22,17 @@ const SCHEDULE: &str = "shop/checkout";
 /// `/broken/...` answers 503 with a body of its own; `/headers/...` lists the request
 /// headers it received.
 async fn start_backend() -> String {
-    let app = axum::Router::new()
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, backend_app()).await });
+    format!("http://{addr}")
+}
+
+/// The sample backend's routes.
+fn backend_app() -> axum::Router {
+    axum::Router::new()
         .route(
             "/headers/{*rest}",
             axum::routing::any(|headers: axum::http::HeaderMap| async move {
@@ -50,13 +60,131 @@ async fn start_backend() -> String {
                     (StatusCode::OK, flavour)
                 }
             }),
-        );
+        )
+}
+
+/// A certificate authority of its own and a server certificate it signed for 127.0.0.1.
+fn test_certificates() -> (
+    openssl::x509::X509,
+    openssl::x509::X509,
+    openssl::pkey::PKey<openssl::pkey::Private>,
+) {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::{
+        BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+    };
+    use openssl::x509::{X509, X509NameBuilder};
+    let key = || {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("curve");
+        PKey::from_ec_key(EcKey::generate(&group).expect("key")).expect("pkey")
+    };
+    let name = |cn: &str| {
+        let mut n = X509NameBuilder::new().expect("name");
+        n.append_entry_by_text("CN", cn).expect("cn");
+        n.build()
+    };
+    let base = |subject: &str, serial: u32, public: &PKey<openssl::pkey::Private>| {
+        let mut b = X509::builder().expect("builder");
+        b.set_version(2).expect("v3");
+        b.set_serial_number(
+            &BigNum::from_u32(serial)
+                .expect("bn")
+                .to_asn1_integer()
+                .expect("serial"),
+        )
+        .expect("serial");
+        b.set_subject_name(&name(subject)).expect("subject");
+        b.set_pubkey(public).expect("pubkey");
+        b.set_not_before(&Asn1Time::days_from_now(0).expect("now"))
+            .expect("not before");
+        b.set_not_after(&Asn1Time::days_from_now(1).expect("later"))
+            .expect("not after");
+        b
+    };
+    let ca_key = key();
+    let mut ca = base("carbonflow test CA", 1, &ca_key);
+    ca.set_issuer_name(&name("carbonflow test CA"))
+        .expect("issuer");
+    ca.append_extension(BasicConstraints::new().critical().ca().build().expect("bc"))
+        .expect("bc");
+    ca.append_extension(
+        KeyUsage::new()
+            .critical()
+            .key_cert_sign()
+            .crl_sign()
+            .build()
+            .expect("ku"),
+    )
+    .expect("ku");
+    ca.sign(&ca_key, MessageDigest::sha256()).expect("sign CA");
+    let ca = ca.build();
+    let server_key = key();
+    let mut server = base("127.0.0.1", 2, &server_key);
+    server.set_issuer_name(ca.subject_name()).expect("issuer");
+    let san = SubjectAlternativeName::new()
+        .ip("127.0.0.1")
+        .dns("localhost")
+        .build(&server.x509v3_context(Some(&ca), None))
+        .expect("san");
+    server.append_extension(san).expect("san");
+    server
+        .append_extension(ExtendedKeyUsage::new().server_auth().build().expect("eku"))
+        .expect("eku");
+    server
+        .sign(&ca_key, MessageDigest::sha256())
+        .expect("sign server");
+    (ca, server.build(), server_key)
+}
+
+/// The sample backend over TLS with a certificate of its own CA; its base URL and the
+/// CA certificate's PEM file.
+async fn start_tls_backend(test: &str) -> (String, std::path::PathBuf) {
+    let (ca, cert, key) = test_certificates();
+    let identity = native_tls_identity(&cert, &key);
+    let acceptor = tokio_native_tls::TlsAcceptor::from(
+        tokio_native_tls::native_tls::TlsAcceptor::new(identity).expect("acceptor"),
+    );
+    let ca_file =
+        std::env::temp_dir().join(format!("carbonflow-{test}-{}-ca.pem", std::process::id()));
+    std::fs::write(&ca_file, ca.to_pem().expect("pem")).expect("write the CA file");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind backend");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(backend_app());
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (format!("https://{addr}"), ca_file)
+}
+
+fn native_tls_identity(
+    cert: &openssl::x509::X509,
+    key: &openssl::pkey::PKey<openssl::pkey::Private>,
+) -> tokio_native_tls::native_tls::Identity {
+    tokio_native_tls::native_tls::Identity::from_pkcs8(
+        &cert.to_pem().expect("cert pem"),
+        &key.private_key_to_pem_pkcs8().expect("key pem"),
+    )
+    .expect("identity")
 }
 
 struct RouterProcess {
@@ -341,6 +469,54 @@ async fn forwarding_drops_hop_by_hop_headers_and_sets_the_mesh_header() {
         !body.contains("x-secret") && !body.contains("keep-alive"),
         "{body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_reach_the_upstream_only_when_the_schedule_forwards_them() {
+    let mut t = Routing::start("credentials").await;
+    let credentials = [
+        ("authorization", "Bearer client-secret"),
+        ("cookie", "session=42"),
+    ];
+    let mut d = t.decision([100.0, 0.0, 0.0]);
+    d.flavours[0].upstream_url = format!("{}/headers", t.backend);
+    t.publish(d.clone()).await;
+    let (status, body, _) = get_text(&t.url, &credentials).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("authorization: Bearer client-secret") && body.contains("cookie: session=42"),
+        "forwarded by default: {body}"
+    );
+    d.forward_credentials = false;
+    t.publish(d).await;
+    let (status, body, _) = get_text(&t.url, &credentials).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !body.contains("client-secret") && !body.contains("session=42"),
+        "stripped when the schedule says so: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_signed_by_a_private_ca_is_reached_with_its_ca_file() {
+    let (https, ca_file) = start_tls_backend("tls").await;
+    let ca = ca_file.to_string_lossy().into_owned();
+    let mut t = Routing::start_with("tls", &["--upstream-ca-file", &ca]).await;
+    let mut d = t.decision([100.0, 0.0, 0.0]);
+    d.flavours[0].upstream_url = format!("{https}/full");
+    t.publish(d).await;
+    let (status, body, flavour) = get_text(&t.url, &[]).await;
+    assert_eq!((status, body.as_str()), (200, "full"), "served over TLS");
+    assert_eq!(flavour.as_deref(), Some("full"));
+
+    // Without the CA the certificate is not trusted: a 502 naming the failed connection.
+    let mut untrusted = Routing::start("tls-untrusted").await;
+    let mut d = untrusted.decision([100.0, 0.0, 0.0]);
+    d.flavours[0].upstream_url = format!("{https}/full");
+    untrusted.publish(d).await;
+    let (status, body, _) = get_text(&untrusted.url, &[]).await;
+    assert_eq!(status, 502, "{body}");
+    let _ = std::fs::remove_file(ca_file);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

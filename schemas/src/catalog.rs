@@ -50,6 +50,11 @@ const SHIPPED: &[(&str, u32, &str)] = &[
         1,
         include_str!("../avro/schedule_decision/v1.avsc"),
     ),
+    (
+        "schedule_decision",
+        2,
+        include_str!("../avro/schedule_decision/v2.avsc"),
+    ),
     ("tick", 1, include_str!("../avro/tick/v1.avsc")),
     (
         "config_rejection",

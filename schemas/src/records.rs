@@ -189,6 +189,15 @@ pub struct ScheduleConfig {
     /// fraction in (0, 1]; `None` = no floor.
     #[serde(default)]
     pub min_slot_precision: Option<f64>,
+    /// Routers forward the client's `Authorization` and `Cookie` headers to the
+    /// flavours' upstreams (`false`: they are stripped).
+    #[serde(default = "forwarded")]
+    pub forward_credentials: bool,
+}
+
+/// Credentials are forwarded unless a config says otherwise (what v1 records mean).
+fn forwarded() -> bool {
+    true
 }
 
 /// A weight for one flavour.
@@ -459,6 +468,10 @@ pub struct ScheduleDecision {
     pub on_expiry: ExpiryBehaviour,
     /// Inputs it was derived from.
     pub provenance: Provenance,
+    /// Routers forward the client's `Authorization` and `Cookie` headers to the
+    /// flavours' upstreams (`false`: they are stripped).
+    #[serde(default = "forwarded")]
+    pub forward_credentials: bool,
 }
 
 /// Time written to the log (`processor.ticks`).

@@ -552,6 +552,7 @@ pub mod samples {
                 to: "precision-100".into(),
             }],
             min_slot_precision: None,
+            forward_credentials: true,
         }
     }
 
@@ -712,6 +713,7 @@ pub mod samples {
                     realised_precision: 0.72,
                 }),
             },
+            forward_credentials: true,
         }
     }
 

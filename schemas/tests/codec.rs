@@ -83,7 +83,7 @@ fn current_version_fixtures_still_decode() {
     }
     check!("forecast-v2.bin", samples::forecast(), Forecast);
     check!(
-        "schedule_config-v1.bin",
+        "schedule_config-v2.bin",
         samples::schedule_config(),
         ScheduleConfig
     );
@@ -108,7 +108,7 @@ fn current_version_fixtures_still_decode() {
         TelemetryBucket
     );
     check!(
-        "schedule_decision-v1.bin",
+        "schedule_decision-v2.bin",
         samples::schedule_decision(),
         ScheduleDecision
     );
@@ -134,6 +134,22 @@ fn current_version_fixtures_still_decode() {
         samples::partition_snapshot(),
         PartitionSnapshot
     );
+}
+
+#[test]
+fn v1_configs_and_decisions_decode_with_the_v2_defaults() {
+    // The samples hold the defaults: no caps, no floor, credentials forwarded.
+    let config = golden("schedule_config-v1.bin", || unreachable!("shipped fixture"));
+    let config: ScheduleConfig = decode(&config).expect("v1 config decodes");
+    assert_eq!(config, samples::schedule_config());
+    assert!(config.forward_credentials);
+    assert_eq!(config.min_slot_precision, None);
+    let decision = golden("schedule_decision-v1.bin", || {
+        unreachable!("shipped fixture")
+    });
+    let decision: ScheduleDecision = decode(&decision).expect("v1 decision decodes");
+    assert_eq!(decision, samples::schedule_decision());
+    assert!(decision.forward_credentials);
 }
 
 #[test]

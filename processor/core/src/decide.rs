@@ -187,6 +187,7 @@ pub fn decide(
             ledger_after: after,
             telemetry_window: ctx.telemetry_window.clone(),
         },
+        forward_credentials: config.forward_credentials,
     })
 }
 

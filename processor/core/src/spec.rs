@@ -84,6 +84,9 @@ pub struct ScheduleSpec {
     /// fraction in (0, 1] or percent in (1, 100].
     #[serde(deserialize_with = "optional_number")]
     pub min_slot_precision: Option<f64>,
+    /// Routers forward clients' `Authorization` and `Cookie` headers to the upstreams
+    /// (default true; false strips them).
+    pub forward_credentials: bool,
 }
 
 impl Default for ScheduleSpec {
@@ -129,6 +132,7 @@ impl Default for ScheduleSpec {
             .collect(),
             fallbacks: vec![],
             min_slot_precision: None,
+            forward_credentials: true,
         }
     }
 }
@@ -327,6 +331,7 @@ impl ScheduleSpec {
                 })
                 .collect(),
             min_slot_precision: self.min_slot_precision,
+            forward_credentials: self.forward_credentials,
         }
     }
 }

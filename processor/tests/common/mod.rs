@@ -51,10 +51,20 @@ impl ProcessorProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM and wait for a clean exit (everything written, final snapshots taken).
-    pub(crate) fn stop(&mut self) {
+    /// Send SIGTERM without waiting.
+    pub(crate) fn terminate(&self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    }
+
+    /// SIGTERM and wait for a clean exit (everything written, final snapshots taken).
+    pub(crate) fn stop(&mut self) {
+        self.terminate();
+        self.wait_clean_exit();
+    }
+
+    /// Wait for a clean exit after SIGTERM.
+    pub(crate) fn wait_clean_exit(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
