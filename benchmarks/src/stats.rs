@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// p50, p99, max and mean of a sample set, in the unit of the samples (ms, decisions/s, MiB...).
+/// p50, p99, p99.9, max and mean of a sample set, in the unit of the samples (ms, decisions/s, MiB...).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
     /// Number of samples summarised.
@@ -11,6 +11,8 @@ pub struct Summary {
     pub p50: f64,
     /// 99th percentile (nearest rank).
     pub p99: f64,
+    /// 99.9th percentile (nearest rank).
+    pub p999: f64,
     /// Largest sample; NaN when there are none.
     pub max: f64,
     /// Smallest sample; NaN when there are none.
@@ -35,6 +37,7 @@ impl Summary {
             n: s.len(),
             p50: rank(0.5),
             p99: rank(0.99),
+            p999: rank(0.999),
             max: s.last().copied().unwrap_or(f64::NAN),
             min: s.first().copied().unwrap_or(f64::NAN),
             mean: s.iter().sum::<f64>() / s.len().max(1) as f64,

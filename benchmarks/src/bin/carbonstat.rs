@@ -18,9 +18,15 @@ use clap::Parser;
     about = "Sample flavour service: one computation at 100 %, 50 % and 30 % of its input, one path prefix per flavour"
 )]
 struct Cli {
-    /// Address to listen on.
-    #[arg(long, env = "CARBONSTAT_LISTEN", default_value = "127.0.0.1:8100")]
-    listen: SocketAddr,
+    /// Address to listen on; repeat (or comma-separate) to serve the same routes on
+    /// several (one port per upstream in a proxy's upstream list).
+    #[arg(
+        long,
+        env = "CARBONSTAT_LISTEN",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:8100"
+    )]
+    listen: Vec<SocketAddr>,
     /// Points in the full input (work per full-precision request).
     #[arg(long, env = "CARBONSTAT_POINTS", default_value_t = 20_000)]
     points: usize,
@@ -68,17 +74,25 @@ async fn main() -> anyhow::Result<()> {
             "/{flavour}/{*rest}",
             axum::routing::get(move |p, q| handle(p, q, points)),
         );
-    let listener = tokio::net::TcpListener::bind(cli.listen)
-        .await
-        .with_context(|| format!("binding {}", cli.listen))?;
-    eprintln!(
-        "carbonstat on http://{} (flavours /precision-100, /precision-50, /precision-30)",
-        cli.listen
-    );
     let shutdown = tokio_util::sync::CancellationToken::new();
     carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("serving")
+    let mut servers = Vec::new();
+    for addr in &cli.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        eprintln!(
+            "carbonstat on http://{addr} (flavours /precision-100, /precision-50, /precision-30)"
+        );
+        let (app, stop) = (app.clone(), shutdown.clone());
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }));
+    }
+    for server in servers {
+        server.await.context("server task")?.context("serving")?;
+    }
+    Ok(())
 }
