@@ -10,11 +10,12 @@
 //! indices, codec error kinds, drop reasons).
 //!
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use metrics::{
-    Counter, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 
 // Metric names; `describe` says what each measures.
@@ -109,21 +110,42 @@ pub fn describe() {
 }
 
 /// A request was answered with `status` by `flavour` after `latency`.
-pub(crate) fn request_served(schedule: &str, flavour: &str, status: StatusCode, latency: Duration) {
-    counter!(REQUESTS, "schedule" => schedule.to_owned(), "flavour" => flavour.to_owned(), "status" => status_class(status))
+pub(crate) fn request_served(
+    served: &ServedMetrics,
+    schedule: &str,
+    flavour: &str,
+    status: StatusCode,
+    latency: Duration,
+) {
+    let class = status_class(status);
+    served.requests[class]
+        .get_or_init(|| counter!(REQUESTS, "schedule" => schedule.to_owned(), "flavour" => flavour.to_owned(), "status" => STATUS_CLASSES[class]))
         .increment(1);
-    histogram!(UPSTREAM_LATENCY, "schedule" => schedule.to_owned(), "flavour" => flavour.to_owned())
+    served
+        .latency
+        .get_or_init(|| histogram!(UPSTREAM_LATENCY, "schedule" => schedule.to_owned(), "flavour" => flavour.to_owned()))
         .record(latency.as_secs_f64());
 }
 
-/// The `status` label: the class, so that the label stays bounded.
-fn status_class(status: StatusCode) -> &'static str {
+/// One flavour's request metrics of one decision, registered on first use and then reused,
+/// so a request costs no label allocation or registry lookup.
+#[derive(Debug, Default)]
+pub(crate) struct ServedMetrics {
+    requests: [OnceLock<Counter>; 5],
+    latency: OnceLock<Histogram>,
+}
+
+/// The `status` label values: the class, so that the label stays bounded.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index of `status`'s class in [`STATUS_CLASSES`].
+fn status_class(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -252,7 +274,9 @@ mod tests {
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
             describe();
-            request_served("a/b", "full", StatusCode::OK, Duration::from_millis(5));
+            let served = ServedMetrics::default();
+            request_served(&served, "a/b", "full", StatusCode::OK, Duration::from_millis(5));
+            request_served(&served, "a/b", "full", StatusCode::OK, Duration::from_millis(5));
             decision_applied("a/b", 7, 2, [("full".to_string(), 60)]);
             fallback_taken("a/b", 1);
             decision_propagated(-5);
@@ -264,8 +288,8 @@ mod tests {
         let text = handle.render();
         let lines: Vec<&str> = text.lines().collect();
         for expected in [
-            r#"carbonflow_router_requests_total{schedule="a/b",flavour="full",status="2xx"} 1"#,
-            r#"carbonflow_router_upstream_latency_seconds_count{schedule="a/b",flavour="full"} 1"#,
+            r#"carbonflow_router_requests_total{schedule="a/b",flavour="full",status="2xx"} 2"#,
+            r#"carbonflow_router_upstream_latency_seconds_count{schedule="a/b",flavour="full"} 2"#,
             r#"carbonflow_router_decision_version{schedule="a/b"} 7"#,
             r#"carbonflow_router_commanded_weight{schedule="a/b",flavour="full"} 60"#,
             r#"carbonflow_router_fallbacks_total{schedule="a/b",rule="0"} 0"#,
@@ -302,10 +326,11 @@ mod tests {
 
     #[test]
     fn status_classes_are_bounded() {
-        assert_eq!(status_class(StatusCode::OK), "2xx");
-        assert_eq!(status_class(StatusCode::SWITCHING_PROTOCOLS), "1xx");
-        assert_eq!(status_class(StatusCode::NOT_MODIFIED), "3xx");
-        assert_eq!(status_class(StatusCode::NOT_FOUND), "4xx");
-        assert_eq!(status_class(StatusCode::BAD_GATEWAY), "5xx");
+        let class = |s| STATUS_CLASSES[status_class(s)];
+        assert_eq!(class(StatusCode::OK), "2xx");
+        assert_eq!(class(StatusCode::SWITCHING_PROTOCOLS), "1xx");
+        assert_eq!(class(StatusCode::NOT_MODIFIED), "3xx");
+        assert_eq!(class(StatusCode::NOT_FOUND), "4xx");
+        assert_eq!(class(StatusCode::BAD_GATEWAY), "5xx");
     }
 }

@@ -6,12 +6,14 @@
 //! `detail` or the values involved); errors of an upstream are passed through unchanged.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use carbonflow_schemas::records::Outcome;
 use carbonflow_schemas::upstream::AllowList;
@@ -71,10 +73,18 @@ pub struct Proxy {
     telemetry: Arc<Telemetry>,
     client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, Full<Bytes>>,
     settings: ProxySettings,
-    /// Seeded from the router id or `--seed`: routers draw different sequences, and a
-    /// run can be repeated.
-    rng: Mutex<SmallRng>,
+    /// Seeds the workers' generators (from the router id or `--seed`): routers draw
+    /// different sequences, and a run can be repeated.
+    seed: u64,
 }
+
+thread_local! {
+    /// Each worker thread draws from a generator of its own: no lock on the hot path.
+    static WORKER_RNG: RefCell<Option<SmallRng>> = const { RefCell::new(None) };
+}
+
+/// Distinguishes the workers' generators.
+static WORKER_STREAMS: AtomicU64 = AtomicU64::new(0);
 
 impl Proxy {
     /// A proxy with a pooled client (`connect_timeout` per connection attempt) that
@@ -101,15 +111,19 @@ impl Proxy {
             telemetry,
             client,
             settings,
-            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            seed,
         }
     }
 
     fn draw(&self) -> f64 {
-        self.rng
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        WORKER_RNG.with(|cell| {
+            let mut rng = cell.borrow_mut();
+            rng.get_or_insert_with(|| {
+                let stream = WORKER_STREAMS.fetch_add(1, Ordering::Relaxed);
+                SmallRng::seed_from_u64(self.seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            })
             .random::<f64>()
+        })
     }
 }
 
@@ -198,41 +212,39 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-struct Outgoing<'a> {
-    method: &'a Method,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-    body: &'a Bytes,
+/// What is sent upstream for one attempt.
+struct Outgoing {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Bytes,
 }
 
 async fn attempt(
     proxy: &Proxy,
     route: &Route,
     flavour: usize,
-    out: &Outgoing<'_>,
+    out: Outgoing,
 ) -> Result<hyper::Response<Incoming>, Failure> {
-    let f = &route.decision.flavours[flavour];
     // Defence in depth: the processor checks configs, but a decision written to the
     // topic by anyone else must not send traffic anywhere either.
     if let Some(refusal) = route.upstream_refusal(flavour) {
         return Err(Failure::NotAllowed(refusal.to_string()));
     }
-    let path = out.uri.path_and_query().map_or("/", |p| p.as_str());
-    let target = format!("{}{}", f.upstream_url.trim_end_matches('/'), path);
-    let mut req = hyper::Request::builder()
-        .method(out.method.clone())
-        .uri(&target)
-        .body(Full::new(out.body.clone()))
-        .map_err(|e| Failure::Other(format!("bad upstream URL {target:?}: {e}")))?;
-    *req.headers_mut() = out.headers.clone();
-    if let Some(h) = &f.upstream_header {
+    let upstream = &route.upstreams[flavour];
+    let uri = upstream
+        .target
+        .as_ref()
+        .map_err(|e| Failure::Other(e.clone()))?
+        .uri(&out.path_and_query)
+        .map_err(Failure::Other)?;
+    let mut req = hyper::Request::new(Full::new(out.body));
+    *req.method_mut() = out.method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = out.headers;
+    if let Some((name, value)) = &upstream.mesh_header {
         // Service-mesh mode: one upstream, the flavour named by its precision percent.
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(h.as_bytes()),
-            HeaderValue::from_str(&f.precision_percent.to_string()),
-        ) {
-            req.headers_mut().insert(name, value);
-        }
+        req.headers_mut().insert(name.clone(), value.clone());
     }
     match tokio::time::timeout(proxy.settings.request_timeout, proxy.client.request(req)).await {
         Err(_) => Err(Failure::Timeout),
@@ -249,13 +261,12 @@ async fn handle(
     req: Request,
 ) -> Response {
     let started = Instant::now();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let schedule = match parts
         .headers
         .get(SCHEDULE_HEADER)
         .and_then(|v| v.to_str().ok())
         .or_else(|| proxy.settings.served.single())
-        .map(str::to_string)
     {
         Some(s) => s,
         None => {
@@ -265,14 +276,14 @@ async fn handle(
             );
         }
     };
-    if !proxy.settings.served.contains(&schedule) {
+    if !proxy.settings.served.contains(schedule) {
         return error(
             StatusCode::NOT_FOUND,
             json!({"error": "schedule_not_served", "schedule": schedule, "served": proxy.settings.served.names(),
                    "detail": "this router does not serve that schedule (its --schedule list)"}),
         );
     }
-    let Some(route) = proxy.table.get(&schedule) else {
+    let Some(route) = proxy.table.get(schedule) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": "no_decision", "schedule": schedule, "detail": "no decision has been received for this schedule"}),
@@ -336,7 +347,10 @@ async fn handle(
             );
         }
     };
-    let mut headers = parts.headers.clone();
+    // From here on the schedule's name is the route's, so the request's headers can be
+    // taken for forwarding rather than copied.
+    let schedule = route.decision.schedule.as_str();
+    let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     // The router's own request headers are for the router, not for the upstream.
     let own: Vec<HeaderName> = headers
@@ -353,12 +367,10 @@ async fn handle(
         headers.remove(header::AUTHORIZATION);
         headers.remove(header::COOKIE);
     }
-    if let Some(host) = parts.headers.get(header::HOST).cloned() {
-        headers.remove(header::HOST);
+    if let Some(host) = headers.remove(header::HOST) {
         headers.insert("x-forwarded-host", host);
     }
-    let xff = match parts
-        .headers
+    let xff = match headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
     {
@@ -369,22 +381,34 @@ async fn handle(
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let retry_allowed = parts.method.is_idempotent() || proxy.settings.retry_non_idempotent;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    // The request is kept for a second attempt only when a fallback rule could make one.
+    let kept = (retry_allowed && route.has_fallbacks()).then(|| Outgoing {
+        method: parts.method.clone(),
+        path_and_query: path_and_query.clone(),
+        headers: headers.clone(),
+        body: body.clone(),
+    });
     let out = Outgoing {
-        method: &parts.method,
-        uri: &parts.uri,
-        headers: &headers,
-        body: &body,
+        method: parts.method.clone(),
+        path_and_query,
+        headers,
+        body,
     };
 
     let mut served_by = chosen;
-    let mut result = attempt(&proxy, &route, chosen, &out).await;
-    let retry_allowed = parts.method.is_idempotent() || proxy.settings.retry_non_idempotent;
+    let mut result = attempt(&proxy, &route, chosen, out).await;
     let fallback = if failed(&result) && retry_allowed {
         route.fallback_for(attempt_result(&result))
     } else {
         None
     };
-    if let Some((index, to)) = fallback {
+    if let (Some((index, to)), Some(out)) = (fallback, kept) {
         let condition = match &result {
             Ok(r) => r.status().as_u16().to_string(),
             Err(f) => f.condition().to_string(),
@@ -392,19 +416,19 @@ async fn handle(
         tracing::info!(%schedule, rule = index, from = %route.decision.flavours[chosen].name, to = %route.decision.flavours[to].name, %condition, "fallback");
         metrics::fallback_taken(&schedule, index);
         served_by = to;
-        result = attempt(&proxy, &route, to, &out).await;
+        result = attempt(&proxy, &route, to, out).await;
     }
     let latency = started.elapsed();
-    let flavour = route.decision.flavours[served_by].name.clone();
+    let flavour = route.decision.flavours[served_by].name.as_str();
     let outcome = if served_by != chosen && !failed(&result) {
         Outcome::Fallback
     } else {
         outcome_of(&result)
     };
     proxy.telemetry.record(
-        &schedule,
+        schedule,
         route.decision.version,
-        &flavour,
+        flavour,
         outcome,
         latency.as_secs_f64() * 1000.0,
         crate::now_ms(),
@@ -414,8 +438,8 @@ async fn handle(
             let (mut parts, incoming) = upstream.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             let mut resp = Response::from_parts(parts, Body::new(incoming));
-            if let Ok(v) = HeaderValue::from_str(&flavour) {
-                resp.headers_mut().insert(SERVED_BY_HEADER, v);
+            if let Some(v) = &route.upstreams[served_by].served_by {
+                resp.headers_mut().insert(SERVED_BY_HEADER, v.clone());
             }
             resp.headers_mut()
                 .insert(VERSION_HEADER, HeaderValue::from(route.decision.version));
@@ -439,6 +463,12 @@ async fn handle(
             json!({"error": "upstream_error", "flavour": flavour, "detail": e}),
         ),
     };
-    metrics::request_served(&schedule, &flavour, response.status(), latency);
+    metrics::request_served(
+        &route.upstreams[served_by].metrics,
+        schedule,
+        flavour,
+        response.status(),
+        latency,
+    );
     response
 }

@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
+use axum::http::uri::{Authority, Scheme};
+use axum::http::{HeaderName, HeaderValue, Uri};
 use carbonflow_schemas::records::{DecisionFlavour, ExpiryBehaviour, ScheduleDecision};
 use carbonflow_schemas::upstream::AllowList;
 use carbonflow_schemas::vocabulary::{AttemptResult, FallbackCondition};
 use dashmap::DashMap;
 
+use crate::metrics::ServedMetrics;
 use crate::select::Picker;
 
 /// One schedule's routing state, built once per decision.
@@ -24,8 +27,82 @@ pub(crate) struct Route {
     /// Per flavour, why its upstream is outside the router's allow-list (checked once
     /// per decision, not per request).
     refused_upstreams: Vec<Option<String>>,
+    /// Per flavour, what forwarding to it needs, prepared once per decision.
+    pub(crate) upstreams: Vec<Upstream>,
     /// Wall-clock time it was applied, epoch ms.
     pub(crate) applied_at_ms: i64,
+}
+
+/// One flavour's upstream as the proxy uses it on every request.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    /// Scheme, authority and path prefix of the upstream URL; `Err` names why the URL
+    /// is unusable (the processor validates URLs, another writer might not).
+    pub(crate) target: Result<Target, String>,
+    /// Service-mesh mode: the header naming the flavour and its value.
+    pub(crate) mesh_header: Option<(HeaderName, HeaderValue)>,
+    /// The `x-carbonflow-flavour` response header's value.
+    pub(crate) served_by: Option<HeaderValue>,
+    /// Request metrics of this flavour.
+    pub(crate) metrics: ServedMetrics,
+}
+
+/// Where requests for one flavour go: `scheme://authority` + `prefix` + the request path.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// The upstream URL's path without its trailing `/` (`""` for the root).
+    prefix: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, String> {
+        let bad = |e: &dyn std::fmt::Display| format!("bad upstream URL {url:?}: {e}");
+        let uri: Uri = url.parse().map_err(|e| bad(&e))?;
+        let parts = uri.into_parts();
+        let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
+            return Err(bad(&"it needs a scheme and a host"));
+        };
+        let prefix = parts
+            .path_and_query
+            .as_ref()
+            .map_or("", |p| p.as_str())
+            .trim_end_matches('/')
+            .to_string();
+        Ok(Self {
+            scheme,
+            authority,
+            prefix,
+        })
+    }
+
+    /// The upstream URI for a request to `path_and_query`.
+    pub(crate) fn uri(&self, path_and_query: &str) -> Result<Uri, String> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{path_and_query}", self.prefix))
+            .build()
+            .map_err(|e| format!("bad upstream URI {}{path_and_query}: {e}", self.prefix))
+    }
+}
+
+impl Upstream {
+    fn of(f: &DecisionFlavour) -> Self {
+        let mesh_header = f.upstream_header.as_ref().and_then(|h| {
+            Some((
+                HeaderName::from_bytes(h.as_bytes()).ok()?,
+                HeaderValue::from(f.precision_percent),
+            ))
+        });
+        Self {
+            target: Target::parse(&f.upstream_url),
+            mesh_header,
+            served_by: HeaderValue::from_str(&f.name).ok(),
+            metrics: ServedMetrics::default(),
+        }
+    }
 }
 
 /// A fallback rule as the proxy uses it.
@@ -49,6 +126,7 @@ impl Route {
                     .map(|r| r.to_string())
             })
             .collect();
+        let upstreams = decision.flavours.iter().map(Upstream::of).collect();
         let picker = Picker::new(decision.flavours.iter().map(|f| f.weight));
         let top = highest_precision(&decision.flavours);
         let expired_picker = match decision.on_expiry {
@@ -82,8 +160,14 @@ impl Route {
             expired_picker,
             fallbacks,
             refused_upstreams,
+            upstreams,
             applied_at_ms,
         }
+    }
+
+    /// Whether any fallback rule can resend a request (the request is then kept for it).
+    pub(crate) fn has_fallbacks(&self) -> bool {
+        self.fallbacks.iter().any(|f| f.to.is_some())
     }
 
     /// Why flavour `index`'s upstream may not be connected to, if it may not.

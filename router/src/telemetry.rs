@@ -29,17 +29,17 @@ const LATENCY_BOUNDS_MS: [f64; 12] = [
 #[derive(Debug, Default)]
 struct Pending {
     version: Option<i64>,
-    counts: BTreeMap<(String, Outcome), i64>,
+    /// `(flavour, outcome, count)`: a handful per bucket, found without allocating.
+    counts: Vec<(String, Outcome, i64)>,
     latency: [i64; LATENCY_BOUNDS_MS.len() + 1],
     sum_ms: f64,
 }
 
-/// Buckets being filled, keyed by (schedule, bucket start), until the flusher takes
-/// them.
+/// Buckets being filled, by schedule then bucket start, until the flusher takes them.
 #[derive(Debug)]
 pub struct Telemetry {
     router_id: String,
-    pending: Mutex<HashMap<(String, i64), Pending>>,
+    pending: Mutex<HashMap<String, BTreeMap<i64, Pending>>>,
 }
 
 impl Telemetry {
@@ -52,7 +52,8 @@ impl Telemetry {
     }
 
     /// Count one request at `now_ms` (epoch ms) that took `latency_ms`. A bucket keeps
-    /// the decision version of its first request.
+    /// the decision version of its first request. Allocates only for a schedule, bucket
+    /// or (flavour, outcome) not seen before.
     pub(crate) fn record(
         &self,
         schedule: &str,
@@ -68,9 +69,22 @@ impl Telemetry {
             .position(|b| latency_ms <= *b)
             .unwrap_or(LATENCY_BOUNDS_MS.len());
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let p = pending.entry((schedule.to_string(), start)).or_default();
+        if !pending.contains_key(schedule) {
+            pending.insert(schedule.to_string(), BTreeMap::new());
+        }
+        let Some(seconds) = pending.get_mut(schedule) else {
+            return;
+        };
+        let p = seconds.entry(start).or_default();
         p.version.get_or_insert(version);
-        *p.counts.entry((flavour.to_string(), outcome)).or_default() += 1;
+        match p
+            .counts
+            .iter_mut()
+            .find(|(f, o, _)| f == flavour && *o == outcome)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => p.counts.push((flavour.to_string(), outcome, 1)),
+        }
         p.latency[slot] += 1;
         p.sum_ms += latency_ms;
     }
@@ -78,38 +92,48 @@ impl Telemetry {
     /// Remove and return every bucket that ended at or before `now_ms`.
     pub(crate) fn take_closed(&self, now_ms: i64) -> Vec<TelemetryBucket> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let closed: Vec<(String, i64)> = pending
-            .keys()
-            .filter(|(_, start)| start + BUCKET_MS <= now_ms)
-            .cloned()
-            .collect();
-        let mut out: Vec<TelemetryBucket> = closed
-            .into_iter()
-            .filter_map(|key| pending.remove(&key).map(|p| (key, p)))
-            .map(|((schedule, start), p)| TelemetryBucket {
-                router_id: self.router_id.clone(),
-                schedule,
-                bucket_start_ms: start,
-                bucket_length_ms: BUCKET_MS as i32,
-                decision_version: p.version,
-                counts: p
-                    .counts
+        let mut out = Vec::new();
+        for (schedule, seconds) in pending.iter_mut() {
+            // A bucket starting at `s` is closed once `s + BUCKET_MS <= now_ms`.
+            let open = seconds.split_off(&(now_ms - BUCKET_MS).saturating_add(1));
+            let closed = std::mem::replace(seconds, open);
+            out.extend(
+                closed
                     .into_iter()
-                    .map(|((flavour, outcome), count)| OutcomeCount {
-                        flavour,
-                        outcome,
-                        count,
-                    })
-                    .collect(),
-                latency: LatencyHistogram {
-                    upper_bounds_ms: LATENCY_BOUNDS_MS.to_vec(),
-                    counts: p.latency.to_vec(),
-                    sum_ms: p.sum_ms,
-                },
+                    .map(|(start, p)| self.bucket(schedule, start, p)),
+            );
+        }
+        pending.retain(|_, seconds| !seconds.is_empty());
+        out.sort_by(|a, b| {
+            (a.bucket_start_ms, &a.schedule).cmp(&(b.bucket_start_ms, &b.schedule))
+        });
+        out
+    }
+
+    fn bucket(&self, schedule: &str, start: i64, p: Pending) -> TelemetryBucket {
+        let mut counts: Vec<OutcomeCount> = p
+            .counts
+            .into_iter()
+            .map(|(flavour, outcome, count)| OutcomeCount {
+                flavour,
+                outcome,
+                count,
             })
             .collect();
-        out.sort_by_key(|b| b.bucket_start_ms);
-        out
+        counts.sort_by(|a, b| (&a.flavour, a.outcome).cmp(&(&b.flavour, b.outcome)));
+        TelemetryBucket {
+            router_id: self.router_id.clone(),
+            schedule: schedule.to_string(),
+            bucket_start_ms: start,
+            bucket_length_ms: BUCKET_MS as i32,
+            decision_version: p.version,
+            counts,
+            latency: LatencyHistogram {
+                upper_bounds_ms: LATENCY_BOUNDS_MS.to_vec(),
+                counts: p.latency.to_vec(),
+                sum_ms: p.sum_ms,
+            },
+        }
     }
 }
 
