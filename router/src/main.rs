@@ -105,6 +105,10 @@ struct Cli {
     /// Router id written into telemetry (default: router-<pid>).
     #[arg(long, env = "CARBONFLOW_ROUTER_ID")]
     router_id: Option<String>,
+    /// Threads serving requests, each with its own listening socket and upstream pool
+    /// (default: one per CPU core).
+    #[arg(long, env = "CARBONFLOW_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// PEM file of CA certificates trusted for `https://` upstreams besides the system's
     /// roots (upstreams signed by a private CA).
     #[arg(long, env = "CARBONFLOW_UPSTREAM_CA_FILE")]
@@ -140,10 +144,18 @@ impl Drop for StillFollowing {
     }
 }
 
+/// mimalloc: the proxy allocates per request (headers, bodies, futures), and glibc's
+/// allocator cost about a tenth of its CPU under load (benchmarks/RESULTS.md §3b).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     carbonflow_schemas::service::init_logging();
+    // The proxy's workers have threads of their own (listener::Workers); this runtime
+    // runs the decisions follower, telemetry, expiry and the admin endpoints.
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?
@@ -239,34 +251,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
     });
 
-    let proxy = Arc::new(Proxy::new(
-        table,
-        telemetry_log,
-        ProxySettings {
-            mode: cli.mode,
-            served,
-            allow_forced_flavour: cli.allow_forced_flavour,
-            upstreams,
-            request_timeout: Duration::from_millis(cli.request_timeout_ms),
-            max_body_bytes: cli.max_body_bytes,
-            expiry_grace_ms: cli.expiry_grace_ms,
-            retry_non_idempotent: cli.retry_non_idempotent,
-            body_read_timeout: Duration::from_millis(cli.body_read_timeout_ms.max(1)),
-        },
-        Duration::from_millis(cli.connect_timeout_ms),
-        carbonflow_router::tls::upstream_tls(cli.upstream_ca_file.as_deref())?,
-        seed,
-    ));
-    let listener = tokio::net::TcpListener::bind(cli.listen)
-        .await
-        .with_context(|| format!("binding the proxy to {}", cli.listen))?;
-    tracing::info!(proxy = %cli.listen, admin = %cli.admin_listen, %router_id, mode = ?cli.mode, schedules = ?cli.schedules.iter().map(ToString::to_string).collect::<Vec<_>>(), all_schedules = cli.all_schedules, started_ms = now_ms(), "router listening");
-    carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
+    let settings = ProxySettings {
+        mode: cli.mode,
+        served,
+        allow_forced_flavour: cli.allow_forced_flavour,
+        upstreams,
+        request_timeout: Duration::from_millis(cli.request_timeout_ms),
+        max_body_bytes: cli.max_body_bytes,
+        expiry_grace_ms: cli.expiry_grace_ms,
+        retry_non_idempotent: cli.retry_non_idempotent,
+        body_read_timeout: Duration::from_millis(cli.body_read_timeout_ms.max(1)),
+    };
+    let tls = carbonflow_router::tls::upstream_tls(cli.upstream_ca_file.as_deref())?;
+    let connect_timeout = Duration::from_millis(cli.connect_timeout_ms);
     let limits = ListenerLimits {
         max_connections: cli.max_connections,
         header_read_timeout: Duration::from_millis(cli.header_read_timeout_ms.max(1)),
     };
-    listener::serve(listener, proxy::router(proxy), limits, stop_listening).await;
+    // Each worker has a proxy of its own (its upstream pool lives on its thread); the
+    // decisions and the telemetry are shared.
+    let make_app = move || {
+        proxy::router(Arc::new(Proxy::new(
+            table.clone(),
+            telemetry_log.clone(),
+            settings.clone(),
+            connect_timeout,
+            tls.clone(),
+            seed,
+        )))
+    };
+    let threads = cli
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = listener::Workers::start(cli.listen, threads, limits, make_app, stop_listening)
+        .with_context(|| format!("binding the proxy to {}", cli.listen))?;
+    tracing::info!(proxy = %workers.local_addr, admin = %cli.admin_listen, %router_id, mode = ?cli.mode, workers = threads, schedules = ?cli.schedules.iter().map(ToString::to_string).collect::<Vec<_>>(), all_schedules = cli.all_schedules, started_ms = now_ms(), "router listening");
+    carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
+    workers.finished().await;
     shutdown.cancel();
     tracing::info!("in-flight requests done; flushing telemetry");
     telemetry_stop.cancel();

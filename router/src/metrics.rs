@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use metrics::{
-    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 
 // Metric names; `describe` says what each measures.
@@ -275,8 +276,20 @@ mod tests {
         metrics::with_local_recorder(&recorder, || {
             describe();
             let served = ServedMetrics::default();
-            request_served(&served, "a/b", "full", StatusCode::OK, Duration::from_millis(5));
-            request_served(&served, "a/b", "full", StatusCode::OK, Duration::from_millis(5));
+            request_served(
+                &served,
+                "a/b",
+                "full",
+                StatusCode::OK,
+                Duration::from_millis(5),
+            );
+            request_served(
+                &served,
+                "a/b",
+                "full",
+                StatusCode::OK,
+                Duration::from_millis(5),
+            );
             decision_applied("a/b", 7, 2, [("full".to_string(), 60)]);
             fallback_taken("a/b", 1);
             decision_propagated(-5);

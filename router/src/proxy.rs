@@ -5,8 +5,8 @@
 //! Errors the router itself produces are JSON bodies naming the problem (`error`, and
 //! `detail` or the values involved); errors of an upstream are passed through unchanged.
 
-use std::net::SocketAddr;
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -370,10 +370,7 @@ async fn handle(
     if let Some(host) = headers.remove(header::HOST) {
         headers.insert("x-forwarded-host", host);
     }
-    let xff = match headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };

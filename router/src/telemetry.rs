@@ -104,9 +104,7 @@ impl Telemetry {
             );
         }
         pending.retain(|_, seconds| !seconds.is_empty());
-        out.sort_by(|a, b| {
-            (a.bucket_start_ms, &a.schedule).cmp(&(b.bucket_start_ms, &b.schedule))
-        });
+        out.sort_by(|a, b| (a.bucket_start_ms, &a.schedule).cmp(&(b.bucket_start_ms, &b.schedule)));
         out
     }
 

@@ -270,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
     procs.0.push(nginx);
     let router = spawn(
         Command::new(cli.bin_dir.join("router"))
-            .env("TOKIO_WORKER_THREADS", cli.workers.to_string())
+            .args(["--worker-threads", &cli.workers.to_string()])
             .args(args.to_flags())
             .envs(args.to_secret_env())
             .args(["--listen", &format!("127.0.0.1:{router_port}")])
