@@ -15,15 +15,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proxy::Proxy;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 /// Bounds of the proxy's listener.
 #[derive(Debug, Clone, Copy)]
@@ -43,13 +42,13 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Start `threads` workers on `addr`, each serving the app `make_app` builds for it;
+    /// Start `threads` workers on `addr`, each serving the proxy `make_app` builds for it;
     /// they share the connection cap of `limits`. Fails when a socket cannot be bound.
     pub fn start(
         addr: SocketAddr,
         threads: usize,
         limits: ListenerLimits,
-        make_app: impl Fn() -> axum::Router + Send + Sync + 'static,
+        make_app: impl Fn() -> Arc<Proxy> + Send + Sync + 'static,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         let make_app = Arc::new(make_app);
@@ -121,7 +120,7 @@ fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// workers) until `shutdown`, then wait for the requests in flight to finish.
 async fn serve(
     listener: TcpListener,
-    app: axum::Router,
+    proxy: Arc<Proxy>,
     limits: ListenerLimits,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -146,17 +145,10 @@ async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            let app = app.clone();
-            async move {
-                let response = match app.oneshot(req.map(Body::new)).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                };
-                Ok::<_, Infallible>(response)
-            }
+        let proxy = proxy.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.serve(peer, req.map(Body::new)).await) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())

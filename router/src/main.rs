@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use carbonflow_router::admin::{self, AdminState};
 use carbonflow_router::listener::{self, ListenerLimits};
-use carbonflow_router::proxy::{self, Proxy, ProxySettings};
+use carbonflow_router::proxy::{Proxy, ProxySettings};
 use carbonflow_router::select::Mode;
 use carbonflow_router::served::Served;
 use carbonflow_router::table::DecisionTable;
@@ -271,14 +271,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Each worker has a proxy of its own (its upstream pool lives on its thread); the
     // decisions and the telemetry are shared.
     let make_app = move || {
-        proxy::router(Arc::new(Proxy::new(
+        Arc::new(Proxy::new(
             table.clone(),
             telemetry_log.clone(),
             settings.clone(),
             connect_timeout,
             tls.clone(),
             seed,
-        )))
+        ))
     };
     let threads = cli
         .worker_threads

@@ -12,13 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use carbonflow_schemas::records::Outcome;
 use carbonflow_schemas::upstream::AllowList;
 use carbonflow_schemas::vocabulary::AttemptResult;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body as _;
 use hyper::body::{Bytes, Incoming};
 use hyper_tls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -127,9 +128,12 @@ impl Proxy {
     }
 }
 
-/// The proxy's routes: every path and method.
-pub fn router(proxy: Arc<Proxy>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(proxy)
+impl Proxy {
+    /// Handle one request from `peer`: every path and method is proxied, so the listener
+    /// calls this directly, with no router in between.
+    pub async fn serve(self: Arc<Self>, peer: SocketAddr, req: Request) -> Response {
+        handle(self, peer, req).await
+    }
 }
 
 fn error(status: StatusCode, body: serde_json::Value) -> Response {
@@ -255,11 +259,7 @@ async fn attempt(
 }
 
 /// The handler of every proxied request.
-async fn handle(
-    State(proxy): State<Arc<Proxy>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
+async fn handle(proxy: Arc<Proxy>, peer: SocketAddr, req: Request) -> Response {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let schedule = match parts
@@ -326,13 +326,19 @@ async fn handle(
             }
         },
     };
-    let collected = tokio::time::timeout(
-        proxy.settings.body_read_timeout,
-        Limited::new(body, proxy.settings.max_body_bytes).collect(),
-    )
-    .await;
+    // Most proxied requests (GET, HEAD) have no body: nothing to wait for or buffer.
+    let collected = if body.is_end_stream() {
+        Ok(Ok(Bytes::new()))
+    } else {
+        tokio::time::timeout(
+            proxy.settings.body_read_timeout,
+            Limited::new(body, proxy.settings.max_body_bytes).collect(),
+        )
+        .await
+        .map(|r| r.map(|b| b.to_bytes()))
+    };
     let body = match collected {
-        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -11,8 +11,9 @@
 //! 1. Saturation: `wrk` (closed loop, `--connections`) for `--seconds`, nginx and router
 //!    alternating (the order flips every round): req/s, p50/p99/p99.9, and the CPU seconds
 //!    each proxy's processes spent per 100,000 requests (from `/proc`).
-//! 2. Latency at half of the slower proxy's saturation: the project's open-loop client
-//!    (one request every 1/rate s), alternating: p50/p99/p99.9 and CPU per 100k.
+//! 2. Latency at half (and a quarter) of the slower proxy's saturation: the project's
+//!    open-loop client (one request every 1/rate s), alternating: p50/p99/p99.9 and CPU
+//!    per 100k.
 //!
 //! Medians over `--rounds`; ratios are router / nginx. Needs `wrk` and `nginx`
 //! (`bash benchmarks/setup.sh` installs both from Debian when missing), the local broker
@@ -59,6 +60,11 @@ struct Cli {
     /// Flavour weights, percent, comma-separated (one backend port each).
     #[arg(long, value_delimiter = ',', default_value = "50,30,20")]
     weights: Vec<u32>,
+    /// Open-loop rates for the latency rounds, as fractions of the slower proxy's
+    /// saturation, comma-separated (the generator shares the machine's cores with both
+    /// proxies and the backend: at high rates it measures itself too).
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.25")]
+    latency_at: Vec<f64>,
     /// Directory with the release binaries.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
@@ -370,7 +376,7 @@ async fn main() -> anyhow::Result<()> {
     }
     report("saturation (wrk, closed loop)", &saturation);
 
-    // 2. Half of the slower one's saturation, open loop.
+    // 2. Fractions of the slower one's saturation, open loop.
     let median_rate = |p: Proxy| {
         median(
             saturation
@@ -379,35 +385,41 @@ async fn main() -> anyhow::Result<()> {
                 .map(|(_, r)| r.rate),
         )
     };
-    let rate = median_rate(Proxy::Nginx).min(median_rate(Proxy::Router)) / 2.0;
-    let mut half: Vec<(Proxy, Round)> = Vec::new();
-    for r in 0..cli.rounds {
-        let order = if r % 2 == 0 {
-            [Proxy::Nginx, Proxy::Router]
-        } else {
-            [Proxy::Router, Proxy::Nginx]
-        };
-        for p in order {
-            let before = cpu_seconds(pid(p), ticks);
-            let latencies = at_rate(&url(p), rate, cli.seconds).await;
-            let cpu = cpu_seconds(pid(p), ticks) - before;
-            let s = Summary::of(&latencies);
-            half.push((
-                p,
-                Round {
-                    rate: latencies.len() as f64 / cli.seconds as f64,
-                    p50: s.p50,
-                    p99: s.p99,
-                    p999: s.p999,
-                    cpu_per_100k: cpu / latencies.len().max(1) as f64 * 100_000.0,
-                },
-            ));
+    let slower = median_rate(Proxy::Nginx).min(median_rate(Proxy::Router));
+    for fraction in &cli.latency_at {
+        let rate = slower * fraction;
+        let mut rounds: Vec<(Proxy, Round)> = Vec::new();
+        for r in 0..cli.rounds {
+            let order = if r % 2 == 0 {
+                [Proxy::Nginx, Proxy::Router]
+            } else {
+                [Proxy::Router, Proxy::Nginx]
+            };
+            for p in order {
+                let before = cpu_seconds(pid(p), ticks);
+                let latencies = at_rate(&url(p), rate, cli.seconds).await;
+                let cpu = cpu_seconds(pid(p), ticks) - before;
+                let s = Summary::of(&latencies);
+                rounds.push((
+                    p,
+                    Round {
+                        rate: latencies.len() as f64 / cli.seconds as f64,
+                        p50: s.p50,
+                        p99: s.p99,
+                        p999: s.p999,
+                        cpu_per_100k: cpu / latencies.len().max(1) as f64 * 100_000.0,
+                    },
+                ));
+            }
         }
+        report(
+            &format!(
+                "{:.0} % of the slower saturation, {rate:.0} req/s (open loop, this program's client)",
+                fraction * 100.0
+            ),
+            &rounds,
+        );
     }
-    report(
-        &format!("half of the slower saturation, {rate:.0} req/s (open loop)"),
-        &half,
-    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
