@@ -417,7 +417,7 @@ async fn handle(proxy: Arc<Proxy>, peer: SocketAddr, req: Request) -> Response {
             Err(f) => f.condition().to_string(),
         };
         tracing::info!(%schedule, rule = index, from = %route.decision.flavours[chosen].name, to = %route.decision.flavours[to].name, %condition, "fallback");
-        metrics::fallback_taken(&schedule, index);
+        metrics::fallback_taken(schedule, index);
         served_by = to;
         result = attempt(&proxy, &route, to, out).await;
     }

@@ -350,30 +350,20 @@ async fn main() -> anyhow::Result<()> {
         ports.len()
     );
 
-    // 1. Saturation, wrk, alternating (the order flips each round).
-    let mut saturation: Vec<(Proxy, Round)> = Vec::new();
-    for r in 0..cli.rounds {
-        let order = if r % 2 == 0 {
-            [Proxy::Nginx, Proxy::Router]
-        } else {
-            [Proxy::Router, Proxy::Nginx]
-        };
-        for p in order {
-            let before = cpu_seconds(pid(p), ticks);
-            let (requests, rate, p50, p99, p999) = wrk(&cli, &script, &url(p))?;
-            let cpu = cpu_seconds(pid(p), ticks) - before;
-            saturation.push((
-                p,
-                Round {
-                    rate,
-                    p50,
-                    p99,
-                    p999,
-                    cpu_per_100k: cpu / requests * 100_000.0,
-                },
-            ));
-        }
-    }
+    // 1. Saturation, wrk.
+    let saturation = interleaved(cli.rounds, ticks, pid, |p| {
+        let (requests, rate, p50, p99, p999) = wrk(&cli, &script, &url(p))?;
+        Ok((
+            requests,
+            Round {
+                rate,
+                p50,
+                p99,
+                p999,
+                cpu_per_100k: 0.0,
+            },
+        ))
+    })?;
     report("saturation (wrk, closed loop)", &saturation);
 
     // 2. Fractions of the slower one's saturation, open loop.
@@ -386,32 +376,26 @@ async fn main() -> anyhow::Result<()> {
         )
     };
     let slower = median_rate(Proxy::Nginx).min(median_rate(Proxy::Router));
+    let runtime = tokio::runtime::Handle::current();
     for fraction in &cli.latency_at {
         let rate = slower * fraction;
-        let mut rounds: Vec<(Proxy, Round)> = Vec::new();
-        for r in 0..cli.rounds {
-            let order = if r % 2 == 0 {
-                [Proxy::Nginx, Proxy::Router]
-            } else {
-                [Proxy::Router, Proxy::Nginx]
-            };
-            for p in order {
-                let before = cpu_seconds(pid(p), ticks);
-                let latencies = at_rate(&url(p), rate, cli.seconds).await;
-                let cpu = cpu_seconds(pid(p), ticks) - before;
+        let rounds = tokio::task::block_in_place(|| {
+            interleaved(cli.rounds, ticks, pid, |p| {
+                let latencies = runtime.block_on(at_rate(&url(p), rate, cli.seconds));
                 let s = Summary::of(&latencies);
-                rounds.push((
-                    p,
+                let answered = latencies.len() as f64;
+                Ok((
+                    answered,
                     Round {
-                        rate: latencies.len() as f64 / cli.seconds as f64,
+                        rate: answered / cli.seconds as f64,
                         p50: s.p50,
                         p99: s.p99,
                         p999: s.p999,
-                        cpu_per_100k: cpu / latencies.len().max(1) as f64 * 100_000.0,
+                        cpu_per_100k: 0.0,
                     },
-                ));
-            }
-        }
+                ))
+            })
+        })?;
         report(
             &format!(
                 "{:.0} % of the slower saturation, {rate:.0} req/s (open loop, this program's client)",
@@ -422,6 +406,32 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// `rounds` alternations of nginx and the router (the order flips every round), each
+/// measured by `measure` (requests done, figures) and charged the CPU its proxy spent.
+fn interleaved(
+    rounds: usize,
+    ticks: f64,
+    pid: impl Fn(Proxy) -> u32,
+    mut measure: impl FnMut(Proxy) -> anyhow::Result<(f64, Round)>,
+) -> anyhow::Result<Vec<(Proxy, Round)>> {
+    let mut out = Vec::new();
+    for r in 0..rounds {
+        let order = if r % 2 == 0 {
+            [Proxy::Nginx, Proxy::Router]
+        } else {
+            [Proxy::Router, Proxy::Nginx]
+        };
+        for p in order {
+            let before = cpu_seconds(pid(p), ticks);
+            let (requests, mut round) = measure(p)?;
+            let cpu = cpu_seconds(pid(p), ticks) - before;
+            round.cpu_per_100k = cpu / requests.max(1.0) * 100_000.0;
+            out.push((p, round));
+        }
+    }
+    Ok(out)
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {
