@@ -110,6 +110,15 @@ fn last_decisions(args: &KafkaArgs) -> BTreeMap<String, ScheduleDecision> {
         .collect()
 }
 
+/// For `eventually`: the last decision of `schedule` on the topic, once `want` holds for it.
+async fn last_decision_where(
+    args: &KafkaArgs,
+    schedule: &str,
+    want: impl Fn(&ScheduleDecision) -> bool,
+) -> Option<ScheduleDecision> {
+    last_decisions(args).remove(schedule).filter(|d| want(d))
+}
+
 /// The processor's final ledger (what its last decision recorded) equals the ledger
 /// obtained by folding each partition's whole journal in order; returns the folds.
 async fn assert_final_state_is_the_journal_fold(
@@ -813,13 +822,11 @@ async fn on_sigterm_the_processor_turns_unready_keeps_consuming_through_the_drai
     let mut processor = ProcessorProcess::start(&args, 0, 1, &["--drain-delay-ms", "6000"]);
     processor.wait_ready(Duration::from_secs(60)).await;
     let decided = |version: i64| {
-        let args = args.clone();
+        let args = &args;
         move || {
-            let args = args.clone();
-            async move {
-                let last = last_decisions(&args).remove(schedule)?;
-                (last.provenance.config_version == version).then_some(())
-            }
+            last_decision_where(args, schedule, move |d| {
+                d.provenance.config_version == version
+            })
         }
     };
     eventually(
@@ -879,14 +886,8 @@ async fn an_override_set_over_http_ends_early_on_delete() {
     let body = r#"{"weights": {"precision-30": 1}, "ttlSeconds": 3600}"#;
     assert_eq!(http("POST", &manual, Some(body)).await.0, 202);
     let manual_on = |want: bool| {
-        let args = args.clone();
-        move || {
-            let args = args.clone();
-            async move {
-                let last = last_decisions(&args).remove(schedule)?;
-                (last.manual == want).then_some(last)
-            }
-        }
+        let args = &args;
+        move || last_decision_where(args, schedule, move |d| d.manual == want)
     };
     let set = eventually(
         "the override in force",
