@@ -230,20 +230,8 @@ pub async fn run(
     }
     tracing::info!("restored; consuming inputs");
 
-    // Ticks have a producer of their own: a tick that fails is simply written again at
-    // the next interval, and must not make the journal's producer fatal.
-    let tick_producer = RecordProducer::new(&args, &format!("{}-ticks", settings.client_id))?;
-    let ticker = tokio::spawn(write_ticks(
-        args.clone(),
-        tick_producer,
-        layout,
-        owned,
-        settings.tick_interval,
-        settings.client_id.clone(),
-        shutdown.clone(),
-    ));
-    // A stop turns the processor unready at once and keeps it consuming for the drain
-    // delay (so whatever routes to its admin API can notice), then stops consuming.
+    // A stop turns the processor unready at once and keeps it consuming (and ticking) for
+    // the drain delay, so whatever routes to its admin API can notice, then stops.
     let stop_consuming = CancellationToken::new();
     {
         let (view, stop, delay) = (view.clone(), stop_consuming.clone(), settings.drain_delay);
@@ -260,6 +248,18 @@ pub async fn run(
             stop.cancel();
         });
     }
+    // Ticks have a producer of their own: a tick that fails is simply written again at
+    // the next interval, and must not make the journal's producer fatal.
+    let tick_producer = RecordProducer::new(&args, &format!("{}-ticks", settings.client_id))?;
+    let ticker = tokio::spawn(write_ticks(
+        args.clone(),
+        tick_producer,
+        layout,
+        owned,
+        settings.tick_interval,
+        settings.client_id.clone(),
+        stop_consuming.clone(),
+    ));
     let outcome = shell.consume(&inputs, &settings, &stop_consuming).await;
     ticker.abort();
     shell.stop(&inputs, &settings, outcome).await
