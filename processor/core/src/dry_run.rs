@@ -166,6 +166,7 @@ pub fn run(input: &str) -> Result<Value, DryRunError> {
             quality: QualityAccount {
                 requests: doc.delivered.requests,
                 surplus: doc.delivered.surplus,
+                since_ms: 0,
             },
             observed_rate: doc.delivered.observed_rate,
             window_seconds: TELEMETRY_WINDOW_MS as f64 / 1000.0,

@@ -99,12 +99,25 @@ pub struct QualityAccount {
     pub requests: i64,
     /// Σ requests × (precision − (1 − target error)): > 0 banked, < 0 owed.
     pub surplus: f64,
+    /// Event time the promise in force began, epoch ms: windows that started earlier
+    /// were served under another promise and are not accounted.
+    #[serde(default)]
+    pub since_ms: i64,
 }
 
 impl QualityAccount {
-    /// Account `served` answered requests delivered at mean precision `precision`.
-    pub fn record(&mut self, served: i64, precision: f64, target_error: f64) {
-        if served <= 0 || !precision.is_finite() {
+    /// An empty account for a promise that begins at `since_ms`.
+    pub fn since(since_ms: i64) -> Self {
+        Self {
+            since_ms,
+            ..Self::default()
+        }
+    }
+
+    /// Account `served` answered requests of the window starting at `window_start_ms`,
+    /// delivered at mean precision `precision`.
+    pub fn record(&mut self, window_start_ms: i64, served: i64, precision: f64, target_error: f64) {
+        if window_start_ms < self.since_ms || served <= 0 || !precision.is_finite() {
             return;
         }
         self.requests = self.requests.saturating_add(served);
@@ -153,10 +166,11 @@ mod tests {
 
     #[test]
     fn the_quality_account_is_exact_and_unclamped() {
-        let mut a = QualityAccount::default();
-        a.record(1000, 0.3, 0.15); // owes 1000 × 0.55
-        a.record(500, 1.0, 0.15); // banks 500 × 0.15
-        a.record(0, 0.3, 0.15); // nothing served, nothing changes
+        let mut a = QualityAccount::since(5_000);
+        a.record(5_000, 1000, 0.3, 0.15); // owes 1000 × 0.55
+        a.record(10_000, 500, 1.0, 0.15); // banks 500 × 0.15
+        a.record(15_000, 0, 0.3, 0.15); // nothing served, nothing changes
+        a.record(0, 700, 0.3, 0.15); // served under the previous promise
         assert_eq!(a.requests, 1500);
         assert!((a.surplus - (-550.0 + 75.0)).abs() < 1e-9);
         let mean = a.mean_precision(0.15).expect("requests");

@@ -431,7 +431,7 @@ impl PartitionState {
             held.policy == valid.policy && held.target_error == valid.target_error
         });
         if !same_promise {
-            s.quality = QualityAccount::default();
+            s.quality = QualityAccount::since(self.clock_ms);
         }
         s.config = Some(valid);
         self.decide(&c.schedule, DecisionCause::Config, pos, None)
@@ -659,9 +659,10 @@ fn delivered_so_far(
     config: &ScheduleConfig,
 ) -> QualityAccount {
     let mut account = account;
-    for (name, count) in open.map(|w| &w.served).into_iter().flatten() {
+    let Some(w) = open else { return account };
+    for (name, count) in &w.served {
         if let Some(f) = config.flavours.iter().find(|f| &f.name == name) {
-            account.record(*count, f.precision, config.target_error);
+            account.record(w.start_ms, *count, f.precision, config.target_error);
         }
     }
     account
@@ -715,7 +716,8 @@ fn close_window(
         s.ledger
             .update(&ledger_params(config), realised, w.end_ms.max(0));
     }
-    s.quality.record(served, realised, config.target_error);
+    s.quality
+        .record(w.start_ms, served, realised, config.target_error);
     s.requests_accounted += served;
     s.observed_rate = Some(w.requests as f64 * 1000.0 / (w.end_ms - w.start_ms) as f64);
     Some(TelemetryWindow {

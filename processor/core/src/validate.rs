@@ -270,21 +270,22 @@ fn check_plan_limits(c: &mut ScheduleConfig, bad: &mut impl FnMut(&str, String))
     {
         return;
     }
-    let capacity: f64 = c
-        .flavours
-        .iter()
-        .filter(|f| f.enabled)
-        .map(|f| f.max_share.unwrap_or(1.0).clamp(0.0, 1.0))
-        .sum();
-    if capacity < 1.0 {
+    let Some(reachable) = highest_reachable_precision(&c.flavours) else {
+        let capacity: f64 = c
+            .flavours
+            .iter()
+            .filter(|f| f.enabled)
+            .map(|f| f.max_share.unwrap_or(1.0).clamp(0.0, 1.0))
+            .sum();
         bad(
             "flavours",
             format!(
                 "the max_share caps of the enabled flavours sum to {capacity}: they must sum to at least 1 so that every request has a flavour"
             ),
         );
-    } else if let Some(floor) = c.min_slot_precision
-        && let Some(reachable) = highest_reachable_precision(&c.flavours)
+        return;
+    };
+    if let Some(floor) = c.min_slot_precision
         && floor > reachable + 1e-12
     {
         bad(

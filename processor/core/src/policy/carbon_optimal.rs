@@ -38,6 +38,10 @@ const PLAN_SLOTS_SHOWN: usize = 8;
 /// seconds, at unknown (uniform) intensity.
 const NO_FORECAST_SECONDS: f64 = 300.0;
 
+/// How far below 1 the caps of the enabled flavours may sum and still fill a slot
+/// (percentages such as 60/30/10 do not sum to exactly 1 in floating point).
+const CAPACITY_TOLERANCE: f64 = 1e-9;
+
 /// A mix of the enabled flavours: its mean precision, mean relative energy and shares
 /// (indexed like [`MixCurve::flavours`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -87,7 +91,7 @@ impl MixCurve {
     /// The curve of `candidates`, or `None` when their caps cannot fill a slot.
     fn of(candidates: &[Candidate]) -> Option<Self> {
         let capacity: f64 = candidates.iter().map(|c| c.cap).sum();
-        if candidates.is_empty() || capacity < 1.0 - 1e-12 {
+        if candidates.is_empty() || capacity < 1.0 - CAPACITY_TOLERANCE {
             return None;
         }
         // The greedy fill minimising energy − λ·precision changes only where two
@@ -312,39 +316,56 @@ pub fn solve(
             lambda: Some(0.0),
         };
     }
-    // Every edge of every slot, above the floor: (price, slot, from, to).
+    // Every edge of every slot, above the floor: (price, slot, from, to). A slot's slopes
+    // are made non-decreasing (rounding may leave a nearly collinear corner a hair
+    // concave), so with the stable sort a slot's edges are always bought in order.
     let mut offers: Vec<(f64, usize, f64, f64)> = Vec::new();
     for (t, s) in slots.iter().enumerate() {
         if s.requests <= 0.0 {
             continue;
         }
+        let mut steepest = f64::NEG_INFINITY;
         for (from, to, slope) in curve.edges() {
+            steepest = steepest.max(slope);
             let (from, to) = (from.max(low), to.min(high));
             if to > from {
-                offers.push((s.intensity * slope, t, from, to));
+                offers.push((s.intensity * steepest, t, from, to));
             }
         }
     }
-    // Stable sort: equal prices keep slot order, then edge order within a slot (convex
-    // slopes, so a slot's edges are bought in order).
     offers.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut lambda = None;
     for (price, t, from, to) in offers {
         let requests = slots[t].requests;
         let gain = requests * (to - from);
         if gain >= need {
-            precision[t] = from + need / requests;
-            return Plan {
-                precision,
-                lambda: Some(price),
-            };
+            precision[t] += need / requests;
+            lambda = Some(price);
+            break;
         }
-        precision[t] = to;
+        precision[t] += to - from;
         need -= gain;
     }
-    Plan {
-        precision,
-        lambda: None,
+    // Slots expecting no request cost nothing either way: plan them as the margin prices
+    // precision, so a decision made in one still follows the plan's λ.
+    for (t, s) in slots.iter().enumerate() {
+        if s.requests <= 0.0 {
+            precision[t] = match lambda {
+                Some(l) => curve
+                    .edges()
+                    .filter(|(_, _, slope)| s.intensity * slope <= l)
+                    .map(|(_, to, _)| to)
+                    .fold(low, f64::max)
+                    .min(high),
+                None => high,
+            };
+        }
     }
+    if lambda.is_none() {
+        // The constraint cannot be met: every slot as precise as it can be.
+        precision.iter_mut().for_each(|q| *q = high);
+    }
+    Plan { precision, lambda }
 }
 
 /// Emissions of a plan: `Σ R_t · I_t · h(q_t)`.
@@ -440,11 +461,13 @@ impl Policy for CarbonOptimal {
             input.plan.min_slot_precision,
         );
         let now = curve.at(plan.precision[0]);
-        let weights: Vec<(String, f64)> = enabled
+        let mut weights: Vec<(String, f64)> = enabled
             .iter()
             .zip(&now.shares)
             .map(|(f, w)| (f.name.clone(), *w))
             .collect();
+        // Caps summing to 1 within the tolerance leave shares a hair short of it.
+        normalise(&mut weights);
         let avg = avg_precision(&weights, input.flavours);
         let mut diagnostics = summary(input, &slots, &plan, target);
         diagnostics.push(("avg_precision".into(), Some(avg)));
@@ -612,6 +635,21 @@ mod tests {
         assert_eq!(plan.precision[2], 1.0);
         assert!((plan.precision[1] - (1.0 - 4.5 / 10.0)).abs() < 1e-12);
         assert_eq!(plan.lambda, Some(300.0));
+    }
+
+    #[test]
+    fn a_slot_expecting_no_request_follows_the_margin() {
+        let curve = MixCurve::of(&candidates(&default_flavours())).expect("fills");
+        let plan = solve(
+            &curve,
+            &slots(&[(400.0, 0.0), (50.0, 0.0), (100.0, 10.0), (300.0, 10.0)]),
+            0.85,
+            0.0,
+            None,
+        );
+        assert_eq!(plan.lambda, Some(300.0));
+        assert_eq!(plan.precision[0], 0.3, "dirtier than the margin: light");
+        assert_eq!(plan.precision[1], 1.0, "cleaner than the margin: full");
     }
 
     #[test]
