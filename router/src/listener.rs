@@ -4,14 +4,12 @@
 //! header-read timeout; beyond the cap, new connections are closed at once instead of
 //! queueing behind the ones in use.
 //!
-//! The proxy runs one thread per worker, each with a single-threaded runtime, its own
-//! listening socket on the shared address (`SO_REUSEPORT`: the kernel spreads connections
-//! over them) and its own app and upstream pool: a request and its upstream call are
-//! served on one thread, with no wake-up crossing threads (what a multi-threaded runtime
-//! cost the proxy: a fifth of its CPU went to the scheduler).
+//! The proxy runs one thread per worker, each with a single-threaded runtime accepting on
+//! the one listening socket, and its own proxy and upstream pool: a request and its
+//! upstream call are served on one thread, with no wake-up crossing threads (what a
+//! multi-threaded runtime cost the proxy: a fifth of its CPU went to the scheduler).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,61 +34,45 @@ pub struct ListenerLimits {
 
 /// The proxy's worker threads, serving until the shutdown they were started with.
 pub struct Workers {
-    /// The address they listen on (the port chosen when the one asked for was 0).
-    pub local_addr: SocketAddr,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Workers {
-    /// Start `threads` workers on `addr`, each serving the proxy `make_app` builds for it;
-    /// they share the connection cap of `limits`. Fails when a socket cannot be bound.
+    /// Start `threads` workers accepting on `listener` (bound by the caller, so a port in
+    /// use fails there), each serving the proxy `make_proxy(worker index)` builds for it;
+    /// they share the connection cap of `limits`.
     pub fn start(
-        addr: SocketAddr,
+        listener: std::net::TcpListener,
         threads: usize,
         limits: ListenerLimits,
-        make_app: impl Fn() -> Arc<Proxy> + Send + Sync + 'static,
+        make_proxy: impl Fn(usize) -> Arc<Proxy> + Send + Sync + 'static,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
-        let make_app = Arc::new(make_app);
+        listener.set_nonblocking(true)?;
+        let make_proxy = Arc::new(make_proxy);
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        // Workers stop with `shutdown`, or at once if a later one cannot be started.
+        let stop = shutdown.child_token();
         let mut workers = Self {
-            local_addr: addr,
             threads: Vec::new(),
         };
         for i in 0..threads.max(1) {
-            let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-            let (make_app, slots, shutdown) = (make_app.clone(), slots.clone(), shutdown.clone());
-            // The first worker binds the address asked for; the others bind the one it got.
-            let addr = workers.local_addr;
-            let thread = std::thread::Builder::new()
-                .name(format!("proxy-{i}"))
-                .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = bound_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    runtime.block_on(async move {
-                        let listener = match bind_shared(addr) {
-                            Ok(l) => l,
-                            Err(e) => {
-                                let _ = bound_tx.send(Err(e));
-                                return;
-                            }
-                        };
-                        let _ = bound_tx.send(listener.local_addr());
-                        serve(listener, make_app(), limits, slots, shutdown).await;
-                    });
-                })?;
-            workers.threads.push(thread);
-            workers.local_addr = bound_rx.recv().map_err(|_| {
-                std::io::Error::other(format!("proxy worker {i} stopped before binding {addr}"))
-            })??;
+            let started = listener.try_clone().and_then(|socket| {
+                let (make_proxy, slots, stop) = (make_proxy.clone(), slots.clone(), stop.clone());
+                std::thread::Builder::new()
+                    .name(format!("proxy-{i}"))
+                    .spawn(move || worker(socket, make_proxy(i), limits, slots, stop))
+            });
+            match started {
+                Ok(thread) => workers.threads.push(thread),
+                Err(e) => {
+                    stop.cancel();
+                    for t in workers.threads {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(workers)
     }
@@ -103,20 +85,35 @@ impl Workers {
     }
 }
 
-/// A listening socket on `addr` that other workers may bind too (`SO_REUSEPORT`).
-fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
+/// One worker: a single-threaded runtime accepting on its handle of the shared socket.
+fn worker(
+    socket: std::net::TcpListener,
+    proxy: Arc<Proxy>,
+    limits: ListenerLimits,
+    slots: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "a proxy worker could not start its runtime");
+            return;
+        }
     };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+    runtime.block_on(async move {
+        match TcpListener::from_std(socket) {
+            Ok(listener) => serve(listener, proxy, limits, slots, stop).await,
+            Err(e) => {
+                tracing::error!(error = %e, "a proxy worker could not use the listening socket")
+            }
+        }
+    });
 }
 
-/// Serve `app` on `listener` within `limits` (connection slots shared with the other
+/// Serve `proxy` on `listener` within `limits` (connection slots shared with the other
 /// workers) until `shutdown`, then wait for the requests in flight to finish.
 async fn serve(
     listener: TcpListener,
@@ -162,5 +159,9 @@ async fn serve(
             }
         });
     }
+    // Stop accepting before waiting: new clients are refused at once (by the other
+    // workers' handles while they still accept, then by the closed socket) rather than
+    // queued and reset later.
+    drop(listener);
     graceful.shutdown().await;
 }

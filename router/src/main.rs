@@ -270,22 +270,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     // Each worker has a proxy of its own (its upstream pool lives on its thread); the
     // decisions and the telemetry are shared.
-    let make_app = move || {
+    // Each worker has a proxy of its own (its upstream pool lives on its thread, its
+    // generator is seeded from `seed` and the worker index); decisions and telemetry are
+    // shared.
+    let make_proxy = move |worker: usize| {
         Arc::new(Proxy::new(
             table.clone(),
             telemetry_log.clone(),
             settings.clone(),
             connect_timeout,
             tls.clone(),
-            seed,
+            seed ^ (worker as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         ))
     };
     let threads = cli
         .worker_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let workers = listener::Workers::start(cli.listen, threads, limits, make_app, stop_listening)
+    let socket = std::net::TcpListener::bind(cli.listen)
         .with_context(|| format!("binding the proxy to {}", cli.listen))?;
-    tracing::info!(proxy = %workers.local_addr, admin = %cli.admin_listen, %router_id, mode = ?cli.mode, workers = threads, schedules = ?cli.schedules.iter().map(ToString::to_string).collect::<Vec<_>>(), all_schedules = cli.all_schedules, started_ms = now_ms(), "router listening");
+    let local_addr = socket.local_addr()?;
+    let workers = listener::Workers::start(socket, threads, limits, make_proxy, stop_listening)
+        .context("starting the proxy's worker threads")?;
+    tracing::info!(proxy = %local_addr, admin = %cli.admin_listen, %router_id, mode = ?cli.mode, workers = threads, schedules = ?cli.schedules.iter().map(ToString::to_string).collect::<Vec<_>>(), all_schedules = cli.all_schedules, started_ms = now_ms(), "router listening");
     carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
     workers.finished().await;
     shutdown.cancel();

@@ -5,10 +5,8 @@
 //! Errors the router itself produces are JSON bodies naming the problem (`error`, and
 //! `detail` or the values involved); errors of an upstream are passed through unchanged.
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -74,18 +72,11 @@ pub struct Proxy {
     telemetry: Arc<Telemetry>,
     client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, Full<Bytes>>,
     settings: ProxySettings,
-    /// Seeds the workers' generators (from the router id or `--seed`): routers draw
-    /// different sequences, and a run can be repeated.
-    seed: u64,
+    /// Seeded from the router id or `--seed` and the worker: routers and workers draw
+    /// different sequences, and a run can be repeated. One proxy per worker thread, so
+    /// the lock is never contended.
+    rng: Mutex<SmallRng>,
 }
-
-thread_local! {
-    /// Each worker thread draws from a generator of its own: no lock on the hot path.
-    static WORKER_RNG: RefCell<Option<SmallRng>> = const { RefCell::new(None) };
-}
-
-/// Distinguishes the workers' generators.
-static WORKER_STREAMS: AtomicU64 = AtomicU64::new(0);
 
 impl Proxy {
     /// A proxy with a pooled client (`connect_timeout` per connection attempt) that
@@ -112,19 +103,15 @@ impl Proxy {
             telemetry,
             client,
             settings,
-            seed,
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
         }
     }
 
     fn draw(&self) -> f64 {
-        WORKER_RNG.with(|cell| {
-            let mut rng = cell.borrow_mut();
-            rng.get_or_insert_with(|| {
-                let stream = WORKER_STREAMS.fetch_add(1, Ordering::Relaxed);
-                SmallRng::seed_from_u64(self.seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            })
+        self.rng
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .random::<f64>()
-        })
     }
 }
 
