@@ -152,11 +152,13 @@ async fn serve(
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
+        crate::metrics::connection_opened();
         tokio::spawn(async move {
-            let _slot = slot;
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            crate::metrics::connection_closed();
+            drop(slot);
         });
     }
     // Stop accepting before waiting: new clients are refused at once (by the other

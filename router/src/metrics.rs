@@ -34,6 +34,7 @@ const BOOTSTRAP_SECONDS: &str = "carbonflow_router_bootstrap_seconds";
 const UNDECODABLE_DECISIONS: &str = "carbonflow_router_undecodable_decisions_total";
 const FOLLOW_FAILURES: &str = "carbonflow_router_follow_failures_total";
 const CONNECTIONS_REFUSED: &str = "carbonflow_router_connections_refused_total";
+const CONNECTIONS_OPEN: &str = "carbonflow_router_connections_open";
 
 /// Describe every metric with its unit, so that `/metrics` has a HELP line for each.
 /// (`install_metrics` enables no unit suffixes: the names stay as they are.)
@@ -107,6 +108,11 @@ pub fn describe() {
         CONNECTIONS_REFUSED,
         Unit::Count,
         "Connections closed on accept because the proxy already served --max-connections."
+    );
+    describe_gauge!(
+        CONNECTIONS_OPEN,
+        Unit::Count,
+        "Client connections the proxy holds now, over all its workers (at most --max-connections)."
     );
 }
 
@@ -188,6 +194,16 @@ pub(crate) fn decision_propagated(delay_ms: i64) {
 /// A connection was closed on accept: the proxy already serves its maximum.
 pub(crate) fn connection_refused() {
     counter!(CONNECTIONS_REFUSED).increment(1);
+}
+
+/// A client connection took one of the proxy's slots.
+pub(crate) fn connection_opened() {
+    gauge!(CONNECTIONS_OPEN).increment(1.0);
+}
+
+/// A client connection ended and gave its slot back.
+pub(crate) fn connection_closed() {
+    gauge!(CONNECTIONS_OPEN).decrement(1.0);
 }
 
 /// An attempt to start following the decisions topic failed (it is retried).

@@ -820,10 +820,18 @@ async fn slow_clients_and_connections_over_the_cap_are_cut_off() {
         matches!(read, Ok(0) | Err(_)),
         "closed without an answer: {read:?}"
     );
-    // Two idle connections take both slots; a third is closed at once.
+    // Two idle connections take both slots (once the workers have accepted them); a
+    // third is closed at once.
     let _a = tokio::net::TcpStream::connect(&addr).await.expect("a");
     let _b = tokio::net::TcpStream::connect(&addr).await.expect("b");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(
+        "both idle connections held",
+        Duration::from_secs(5),
+        || async {
+            (r.metric("carbonflow_router_connections_open").await == Some(2.0)).then_some(())
+        },
+    )
+    .await;
     let mut c = tokio::net::TcpStream::connect(&addr).await.expect("c");
     let _ = c.write_all(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let n = tokio::time::timeout(Duration::from_millis(1500), c.read(&mut buf))
