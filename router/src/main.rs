@@ -214,11 +214,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         cli.kafka.layout(),
         telemetry_stop.clone(),
     ));
-    // On a stop, turn unready at once, keep accepting for the drain delay (load
+    // On a stop signal, turn unready at once, keep accepting for the drain delay (load
     // balancers stop sending meanwhile), then stop accepting and finish what is in flight.
+    // The follower, the expiry watcher and the admin endpoints run on until the proxy has
+    // drained (`shutdown`), so decisions keep applying and metrics keep answering.
+    let signal = CancellationToken::new();
     let stop_listening = CancellationToken::new();
     {
-        let (ready, stop, listening) = (ready.clone(), shutdown.clone(), stop_listening.clone());
+        let (ready, stop, listening) = (ready.clone(), signal.clone(), stop_listening.clone());
         let delay = Duration::from_millis(cli.drain_delay_ms);
         tokio::spawn(async move {
             stop.cancelled().await;
@@ -292,7 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let workers = listener::Workers::start(socket, threads, limits, make_proxy, stop_listening)
         .context("starting the proxy's worker threads")?;
     tracing::info!(proxy = %local_addr, admin = %cli.admin_listen, %router_id, mode = ?cli.mode, workers = threads, schedules = ?cli.schedules.iter().map(ToString::to_string).collect::<Vec<_>>(), all_schedules = cli.all_schedules, started_ms = now_ms(), "router listening");
-    carbonflow_schemas::service::cancel_on_signal(shutdown.clone());
+    carbonflow_schemas::service::cancel_on_signal(signal);
     workers.finished().await;
     shutdown.cancel();
     tracing::info!("in-flight requests done; flushing telemetry");
