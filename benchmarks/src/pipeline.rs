@@ -182,6 +182,26 @@ pub async fn wait_ready(admin: &str, limit: Duration) -> anyhow::Result<Duration
     Ok(started.elapsed())
 }
 
+/// Write decision `d` straight to the decisions topic (no processor) and wait until the
+/// router whose admin endpoints are at `admin` holds it.
+pub async fn publish_decision(
+    args: &KafkaArgs,
+    admin: &str,
+    d: &carbonflow_schemas::records::ScheduleDecision,
+) -> anyhow::Result<()> {
+    RecordProducer::new(args, "bench-decision")?
+        .send(&args.layout().name(Topic::Decisions), &d.schedule, None, d)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held(admin, &d.schedule).await.map(|(v, _)| v) != Some(d.version) {
+        if Instant::now() > deadline {
+            bail!("the router at {admin} never applied the benchmark decision");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// Version and apply time (epoch ms) a router holds for `schedule`.
 pub async fn held(admin: &str, schedule: &str) -> Option<(i64, i64)> {
     let v = get_json(&format!("{admin}/decisions")).await?;

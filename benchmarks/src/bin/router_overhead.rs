@@ -14,15 +14,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use carbonflow_schemas::testing::{Children, free_port};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use carbonflow_benchmarks::http::get_json;
+use anyhow::Context;
 use carbonflow_benchmarks::load::{at_rate, saturate};
 use carbonflow_benchmarks::now_ms;
+use carbonflow_benchmarks::pipeline::publish_decision;
 use carbonflow_benchmarks::stats::Summary;
+use carbonflow_schemas::bus::KafkaArgs;
 use carbonflow_schemas::bus::admin::ensure_topics;
-use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -95,21 +94,7 @@ async fn main() -> anyhow::Result<()> {
         f.upstream_url = format!("http://127.0.0.1:{backend}/{}", f.name);
         f.weight = if f.precision_percent == 100 { 1.0 } else { 0.0 };
     }
-    let producer = RecordProducer::new(&args, "overhead-bench")?;
-    producer
-        .send(&args.layout().name(Topic::Decisions), &d.schedule, None, &d)
-        .await?;
-    let ready = Instant::now() + Duration::from_secs(60);
-    while get_json(&format!("http://127.0.0.1:{admin}/decisions"))
-        .await
-        .and_then(|v| v["decisions"].as_array().map(|a| !a.is_empty()))
-        != Some(true)
-    {
-        if Instant::now() > ready {
-            bail!("the router never applied the benchmark decision");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    publish_decision(&args, &format!("http://127.0.0.1:{admin}"), &d).await?;
     let full = d
         .flavours
         .iter()

@@ -25,12 +25,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use carbonflow_benchmarks::http::get_json;
 use carbonflow_benchmarks::load::at_rate;
 use carbonflow_benchmarks::now_ms;
+use carbonflow_benchmarks::pipeline::publish_decision;
 use carbonflow_benchmarks::stats::Summary;
+use carbonflow_schemas::bus::KafkaArgs;
 use carbonflow_schemas::bus::admin::ensure_topics;
-use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::testing::{Children, free_port};
 use clap::Parser;
 
@@ -313,20 +313,7 @@ async fn main() -> anyhow::Result<()> {
             },
         )
         .collect();
-    RecordProducer::new(&args, "nginx-bench")?
-        .send(&args.layout().name(Topic::Decisions), &d.schedule, None, &d)
-        .await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get_json(&format!("http://127.0.0.1:{admin_port}/decisions"))
-        .await
-        .and_then(|v| v["decisions"].as_array().map(|a| !a.is_empty()))
-        != Some(true)
-    {
-        if Instant::now() > deadline {
-            bail!("the router never applied the benchmark decision");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    publish_decision(&args, &format!("http://127.0.0.1:{admin_port}"), &d).await?;
     let url = |p: Proxy| match p {
         Proxy::Nginx => format!("http://127.0.0.1:{nginx_port}/stats"),
         Proxy::Router => format!("http://127.0.0.1:{router_port}/stats"),
