@@ -6,7 +6,7 @@
 use carbonflow_core::audit::{AuditError, Emitted, PartitionReplay, Replay, ReplayOptions};
 use carbonflow_schemas::bus::{BusError, KafkaArgs, RangeReader, Topic};
 use carbonflow_schemas::decode;
-use carbonflow_schemas::records::{ScheduleDecision, journal_entries};
+use carbonflow_schemas::records::{ScheduleDecision, journal_record};
 
 /// Why an audit could not run.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +44,8 @@ pub fn replay(args: &KafkaArgs, opts: ReplayOptions<'_>) -> Result<Replay, Audit
                     out.entries
                 );
             }
-            let batch = match journal_entries(r.payload.unwrap_or_default()) {
-                Ok(batch) => batch,
+            let record = match journal_record(r.payload.unwrap_or_default()) {
+                Ok(record) => record,
                 // Reported with the codec's reason (an unknown schema fingerprint names
                 // it), so a journal written by a newer version is seen, not skipped.
                 Err(e) => {
@@ -56,9 +56,7 @@ pub fn replay(args: &KafkaArgs, opts: ReplayOptions<'_>) -> Result<Replay, Audit
                     return Ok(());
                 }
             };
-            for entry in &batch {
-                fold.apply(entry, &mut out)?;
-            }
+            fold.apply_record(r.offset, &record, &mut out)?;
             Ok::<(), AuditRunError>(())
         })?;
     }
@@ -83,7 +81,7 @@ pub fn emitted(args: &KafkaArgs) -> Result<(Emitted, Vec<String>), AuditRunError
             if let Some(d) = r.payload.and_then(|b| decode::<ScheduleDecision>(b).ok()) {
                 out.entry(d.schedule.clone())
                     .or_default()
-                    .insert(d.version, d);
+                    .insert(d.precedence(), d);
             }
             Ok::<(), BusError>(())
         })?;

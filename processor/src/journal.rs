@@ -3,9 +3,10 @@
 //!
 //! Journal (`processor.journal`, partition p): one [`JournalEntry`] per input applied to
 //! partition p's state, in the order applied, carrying the input record as consumed and
-//! its position. Entries are written in [`JournalBatch`] records (older journals hold one
-//! entry per record; [`journal_entries`] reads both). State = fold of
-//! [`PartitionState::replay`] over the entries.
+//! its position. Entries are written in [`JournalBatch`] records stamped with the
+//! writer's ownership epoch, after the [`OwnershipClaim`] that gave it that epoch (older
+//! journals hold one entry per record; [`journal_record`] reads all three). State = fold
+//! of [`PartitionState::replay`] over the entries [`PartitionState::admit`] lets in.
 //!
 //! Snapshots (`processor.snapshots`, partition p, compacted): the state after a journal
 //! prefix, with `journal_next_offset` = offset of the last *record* folded in **+ 1**
@@ -21,9 +22,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use carbonflow_core::reconcile::{Reconciliation, Repairs};
-use carbonflow_core::state::{PartitionState, STATE_FORMAT};
+use carbonflow_core::state::{Admission, PartitionState, STATE_FORMAT};
 use carbonflow_schemas::bus::{BusError, KafkaArgs, RangeReader, Topic, TopicLayout};
-use carbonflow_schemas::records::{PartitionSnapshot, journal_entries};
+use carbonflow_schemas::records::{PartitionSnapshot, journal_record};
 use carbonflow_schemas::{CodecError, decode};
 use flate2::Compression;
 use flate2::read::GzDecoder;
@@ -125,6 +126,8 @@ pub struct Restored {
     pub replayed: u64,
     /// Entries whose recorded decision versions differ from the replay (should be 0).
     pub divergent: u64,
+    /// Entries a superseded owner wrote after a newer claim, not folded.
+    pub fenced: u64,
     /// What the caller writes before taking new inputs: orphans to adopt, decisions to
     /// resend, tombstones to resend.
     pub repairs: Repairs,
@@ -344,7 +347,7 @@ pub fn restore(
         tracing::warn!(partition, error = %gap, "folding the journal that is left (--accept-journal-gap)");
     }
     let mut reconciliation = Reconciliation::new();
-    let mut divergent = 0_u64;
+    let (mut divergent, mut fenced) = (0_u64, 0_u64);
     reader
         .read(
             &journal,
@@ -352,12 +355,31 @@ pub fn restore(
             journal_from.max(low),
             journal_end,
             |r| {
-                let entries = journal_entries(r.payload.unwrap_or_default()).map_err(|source| {
+                let record = journal_record(r.payload.unwrap_or_default()).map_err(|source| {
                     TailError::Unreadable {
                         offset: r.offset,
                         source,
                     }
                 })?;
+                let entries = match state.admit(r.offset, &record) {
+                    Admission::Entries(entries) => entries,
+                    Admission::Claimed { epoch } => {
+                        tracing::debug!(partition, offset = r.offset, epoch, "ownership claim");
+                        return Ok(());
+                    }
+                    Admission::Fenced { epoch, entries } => {
+                        fenced += entries as u64;
+                        tracing::warn!(
+                            partition,
+                            offset = r.offset,
+                            epoch,
+                            current = state.epoch,
+                            entries,
+                            "journal entries of a superseded owner, written after a newer claim, are not folded"
+                        );
+                        return Ok(());
+                    }
+                };
                 for (index, entry) in entries.iter().enumerate() {
                     if let Some(d) = reconciliation.replay(&mut state, entry) {
                         divergent += 1;
@@ -411,6 +433,7 @@ pub fn restore(
         snapshot_space,
         replayed,
         divergent,
+        fenced,
         repairs,
         took: started.elapsed(),
     })

@@ -251,23 +251,30 @@ fn audit(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
             report_gaps(&gaps);
             let v = a::verify(&replay, &emitted, schedule.as_deref(), from, to);
             println!(
-                "audit verify: {} journal entries; {} decisions checked, {} matched, {} mismatched, {} not on the topic, {} not in the journal",
+                "audit verify: {} journal entries ({} of superseded owners not folded, {} ownership claims); {} decisions checked, {} matched, {} mismatched, {} not on the topic, {} not in the journal",
                 replay.entries,
+                replay.fenced,
+                replay.claims,
                 v.checked,
                 v.matched,
                 v.mismatched.len(),
                 v.missing.len(),
                 v.unexplained.len()
             );
-            for (s, version, fields) in &v.mismatched {
-                println!("mismatch: {s} version {version}: {}", fields.join(", "));
-            }
-            for (s, version) in &v.missing {
-                println!("not on the topic (compacted, or never delivered): {s} version {version}");
-            }
-            for (s, version) in &v.unexplained {
+            for (s, epoch, version, fields) in &v.mismatched {
                 println!(
-                    "not in the journal (adopted after a crash, or older than the journal): {s} version {version}"
+                    "mismatch: {s} epoch {epoch} version {version}: {}",
+                    fields.join(", ")
+                );
+            }
+            for (s, epoch, version) in &v.missing {
+                println!(
+                    "not on the topic (compacted, or never delivered): {s} epoch {epoch} version {version}"
+                );
+            }
+            for (s, epoch, version) in &v.unexplained {
+                println!(
+                    "not in the journal (a superseded owner's after a newer claim, adopted after a crash, or older than the journal): {s} epoch {epoch} version {version}"
                 );
             }
             Ok(if v.mismatched.is_empty() {

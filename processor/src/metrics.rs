@@ -61,6 +61,10 @@ const RESTORE_DURATION: &str = "carbonflow_restore_duration_seconds";
 const RESTORE_REPLAYED: &str = "carbonflow_restore_replayed_entries_total";
 const RESTORE_DIVERGENT: &str = "carbonflow_restore_divergent_entries_total";
 const READY: &str = "carbonflow_processor_ready";
+// Ownership.
+const PARTITION_EPOCH: &str = "carbonflow_partition_epoch";
+const FENCED: &str = "carbonflow_partitions_fenced_total";
+const FENCED_ENTRIES: &str = "carbonflow_restore_fenced_entries_total";
 
 /// Slots of the forecast ahead exported per zone.
 const FORECAST_SLOTS_EXPORTED: usize = 12;
@@ -211,12 +215,27 @@ pub fn describe() {
         READY,
         "1 while restore is done and inputs are being consumed, else 0."
     );
+    describe_gauge!(
+        PARTITION_EPOCH,
+        "Ownership epoch this instance holds per owned schedule partition (its claim's journal offset + 1)."
+    );
+    describe_counter!(
+        FENCED,
+        Unit::Count,
+        "Owned partitions another instance claimed: this instance stopped writing them (and, in explicit mode, exited)."
+    );
+    describe_counter!(
+        FENCED_ENTRIES,
+        Unit::Count,
+        "Journal entries restore did not fold: written by a superseded owner after a newer claim."
+    );
 }
 
 /// Start the counters that alerts watch at zero, so that their first increase is seen
 /// (a series that appears at 1 has no increase to alert on).
 pub(crate) fn start_at_zero() {
     counter!(CONFIG_REJECTIONS).increment(0);
+    counter!(FENCED).increment(0);
     for reason in SnapshotSkipped::ALL {
         counter!(SNAPSHOTS_SKIPPED, "reason" => reason.label()).increment(0);
     }
@@ -397,15 +416,19 @@ pub(crate) enum SnapshotSkipped {
     TooLarge,
     /// The broker refused or did not acknowledge it.
     WriteFailed,
+    /// The journal it would cover was not read back in time, so it could not be known
+    /// free of a newer claim.
+    NotReadBack,
 }
 
 impl SnapshotSkipped {
-    const ALL: [Self; 2] = [Self::TooLarge, Self::WriteFailed];
+    const ALL: [Self; 3] = [Self::TooLarge, Self::WriteFailed, Self::NotReadBack];
 
     fn label(self) -> &'static str {
         match self {
             Self::TooLarge => "too_large",
             Self::WriteFailed => "write_failed",
+            Self::NotReadBack => "not_read_back",
         }
     }
 }
@@ -421,13 +444,28 @@ pub(crate) fn snapshot_unreadable() {
 }
 
 /// A partition was restored in `took`, replaying `replayed` entries of which `divergent`
-/// produced other decisions than they record.
-pub(crate) fn partition_restored(took: Duration, replayed: u64, divergent: u64) {
+/// produced other decisions than they record, and passing over `fenced` entries of
+/// superseded owners.
+pub(crate) fn partition_restored(took: Duration, replayed: u64, divergent: u64, fenced: u64) {
     histogram!(RESTORE_DURATION).record(took.as_secs_f64());
     counter!(RESTORE_REPLAYED).increment(replayed);
     if divergent > 0 {
         counter!(RESTORE_DIVERGENT).increment(divergent);
     }
+    if fenced > 0 {
+        counter!(FENCED_ENTRIES).increment(fenced);
+    }
+}
+
+/// This instance claimed partition `partition` at `epoch`.
+pub(crate) fn ownership_claimed(partition: i32, epoch: i64) {
+    gauge!(PARTITION_EPOCH, "partition" => partition.to_string()).set(epoch as f64);
+}
+
+/// Another instance claimed partition `partition`, which this one owned.
+pub(crate) fn fenced(partition: i32) {
+    counter!(FENCED).increment(1);
+    gauge!(PARTITION_EPOCH, "partition" => partition.to_string()).set(0.0);
 }
 
 /// The processor started (true) or stopped (false) consuming inputs.

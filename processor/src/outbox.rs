@@ -179,14 +179,16 @@ impl UnwrittenBatch {
         self.entries.is_empty()
     }
 
-    /// The batch record of partition `partition`, leaving this empty; `None` if it was.
-    pub(crate) fn take(&mut self, partition: i32) -> Option<JournalBatch> {
+    /// The batch record of partition `partition`, written by its owner of `epoch`,
+    /// leaving this empty; `None` if it was.
+    pub(crate) fn take(&mut self, partition: i32, epoch: i64) -> Option<JournalBatch> {
         if self.entries.is_empty() {
             return None;
         }
         self.bytes = 0;
         Some(JournalBatch {
             partition,
+            epoch,
             entries: std::mem::take(&mut self.entries),
         })
     }

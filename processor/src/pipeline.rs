@@ -8,6 +8,17 @@
 //! partition `p` plus the single forecast partition. No group membership is needed, so a
 //! SIGKILLed instance that restarts resumes its own partitions at once.
 //!
+//! Fencing (DESIGN invariant 4): taking partition `p` first writes an [`OwnershipClaim`]
+//! to journal partition `p`; its offset gives the instance its epoch, and the restore
+//! that follows reads up to and past the claim, so the state starts from everything the
+//! previous owner wrote before it. The owner then keeps reading its own journal
+//! partitions back: a newer claim there means another instance took the partition, and
+//! this one stops at once, with [`PipelineError::Fenced`] (in explicit mode a second
+//! owner is a misconfiguration, and exiting non-zero makes it loud). Whatever it wrote
+//! after the claim is ignored by every fold ([`PartitionState::admit`]). A snapshot is
+//! written only once the journal it covers has been read back without a newer claim, so
+//! no snapshot ever holds a fenced owner's entries.
+//!
 //! Write order and crash safety: an input's outputs are queued at once on the
 //! [`Outbox`] without waiting (decisions are latency-critical); its journal entry joins the
 //! partition's [`UnwrittenBatch`], written as one record as soon as no input is waiting,
@@ -29,12 +40,14 @@ use carbonflow_schemas::bus::{
     BusError, KafkaArgs, LagContext, RecordProducer, Topic, TopicLayout, add_position,
     assigned_consumer,
 };
-use carbonflow_schemas::encode;
+use carbonflow_schemas::codec::record_name;
 use carbonflow_schemas::records::{
-    ConfigRejection, DeadLetter, DecisionRef, FieldProblem, InputPosition, JournalEntry, Tick,
+    ConfigRejection, DeadLetter, DecisionRef, FieldProblem, InputPosition, JournalEntry,
+    OwnershipClaim, Tick,
 };
 use carbonflow_schemas::service::now_ms;
 use carbonflow_schemas::topics::partition_of;
+use carbonflow_schemas::{AvroRecord, decode, encode};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -51,6 +64,9 @@ use crate::view::{ProcessorView, ScheduleSummary};
 const MAX_INPUT_BYTES: usize = 256 * 1024;
 /// How much of a dead-lettered record's key and payload its dead letter copies, bytes.
 const DEAD_LETTER_COPY_BYTES: usize = 64 * 1024;
+
+/// How long a snapshot waits for the journal it covers to be read back.
+const READ_BACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Consumer group name reported in lag metrics (no group commits are made).
 const GROUP: &str = "carbonflow-processor";
@@ -113,11 +129,30 @@ pub enum PipelineError {
     /// A worker thread died.
     #[error("restore worker failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// Another instance claimed a partition this one owns: this one stopped writing it.
+    #[error(
+        "partition {partition} was claimed by {claimed_by} (epoch {claim_epoch}) while this instance owned it at epoch {epoch}: stopped writing. Two instances were given the same partition; check --instance and --instances of every processor"
+    )]
+    Fenced {
+        /// The partition.
+        partition: i32,
+        /// This instance's epoch for it.
+        epoch: i64,
+        /// The newer claim's epoch.
+        claim_epoch: i64,
+        /// Who claimed it (its client id).
+        claimed_by: String,
+    },
 }
 
 /// One owned partition: its state and how far its writes got.
 struct Owned {
     state: PartitionState,
+    /// This instance's ownership epoch for the partition (its claim's offset + 1).
+    epoch: i64,
+    /// Journal offset up to which this instance has read its journal back and found no
+    /// newer claim (next offset to read: last read + 1).
+    journal_verified: i64,
     /// Next journal offset once everything queued is delivered (last delivered + 1).
     journal_next: i64,
     /// Decisions offset after the last delivered decision (+1).
@@ -135,6 +170,9 @@ impl Owned {
     /// Ownership of what restore returned (its repairs are written separately).
     fn restored(r: Restored) -> Self {
         Self {
+            epoch: r.state.epoch,
+            // Restore read the journal to its end and the claim was the latest in it.
+            journal_verified: r.journal_next,
             state: r.state,
             journal_next: r.journal_next,
             decisions_next: r.decisions_next,
@@ -155,6 +193,9 @@ struct Inputs {
     schedule_partitions: TopicPartitionList,
     forecasts: StreamConsumer<LagContext>,
     forecast_partitions: TopicPartitionList,
+    /// The owned journal partitions, read back from where restore ended: the fence.
+    journal: StreamConsumer<LagContext>,
+    journal_partitions: TopicPartitionList,
 }
 
 struct Shell {
@@ -274,10 +315,22 @@ impl Shell {
         p: i32,
         options: RestoreOptions,
     ) -> Result<(), PipelineError> {
+        let epoch = self.claim(p).await?;
         let a = args.clone();
         let mut r = tokio::task::spawn_blocking(move || restore(&a, p, options)).await??;
+        if r.state.epoch != epoch {
+            // A newer claim was written between ours and the end of the restore.
+            return Err(self.fenced(
+                p,
+                epoch,
+                r.state.epoch,
+                "another instance (claim read during restore)",
+            ));
+        }
         tracing::info!(
             partition = p,
+            epoch,
+            fenced = r.fenced,
             from_snapshot = r.from_snapshot,
             replayed = r.replayed,
             orphans = r.repairs.orphans.len(),
@@ -285,7 +338,7 @@ impl Shell {
             took_ms = r.took.as_millis() as u64,
             "partition restored"
         );
-        metrics::partition_restored(r.took, r.replayed, r.divergent);
+        metrics::partition_restored(r.took, r.replayed, r.divergent, r.fenced);
         let ids: Vec<String> = r.state.schedules.keys().cloned().collect();
         let repairs = std::mem::take(&mut r.repairs);
         self.owned.insert(p, Owned::restored(r));
@@ -315,6 +368,74 @@ impl Shell {
             self.emit(p, vec![Output::Removed { schedule }], None)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Claim partition `p`: write an ownership claim to its journal partition and return
+    /// the epoch its offset gives.
+    async fn claim(&mut self, p: i32) -> Result<i64, PipelineError> {
+        let claim = OwnershipClaim {
+            partition: p,
+            owner: self.client_id.clone(),
+            claimed_at_ms: now_ms(),
+        };
+        let bytes = encode(&claim).map_err(BusError::from)?;
+        let topic = self.layout.name(Topic::Journal);
+        let written = self
+            .outbox
+            .producer()
+            .send_bytes(&topic, p.to_string().as_bytes(), Some(p), &bytes, None)
+            .await
+            .map_err(|source| WriteFailed::new("an ownership claim", p, source))?;
+        let epoch = OwnershipClaim::epoch_at(written.offset);
+        tracing::info!(
+            partition = p,
+            epoch,
+            offset = written.offset,
+            "ownership claimed"
+        );
+        metrics::ownership_claimed(p, epoch);
+        Ok(epoch)
+    }
+
+    /// Partition `p`, owned at `epoch`, was claimed at `claim_epoch` by `claimed_by`:
+    /// logged and counted, and the error that stops this instance.
+    fn fenced(&self, p: i32, epoch: i64, claim_epoch: i64, claimed_by: &str) -> PipelineError {
+        tracing::error!(
+            partition = p,
+            epoch,
+            claim_epoch,
+            claimed_by,
+            "fenced: another instance claimed this partition; stopping without writing more"
+        );
+        metrics::fenced(p);
+        PipelineError::Fenced {
+            partition: p,
+            epoch,
+            claim_epoch,
+            claimed_by: claimed_by.to_string(),
+        }
+    }
+
+    /// A record read back from an owned journal partition (the fence): a newer claim
+    /// stops this instance; anything else is this instance's own writes (or, briefly, a
+    /// superseded owner's), and moves how far the journal is known unclaimed.
+    fn on_own_journal(&mut self, m: &BorrowedMessage<'_>) -> Result<(), PipelineError> {
+        let p = m.partition();
+        let Some(o) = self.owned.get_mut(&p) else {
+            return Ok(());
+        };
+        let payload = m.payload().unwrap_or_default();
+        if record_name(payload).is_ok_and(|n| n == OwnershipClaim::FULL_NAME)
+            && OwnershipClaim::epoch_at(m.offset()) > o.epoch
+        {
+            let by = decode::<OwnershipClaim>(payload)
+                .map_or_else(|_| "an unreadable claim".to_string(), |c| c.owner);
+            let epoch = o.epoch;
+            return Err(self.fenced(p, epoch, OwnershipClaim::epoch_at(m.offset()), &by));
+        }
+        // +1: verified is the next offset to read back.
+        o.journal_verified = o.journal_verified.max(m.offset() + 1);
         Ok(())
     }
 
@@ -371,8 +492,21 @@ impl Shell {
         {
             add_position(&mut forecast_partitions, &forecasts, 0, from)?;
         }
+        let journal = self.layout.name(Topic::Journal);
+        let mut journal_partitions = TopicPartitionList::new();
+        for (&p, o) in &self.owned {
+            add_position(&mut journal_partitions, &journal, p, o.journal_verified)?;
+        }
         let lag = self.view.lag().clone();
         Ok(Inputs {
+            journal: assigned_consumer(
+                args,
+                &format!("{}-fence", settings.client_id),
+                GROUP,
+                lag.clone(),
+                &journal_partitions,
+            )?,
+            journal_partitions,
             schedules: assigned_consumer(
                 args,
                 &settings.client_id,
@@ -405,6 +539,10 @@ impl Shell {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
                 Some(d) = self.outbox.next() => self.delivered(d)?,
+                m = inputs.journal.recv() => match m {
+                    Ok(m) => self.on_own_journal(&m)?,
+                    Err(e) => tracing::warn!(error = %e, "journal read-back error (librdkafka retries)"),
+                },
                 m = inputs.forecasts.recv() => match m {
                     Ok(m) => self.on_message(&m).await?,
                     Err(e) => tracing::warn!(error = %e, "forecast consumer error (librdkafka retries)"),
@@ -413,7 +551,7 @@ impl Shell {
                     Ok(m) => self.on_message(&m).await?,
                     Err(e) => tracing::warn!(error = %e, "consumer error (librdkafka retries)"),
                 },
-                _ = snapshot_check.tick() => self.snapshots_due(settings, false).await?,
+                _ = snapshot_check.tick() => self.snapshots_due(inputs, settings, false).await?,
                 // Last in this biased select, so it runs only when no input is waiting: the
                 // journal batch holds what was applied since the previous one.
                 _ = std::future::ready(()), if self.behind() => self.catch_up().await?,
@@ -439,8 +577,9 @@ impl Shell {
             .forecasts
             .context()
             .revoked(&inputs.forecast_partitions);
+        inputs.journal.context().revoked(&inputs.journal_partitions);
         outcome?;
-        self.snapshots_due(settings, true).await?;
+        self.snapshots_due(inputs, settings, true).await?;
         self.drain().await?;
         tracing::info!("stopped cleanly");
         Ok(())
@@ -518,7 +657,11 @@ impl Shell {
 
     /// Queue partition `p`'s unwritten journal entries as one batch record.
     async fn write_journal(&mut self, p: i32) -> Result<(), WriteFailed> {
-        let Some(batch) = self.owned.get_mut(&p).and_then(|o| o.unwritten.take(p)) else {
+        let Some(batch) = self
+            .owned
+            .get_mut(&p)
+            .and_then(|o| o.unwritten.take(p, o.epoch))
+        else {
             return Ok(());
         };
         let bytes = encode(&batch).map_err(|e| WriteFailed::new("a journal entry", p, e.into()))?;
@@ -851,9 +994,18 @@ impl Shell {
             .await
     }
 
-    /// Snapshot partition `p` (after draining every pending write, so offsets are exact).
-    async fn snapshot(&mut self, p: i32) -> Result<(), PipelineError> {
+    /// Snapshot partition `p`, after draining every pending write (so offsets are exact)
+    /// and reading the journal it covers back (so no newer claim lies inside it).
+    async fn snapshot(&mut self, inputs: &Inputs, p: i32) -> Result<(), PipelineError> {
         self.drain().await?;
+        if !self.journal_read_back(inputs, p).await? {
+            tracing::warn!(
+                partition = p,
+                "snapshot skipped: the journal it would cover was not read back in time"
+            );
+            metrics::snapshot_skipped(SnapshotSkipped::NotReadBack);
+            return Ok(());
+        }
         let Some(o) = self.owned.get_mut(&p) else {
             return Ok(());
         };
@@ -895,8 +1047,29 @@ impl Shell {
         Ok(())
     }
 
+    /// Read own journal partitions back until partition `p`'s is read up to what was
+    /// written; false if that takes longer than [`READ_BACK_TIMEOUT`].
+    async fn journal_read_back(&mut self, inputs: &Inputs, p: i32) -> Result<bool, PipelineError> {
+        let deadline = tokio::time::Instant::now() + READ_BACK_TIMEOUT;
+        while self
+            .owned
+            .get(&p)
+            .is_some_and(|o| o.journal_verified < o.journal_next)
+        {
+            match tokio::time::timeout_at(deadline, inputs.journal.recv()).await {
+                Ok(Ok(m)) => self.on_own_journal(&m)?,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "journal read-back error (librdkafka retries)")
+                }
+                Err(_) => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
     async fn snapshots_due(
         &mut self,
+        inputs: &Inputs,
         settings: &Settings,
         force: bool,
     ) -> Result<(), PipelineError> {
@@ -912,7 +1085,7 @@ impl Shell {
             .map(|(p, _)| *p)
             .collect();
         for p in due {
-            self.snapshot(p).await?;
+            self.snapshot(inputs, p).await?;
         }
         Ok(())
     }

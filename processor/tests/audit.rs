@@ -240,10 +240,13 @@ async fn audit_verifies_explains_exports_and_replays_what_if() {
     let (code, out) = audit(&copy, &["verify"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(" 1 mismatched"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("mismatch: "))
+        .unwrap_or_else(|| panic!("no mismatch line: {out}"));
     assert!(
-        out.contains(&format!(
-            "mismatch: {SCHEDULE} version {window_version}: flavours[0].weight"
-        )),
+        line.starts_with(&format!("mismatch: {SCHEDULE} epoch "))
+            && line.ends_with(&format!(" version {window_version}: flavours[0].weight")),
         "{out}"
     );
 }

@@ -10,8 +10,8 @@ use carbonflow_processor::journal::{RestoreOptions, restore};
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::decode;
 use carbonflow_schemas::records::{
-    ConfigRejection, DeadLetter, Forecast, Outcome, OutcomeCount, ScheduleConfig, ScheduleDecision,
-    TelemetryBucket, journal_entries,
+    ConfigRejection, DeadLetter, Forecast, JournalRecord, Outcome, OutcomeCount, ScheduleConfig,
+    ScheduleDecision, TelemetryBucket, journal_record,
 };
 use carbonflow_schemas::service::now_ms;
 use carbonflow_schemas::testing::{fresh_layout, samples};
@@ -213,8 +213,8 @@ async fn crash_run(name: &str, extra: &[&str]) {
         || async {
             let journaled = (0..2)
                 .flat_map(|p| read_all(&args, Topic::Journal, p))
-                .filter_map(|(_, _, payload)| journal_entries(&payload?).ok())
-                .flatten()
+                .filter_map(|(_, _, payload)| journal_record(&payload?).ok())
+                .flat_map(|r| r.entries().to_vec())
                 .filter(|e| e.input.topic == config_topic)
                 .count();
             (journaled >= schedules.len()).then_some(())
@@ -359,10 +359,14 @@ async fn two_instances_split_the_partitions_then_one_takes_over() {
     // Each journal partition was written by its owner only.
     for p in 0..2 {
         for (_, _, payload) in read_all(&args, Topic::Journal, p) {
-            let entries = journal_entries(&payload.expect("entry")).expect("journal decodes");
-            assert!(!entries.is_empty(), "an empty journal record");
-            for e in entries {
-                assert_eq!(e.partition, p);
+            match journal_record(&payload.expect("entry")).expect("journal decodes") {
+                JournalRecord::Claim(c) => assert_eq!(c.partition, p),
+                JournalRecord::Entries { entries, .. } => {
+                    assert!(!entries.is_empty(), "an empty journal record");
+                    for e in entries {
+                        assert_eq!(e.partition, p);
+                    }
+                }
             }
         }
     }

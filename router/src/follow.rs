@@ -197,7 +197,7 @@ fn apply(
         }
         Applied::Ignored { held } => {
             crate::metrics::decision_ignored();
-            tracing::debug!(%schedule, version, held, "older or duplicate decision ignored");
+            tracing::debug!(%schedule, version, ?held, "older or duplicate decision ignored");
         }
     }
 }

@@ -234,9 +234,10 @@ fn highest_precision(flavours: &[DecisionFlavour]) -> Option<usize> {
 pub(crate) enum Applied {
     /// The decision is now in force; `previous` is the version it replaced, if any.
     Applied { previous: Option<i64> },
-    /// Not newer than the version `held` (a duplicate after a processor restart, or
-    /// replayed history): ignored, so that versions only ever move forward.
-    Ignored { held: i64 },
+    /// Not newer, by [`ScheduleDecision::precedence`], than the `(epoch, version)` held (a
+    /// duplicate after a processor restart, replayed history, or a superseded owner's
+    /// late decision): ignored, so that decisions only ever move forward.
+    Ignored { held: (i64, i64) },
 }
 
 /// The latest decision of every schedule: written by the follower, read by the proxy,
@@ -244,8 +245,8 @@ pub(crate) enum Applied {
 #[derive(Debug, Default)]
 pub struct DecisionTable {
     routes: DashMap<String, Arc<Route>>,
-    /// Version held when a schedule was deleted, so older decisions stay ignored.
-    deleted: DashMap<String, i64>,
+    /// Precedence held when a schedule was deleted, so older decisions stay ignored.
+    deleted: DashMap<String, (i64, i64)>,
     /// Where upstreams may be (the router's `--allow-upstream`).
     upstreams: AllowList,
 }
@@ -259,14 +260,14 @@ impl DecisionTable {
         }
     }
 
-    /// Apply `d` if its version is newer than the one held.
+    /// Apply `d` if it supersedes the decision held.
     pub(crate) fn apply(&self, d: ScheduleDecision, now_ms: i64) -> Applied {
         let held = self
             .routes
             .get(&d.schedule)
-            .map(|r| r.decision.version)
+            .map(|r| r.decision.precedence())
             .or_else(|| self.deleted.get(&d.schedule).map(|v| *v));
-        if let Some(held) = held.filter(|h| d.version <= *h) {
+        if let Some(held) = held.filter(|h| d.precedence() <= *h) {
             return Applied::Ignored { held };
         }
         let previous = self.routes.get(&d.schedule).map(|r| r.decision.version);
@@ -282,7 +283,7 @@ impl DecisionTable {
     pub(crate) fn remove(&self, schedule: &str) {
         if let Some((_, r)) = self.routes.remove(schedule) {
             self.deleted
-                .insert(schedule.to_string(), r.decision.version);
+                .insert(schedule.to_string(), r.decision.precedence());
         }
     }
 
@@ -312,15 +313,37 @@ mod tests {
     fn only_newer_versions_apply() {
         let t = DecisionTable::default();
         assert_eq!(t.apply(decision(3), 0), Applied::Applied { previous: None });
-        assert_eq!(t.apply(decision(2), 0), Applied::Ignored { held: 3 });
-        assert_eq!(t.apply(decision(3), 0), Applied::Ignored { held: 3 });
+        assert_eq!(t.apply(decision(2), 0), Applied::Ignored { held: (0, 3) });
+        assert_eq!(t.apply(decision(3), 0), Applied::Ignored { held: (0, 3) });
         assert_eq!(
             t.apply(decision(5), 0),
             Applied::Applied { previous: Some(3) }
         );
         t.remove(&decision(5).schedule);
-        assert_eq!(t.apply(decision(4), 0), Applied::Ignored { held: 5 });
+        assert_eq!(t.apply(decision(4), 0), Applied::Ignored { held: (0, 5) });
         assert!(t.get(&decision(5).schedule).is_none());
+    }
+
+    #[test]
+    fn a_newer_owner_epoch_supersedes_any_version_of_an_older_one() {
+        let at = |epoch, version| ScheduleDecision {
+            epoch,
+            ..decision(version)
+        };
+        let t = DecisionTable::default();
+        t.apply(at(10, 7), 0);
+        // The new owner restored to version 5 (the old one's last two were fenced out).
+        assert_eq!(
+            t.apply(at(20, 6), 0),
+            Applied::Applied { previous: Some(7) }
+        );
+        // The superseded owner's late decisions, even with higher versions, are ignored.
+        assert_eq!(t.apply(at(10, 8), 0), Applied::Ignored { held: (20, 6) });
+        assert_eq!(t.apply(at(20, 6), 0), Applied::Ignored { held: (20, 6) });
+        assert_eq!(
+            t.apply(at(20, 7), 0),
+            Applied::Applied { previous: Some(6) }
+        );
     }
 
     #[test]

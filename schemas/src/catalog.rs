@@ -55,6 +55,11 @@ const SHIPPED: &[(&str, u32, &str)] = &[
         2,
         include_str!("../avro/schedule_decision/v2.avsc"),
     ),
+    (
+        "schedule_decision",
+        3,
+        include_str!("../avro/schedule_decision/v3.avsc"),
+    ),
     ("tick", 1, include_str!("../avro/tick/v1.avsc")),
     (
         "config_rejection",
@@ -75,6 +80,16 @@ const SHIPPED: &[(&str, u32, &str)] = &[
         "journal_batch",
         1,
         include_str!("../avro/journal_batch/v1.avsc"),
+    ),
+    (
+        "journal_batch",
+        2,
+        include_str!("../avro/journal_batch/v2.avsc"),
+    ),
+    (
+        "ownership_claim",
+        1,
+        include_str!("../avro/ownership_claim/v1.avsc"),
     ),
     (
         "partition_snapshot",

@@ -472,6 +472,19 @@ pub struct ScheduleDecision {
     /// flavours' upstreams (`false`: they are stripped).
     #[serde(default = "forwarded")]
     pub forward_credentials: bool,
+    /// Ownership epoch of the processor that wrote it (see [`OwnershipClaim`]; 0 = written
+    /// before ownership claims). Routers order decisions by `(epoch, version)`.
+    #[serde(default)]
+    pub epoch: i64,
+}
+
+impl ScheduleDecision {
+    /// The order in which decisions of one schedule supersede each other: by owner epoch,
+    /// then version. A superseded owner's late decisions therefore never replace the new
+    /// owner's, whatever their versions; within an epoch, versions only move forward.
+    pub fn precedence(&self) -> (i64, i64) {
+        (self.epoch, self.version)
+    }
 }
 
 /// Time written to the log (`processor.ticks`).
@@ -558,22 +571,84 @@ pub struct JournalEntry {
 /// Consecutive journal entries of one partition written as one record
 /// (`processor.journal`). Why: one record per input made the broker's per-record cost the
 /// processor's ceiling; a batch keeps every entry (and its input position) while writing
-/// one record per poll batch. Read with [`journal_entries`].
+/// one record per poll batch. Read with [`journal_record`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalBatch {
     /// Schedule partition whose state changed.
     pub partition: i32,
+    /// Ownership epoch of the writer (see [`OwnershipClaim`]; 0 = written before claims).
+    #[serde(default)]
+    pub epoch: i64,
     /// The entries, oldest first.
     pub entries: Vec<JournalEntry>,
 }
 
-/// The entries of one `processor.journal` record, oldest first: a [`JournalBatch`], or a
-/// single [`JournalEntry`] (written before batching, still readable).
-pub fn journal_entries(bytes: &[u8]) -> Result<Vec<JournalEntry>, crate::CodecError> {
-    if crate::codec::record_name(bytes)? == JournalBatch::FULL_NAME {
-        Ok(crate::decode::<JournalBatch>(bytes)?.entries)
-    } else {
-        Ok(vec![crate::decode::<JournalEntry>(bytes)?])
+/// An instance taking ownership of a schedule partition, written to that partition's
+/// journal before it restores and decides (DESIGN invariant 4).
+///
+/// Its epoch is [`OwnershipClaim::epoch_at`] its own journal offset: the log orders
+/// claims, so no two claimers ever share an epoch, and a later claim always has a higher
+/// one. The fold ignores every batch of an older epoch written after it; the owner it
+/// supersedes stops writing when it reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnershipClaim {
+    /// Schedule partition claimed.
+    pub partition: i32,
+    /// The claiming instance (its Kafka client id), for logs and audit.
+    pub owner: String,
+    /// Wall-clock time of the claim, epoch ms (for operators; the fold never reads it).
+    pub claimed_at_ms: i64,
+}
+
+impl OwnershipClaim {
+    /// The epoch of a claim written at journal offset `offset`: `offset + 1`, so that
+    /// epoch 0 is left for what was written before claims existed (the default of every
+    /// record that carries an epoch).
+    pub fn epoch_at(offset: i64) -> i64 {
+        offset + 1
+    }
+}
+
+/// One `processor.journal` record, read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JournalRecord {
+    /// Entries written by an owner of `epoch`, oldest first: a [`JournalBatch`], or a
+    /// single [`JournalEntry`] (written before batching, epoch 0).
+    Entries {
+        /// The writer's ownership epoch.
+        epoch: i64,
+        /// The entries.
+        entries: Vec<JournalEntry>,
+    },
+    /// An ownership claim.
+    Claim(OwnershipClaim),
+}
+
+impl JournalRecord {
+    /// The entries it holds (none for a claim).
+    pub fn entries(&self) -> &[JournalEntry] {
+        match self {
+            JournalRecord::Entries { entries, .. } => entries,
+            JournalRecord::Claim(_) => &[],
+        }
+    }
+}
+
+/// Read one `processor.journal` record.
+pub fn journal_record(bytes: &[u8]) -> Result<JournalRecord, crate::CodecError> {
+    match crate::codec::record_name(bytes)? {
+        JournalBatch::FULL_NAME => {
+            let batch = crate::decode::<JournalBatch>(bytes)?;
+            Ok(JournalRecord::Entries {
+                epoch: batch.epoch,
+                entries: batch.entries,
+            })
+        }
+        OwnershipClaim::FULL_NAME => crate::decode(bytes).map(JournalRecord::Claim),
+        _ => Ok(JournalRecord::Entries {
+            epoch: 0,
+            entries: vec![crate::decode::<JournalEntry>(bytes)?],
+        }),
     }
 }
 
@@ -619,6 +694,7 @@ avro_record! {
     DeadLetter => "carbonflow.DeadLetter",
     JournalEntry => "carbonflow.JournalEntry",
     JournalBatch => "carbonflow.JournalBatch",
+    OwnershipClaim => "carbonflow.OwnershipClaim",
     PartitionSnapshot => "carbonflow.PartitionSnapshot",
 }
 

@@ -714,6 +714,7 @@ pub mod samples {
                 }),
             },
             forward_credentials: true,
+            epoch: 0,
         }
     }
 
@@ -783,7 +784,17 @@ pub mod samples {
         second.decisions.clear();
         JournalBatch {
             partition: first.partition,
+            epoch: 0,
             entries: vec![first, second],
+        }
+    }
+
+    /// An ownership claim.
+    pub fn ownership_claim() -> OwnershipClaim {
+        OwnershipClaim {
+            partition: 2,
+            owner: "processor-0".into(),
+            claimed_at_ms: 1_763_467_200_000,
         }
     }
 

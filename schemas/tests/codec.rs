@@ -56,6 +56,7 @@ fn every_record_type_round_trips() {
     round_trip(samples::dead_letter());
     round_trip(samples::journal_entry());
     round_trip(samples::journal_batch());
+    round_trip(samples::ownership_claim());
     round_trip(samples::partition_snapshot());
 }
 
@@ -108,7 +109,7 @@ fn current_version_fixtures_still_decode() {
         TelemetryBucket
     );
     check!(
-        "schedule_decision-v2.bin",
+        "schedule_decision-v3.bin",
         samples::schedule_decision(),
         ScheduleDecision
     );
@@ -125,9 +126,14 @@ fn current_version_fixtures_still_decode() {
         JournalEntry
     );
     check!(
-        "journal_batch-v1.bin",
+        "journal_batch-v2.bin",
         samples::journal_batch(),
         JournalBatch
+    );
+    check!(
+        "ownership_claim-v1.bin",
+        samples::ownership_claim(),
+        OwnershipClaim
     );
     check!(
         "partition_snapshot-v2.bin",
@@ -150,6 +156,23 @@ fn v1_configs_and_decisions_decode_with_the_v2_defaults() {
     let decision: ScheduleDecision = decode(&decision).expect("v1 decision decodes");
     assert_eq!(decision, samples::schedule_decision());
     assert!(decision.forward_credentials);
+}
+
+#[test]
+fn records_written_before_ownership_claims_read_with_epoch_0() {
+    // The samples hold epoch 0, the default.
+    for file in ["schedule_decision-v1.bin", "schedule_decision-v2.bin"] {
+        let bytes = golden(file, || unreachable!("shipped fixture"));
+        let d: ScheduleDecision = decode(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(d, samples::schedule_decision(), "{file}");
+        assert_eq!(d.epoch, 0);
+    }
+    let bytes = golden("journal_batch-v1.bin", || unreachable!("shipped fixture"));
+    let batch: JournalBatch = decode(&bytes).expect("v1 batch decodes");
+    assert_eq!(batch, samples::journal_batch());
+    let mut d = samples::schedule_decision();
+    d.epoch = 7;
+    round_trip(d);
 }
 
 #[test]
@@ -292,21 +315,43 @@ fn every_strict_prefix_of_every_record_is_truncated() {
     all_prefixes!(samples::dead_letter(), DeadLetter);
     all_prefixes!(samples::journal_entry(), JournalEntry);
     all_prefixes!(samples::journal_batch(), JournalBatch);
+    all_prefixes!(samples::ownership_claim(), OwnershipClaim);
     all_prefixes!(samples::partition_snapshot(), PartitionSnapshot);
 }
 
 #[test]
-fn journal_records_read_as_entries_whether_batched_or_single() {
-    let batch = samples::journal_batch();
+fn journal_records_read_as_entries_whether_batched_or_single_or_as_claims() {
+    let mut batch = samples::journal_batch();
+    batch.epoch = 42;
     let bytes = encode(&batch).expect("encode");
-    assert_eq!(journal_entries(&bytes).expect("batch"), batch.entries);
-    // A journal written before batching holds single entries; they still read.
+    assert_eq!(
+        journal_record(&bytes).expect("batch"),
+        JournalRecord::Entries {
+            epoch: 42,
+            entries: batch.entries.clone()
+        }
+    );
+    // A journal written before batching holds single entries, of no epoch; they still read.
     let single = samples::journal_entry();
     let bytes = encode(&single).expect("encode");
-    assert_eq!(journal_entries(&bytes).expect("single"), vec![single]);
+    assert_eq!(
+        journal_record(&bytes).expect("single").entries(),
+        std::slice::from_ref(&single)
+    );
+    assert!(matches!(
+        journal_record(&bytes),
+        Ok(JournalRecord::Entries { epoch: 0, .. })
+    ));
+    let claim = samples::ownership_claim();
+    let bytes = encode(&claim).expect("encode");
+    assert_eq!(
+        journal_record(&bytes).expect("claim"),
+        JournalRecord::Claim(claim)
+    );
+    assert_eq!(OwnershipClaim::epoch_at(0), 1, "epoch 0 means no claim");
     // Anything else on the journal topic is an error naming what was found.
     let tick = encode(&samples::tick()).expect("encode");
-    match journal_entries(&tick) {
+    match journal_record(&tick) {
         Err(CodecError::WrongRecord {
             expected, found, ..
         }) => {

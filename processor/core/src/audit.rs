@@ -19,14 +19,16 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use carbonflow_schemas::records::{ConfigCommand, JournalEntry, ScheduleConfig, ScheduleDecision};
+use carbonflow_schemas::records::{
+    ConfigCommand, JournalEntry, JournalRecord, ScheduleConfig, ScheduleDecision,
+};
 use carbonflow_schemas::time::format_rfc3339_ms;
 use serde_json::{Value, json};
 
 use crate::contract::reference_contract;
 use crate::policy::planned_slots;
 use crate::spec::ScheduleSpec;
-use crate::state::{EmissionsAccount, Input, Output, PartitionState};
+use crate::state::{Admission, EmissionsAccount, Input, Output, PartitionState};
 use crate::validate::{describe_problems, validate};
 
 /// Why an audit computation failed.
@@ -69,6 +71,10 @@ pub struct Replay {
     pub decisions: BTreeMap<String, Vec<Derived>>,
     /// Journal entries read.
     pub entries: u64,
+    /// Ownership claims read.
+    pub claims: u64,
+    /// Entries superseded owners wrote after a newer claim: not folded (fencing).
+    pub fenced: u64,
     /// Gaps found (retention, compaction, unreadable records), for the report.
     pub gaps: Vec<String>,
 }
@@ -98,6 +104,27 @@ impl<'a> PartitionReplay<'a> {
             state: PartitionState::new(partition),
             opts,
         }
+    }
+
+    /// Fold one journal record, read at journal offset `offset`, as restore does: the
+    /// entries [`PartitionState::admit`] lets in are applied, claims and fenced entries
+    /// are counted.
+    pub fn apply_record(
+        &mut self,
+        offset: i64,
+        record: &JournalRecord,
+        out: &mut Replay,
+    ) -> Result<(), AuditError> {
+        match self.state.admit(offset, record) {
+            Admission::Entries(entries) => {
+                for entry in entries {
+                    self.apply(entry, out)?;
+                }
+            }
+            Admission::Claimed { .. } => out.claims += 1,
+            Admission::Fenced { entries, .. } => out.fenced += entries as u64,
+        }
+        Ok(())
     }
 
     /// Apply one journal entry, adding the decisions it re-derives to `out`. An entry
@@ -158,8 +185,9 @@ impl<'a> PartitionReplay<'a> {
     }
 }
 
-/// Decisions per schedule, by version.
-pub type Emitted = BTreeMap<String, BTreeMap<i64, ScheduleDecision>>;
+/// Decisions per schedule, by [`ScheduleDecision::precedence`]: owners of different epochs may issue the
+/// same version (a superseded owner's late decisions), never the same pair.
+pub type Emitted = BTreeMap<String, BTreeMap<(i64, i64), ScheduleDecision>>;
 
 /// Paths where two JSON values differ (`flavours[1].weight`, ...).
 pub fn differences(a: &Value, b: &Value) -> Vec<String> {
@@ -202,12 +230,14 @@ pub struct Verification {
     pub checked: u64,
     /// Compared decisions whose re-derived and emitted JSON are identical in every field.
     pub matched: u64,
-    /// `(schedule, version, differing fields)`.
-    pub mismatched: Vec<(String, i64, Vec<String>)>,
-    /// Re-derived but not on the topic (compacted, or never delivered).
-    pub missing: Vec<(String, i64)>,
-    /// On the topic but not re-derived (adopted after a crash, or outside the journal).
-    pub unexplained: Vec<(String, i64)>,
+    /// `(schedule, epoch, version, differing fields)`.
+    pub mismatched: Vec<(String, i64, i64, Vec<String>)>,
+    /// Re-derived but not on the topic (compacted, or never delivered): `(schedule,
+    /// epoch, version)`.
+    pub missing: Vec<(String, i64, i64)>,
+    /// On the topic but not re-derived (a superseded owner's after a newer claim, adopted
+    /// after a crash, or outside the journal): `(schedule, epoch, version)`.
+    pub unexplained: Vec<(String, i64, i64)>,
 }
 
 /// Compare re-derived and emitted decisions, within `[from_ms, to_ms]` of decision time.
@@ -223,8 +253,8 @@ pub fn verify(
     for (id, derived) in &replay.decisions {
         let on_topic = emitted.get(id);
         for d in derived.iter().map(|d| &d.decision).filter(|d| in_range(d)) {
-            match on_topic.and_then(|t| t.get(&d.version)) {
-                None => v.missing.push((id.clone(), d.version)),
+            match on_topic.and_then(|t| t.get(&d.precedence())) {
+                None => v.missing.push((id.clone(), d.epoch, d.version)),
                 Some(e) => {
                     v.checked += 1;
                     let diff = differences(
@@ -234,24 +264,28 @@ pub fn verify(
                     if diff.is_empty() {
                         v.matched += 1;
                     } else {
-                        v.mismatched.push((id.clone(), d.version, diff));
+                        v.mismatched.push((id.clone(), d.epoch, d.version, diff));
                     }
                 }
             }
         }
     }
-    for (id, versions) in emitted {
+    for (id, decisions) in emitted {
         if schedule.is_some_and(|s| s != id) {
             continue;
         }
         let derived = replay.decisions.get(id);
-        for version in versions
+        for &(epoch, version) in decisions
             .iter()
             .filter(|(_, d)| in_range(d))
-            .map(|(v, _)| *v)
+            .map(|(key, _)| key)
         {
-            if derived.is_none_or(|ds| ds.iter().all(|x| x.decision.version != version)) {
-                v.unexplained.push((id.clone(), version));
+            let explained = derived.is_some_and(|ds| {
+                ds.iter()
+                    .any(|x| x.decision.precedence() == (epoch, version))
+            });
+            if !explained {
+                v.unexplained.push((id.clone(), epoch, version));
             }
         }
     }

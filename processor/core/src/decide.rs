@@ -48,6 +48,8 @@ pub struct DecisionContext<'a> {
     pub at_ms: i64,
     /// Version this decision gets.
     pub version: i64,
+    /// Ownership epoch of the partition's owner (0 before any claim; dry runs).
+    pub epoch: i64,
     /// What caused it.
     pub cause: DecisionCause,
     /// Position of the causing input.
@@ -188,6 +190,7 @@ pub fn decide(
             telemetry_window: ctx.telemetry_window.clone(),
         },
         forward_credentials: config.forward_credentials,
+        epoch: ctx.epoch,
     })
 }
 

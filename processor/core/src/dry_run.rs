@@ -155,6 +155,7 @@ pub fn run(input: &str) -> Result<Value, DryRunError> {
         manual: None,
         at_ms,
         version: doc.version.unwrap_or(1),
+        epoch: 0,
         cause: DecisionCause::DryRun,
         input: InputPosition {
             topic: "stdin".into(),

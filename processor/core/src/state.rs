@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use carbonflow_schemas::codec::{record_name, wrong_record};
 use carbonflow_schemas::records::{
     ConfigCommand, ConfigRejection, FieldProblem, Forecast, ForecastUsed, InputPosition,
-    JournalEntry, ManualOverride, Outcome, OverrideCancellation, PrecisionFeed, ScheduleConfig,
-    ScheduleDecision, ScheduleDeletion, TelemetryBucket, TelemetryWindow, Tick,
+    JournalEntry, JournalRecord, ManualOverride, Outcome, OverrideCancellation, OwnershipClaim,
+    PrecisionFeed, ScheduleConfig, ScheduleDecision, ScheduleDeletion, TelemetryBucket,
+    TelemetryWindow, Tick,
 };
 use carbonflow_schemas::topics::Topic;
 use carbonflow_schemas::vocabulary::DecisionCause;
@@ -149,6 +150,25 @@ impl Output {
             Output::Removed { schedule } | Output::Refused { schedule, .. } => schedule,
         }
     }
+}
+
+/// What [`PartitionState::admit`] made of a journal record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission<'r> {
+    /// An ownership claim: `epoch` is now the partition's.
+    Claimed {
+        /// The claim's epoch.
+        epoch: i64,
+    },
+    /// Entries to fold, in order.
+    Entries(&'r [JournalEntry]),
+    /// Entries a superseded owner of `epoch` wrote after a newer claim: not folded.
+    Fenced {
+        /// The superseded owner's epoch.
+        epoch: i64,
+        /// How many entries the record held.
+        entries: usize,
+    },
 }
 
 /// Telemetry of the window being filled.
@@ -285,6 +305,10 @@ pub struct PartitionState {
     pub partition: i32,
     /// Event-time clock, epoch ms: the latest tick applied (only ticks move it).
     pub clock_ms: i64,
+    /// Ownership epoch of the latest claim folded in (0 before any): the epoch of the
+    /// owner whose entries the fold accepts, and the one its decisions carry.
+    #[serde(default)]
+    pub epoch: i64,
     /// Next offset to read per input `topic:partition` (last applied + 1, Kafka's
     /// committed-offset convention).
     pub positions: BTreeMap<String, i64>,
@@ -326,6 +350,30 @@ impl PartitionState {
         // +1: a position is the next offset to read, so a restart resumes after this record.
         self.positions
             .insert(position_key(&pos.topic, pos.partition), pos.offset + 1);
+    }
+
+    /// Admit one journal record, read at journal offset `offset`, into the fold: the one
+    /// rule of fencing (DESIGN invariant 4), for restore and audit alike. A claim makes
+    /// its epoch the partition's; entries of an older epoch than the latest claim were
+    /// written by a superseded owner after it was fenced, and are not folded: the inputs
+    /// they applied are applied again by the new owner from the positions it restored.
+    /// Entries of a newer epoch than any claim read (their claim lost to a journal gap)
+    /// take their epoch. The entries returned are to be [`replay`](Self::replay)ed in order.
+    pub fn admit<'r>(&mut self, offset: i64, record: &'r JournalRecord) -> Admission<'r> {
+        match record {
+            JournalRecord::Claim(_) => {
+                self.epoch = self.epoch.max(OwnershipClaim::epoch_at(offset));
+                Admission::Claimed { epoch: self.epoch }
+            }
+            JournalRecord::Entries { epoch, entries } if *epoch < self.epoch => Admission::Fenced {
+                epoch: *epoch,
+                entries: entries.len(),
+            },
+            JournalRecord::Entries { epoch, entries } => {
+                self.epoch = *epoch;
+                Admission::Entries(entries)
+            }
+        }
     }
 
     /// Apply one journal entry (restore, audit): the input it holds at its position. An
@@ -623,6 +671,7 @@ impl PartitionState {
             manual,
             at_ms: clock,
             version,
+            epoch: self.epoch,
             cause,
             input: pos.clone(),
             telemetry_window,
@@ -1120,6 +1169,108 @@ mod tests {
         orphan.version = 9;
         g.when("schedule.decisions", Input::Adopted(Box::new(orphan)));
         assert_eq!(decision(&g.config(config(2, T0 + 2))).version, 10);
+    }
+
+    /// A journal batch of `epoch` holding `inputs` (topic, offset, record).
+    fn batch(epoch: i64, inputs: &[(&str, i64, Vec<u8>)]) -> JournalRecord {
+        JournalRecord::Entries {
+            epoch,
+            entries: inputs
+                .iter()
+                .map(|(topic, offset, record)| JournalEntry {
+                    partition: 0,
+                    input: InputPosition {
+                        topic: (*topic).into(),
+                        partition: 0,
+                        offset: *offset,
+                    },
+                    record: record.clone(),
+                    decisions: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    fn encoded<T: AvroRecord>(record: &T) -> Vec<u8> {
+        carbonflow_schemas::encode(record).expect("the sample encodes")
+    }
+
+    fn claim() -> JournalRecord {
+        JournalRecord::Claim(samples::ownership_claim())
+    }
+
+    /// Fold `journal` (records at offsets 0, 1, ...) from an empty state.
+    fn fold(journal: &[JournalRecord]) -> (PartitionState, Vec<Output>, usize) {
+        let mut state = PartitionState::new(0);
+        let (mut outputs, mut fenced) = (vec![], 0);
+        for (offset, record) in journal.iter().enumerate() {
+            match state.admit(offset as i64, record) {
+                Admission::Entries(entries) => {
+                    for e in entries {
+                        outputs.extend(state.replay(e));
+                    }
+                }
+                Admission::Fenced { entries, .. } => fenced += entries,
+                Admission::Claimed { .. } => {}
+            }
+        }
+        (state, outputs, fenced)
+    }
+
+    #[test]
+    fn the_fold_ignores_what_a_superseded_owner_wrote_after_a_newer_claim() {
+        let tick = encoded(&Tick {
+            at_ms: T0,
+            source: "test".into(),
+        });
+        let config = ConfigCommand::Config(Box::new(config(1, T0)))
+            .encode()
+            .expect("encodes");
+        let mut b = samples::telemetry_bucket();
+        b.bucket_start_ms = T0;
+        let requests: i64 = b.counts.iter().map(|c| c.count).sum();
+        let bucket = encoded(&b);
+        // Given owner A (claim at offset 0: epoch 1) applied a tick and a config, then B
+        // claimed (offset 2: epoch 3); when A, not yet aware, journals the bucket at
+        // telemetry offset 0 and B, restored from before it, applies it too,
+        let journal = [
+            claim(),
+            batch(
+                1,
+                &[("processor.ticks", 0, tick), ("schedule.config", 0, config)],
+            ),
+            claim(),
+            batch(1, &[("request.telemetry", 0, bucket.clone())]),
+            batch(3, &[("request.telemetry", 0, bucket)]),
+        ];
+        let (state, outputs, fenced) = fold(&journal);
+        // then the bucket is counted once, A's late entry is passed over, and the state's
+        // decisions carry B's epoch.
+        assert_eq!(fenced, 1);
+        assert_eq!(state.epoch, 3);
+        assert_eq!(state.schedules["default/demo"].requests_seen, requests);
+        assert!(matches!(outputs.as_slice(), [Output::Decision(d)] if d.epoch == 1));
+        // The same journal without B's claim and entry: A's entry counts (nothing fenced).
+        let (state, _, fenced) = fold(&journal[..2]);
+        assert_eq!((fenced, state.epoch), (0, 1));
+    }
+
+    #[test]
+    fn journals_written_before_claims_fold_at_epoch_0_and_a_claim_fences_them() {
+        let mut b = samples::telemetry_bucket();
+        b.bucket_start_ms = T0;
+        let bucket = encoded(&b);
+        let (state, _, fenced) = fold(&[batch(0, &[("request.telemetry", 0, bucket.clone())])]);
+        assert_eq!((fenced, state.epoch), (0, 0));
+        assert!(state.schedules["default/demo"].requests_seen > 0);
+        // A batch of an owner whose claim was lost (a journal gap) still folds, at its epoch.
+        let (state, _, fenced) = fold(&[
+            claim(),
+            batch(0, &[("request.telemetry", 0, bucket.clone())]),
+            batch(9, &[("request.telemetry", 0, bucket)]),
+        ]);
+        assert_eq!((fenced, state.epoch), (1, 9));
+        assert!(state.schedules["default/demo"].requests_seen > 0);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct RangeRecord<'a> {
     pub key: Option<&'a [u8]>,
     /// Its value; `None` for a tombstone.
     pub payload: Option<&'a [u8]>,
+    /// Its Kafka timestamp, epoch ms (the producer's create time), if it has one.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// Reads `[from, end)` of a partition, where `end` is measured before reading: what a
@@ -88,6 +90,7 @@ impl RangeReader {
                             offset: m.offset(),
                             key: m.key(),
                             payload: m.payload(),
+                            timestamp_ms: m.timestamp().to_millis(),
                         })?;
                     }
                 }
