@@ -374,9 +374,12 @@ impl Shell {
     /// Claim partition `p`: write an ownership claim to its journal partition and return
     /// the epoch its offset gives.
     async fn claim(&mut self, p: i32) -> Result<i64, PipelineError> {
+        // The client id is the same for every instance given the same --instance, which
+        // is exactly the misconfiguration fencing catches: the host and pid tell them apart.
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
         let claim = OwnershipClaim {
             partition: p,
-            owner: self.client_id.clone(),
+            owner: format!("{} on {host} (pid {})", self.client_id, std::process::id()),
             claimed_at_ms: now_ms(),
         };
         let bytes = encode(&claim).map_err(BusError::from)?;

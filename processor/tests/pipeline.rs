@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use carbonflow_processor::journal::{RestoreOptions, restore};
-use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
+use carbonflow_schemas::bus::{KafkaArgs, RangeReader, RecordProducer, Topic};
 use carbonflow_schemas::decode;
 use carbonflow_schemas::records::{
-    ConfigRejection, DeadLetter, Forecast, JournalRecord, Outcome, OutcomeCount, ScheduleConfig,
-    ScheduleDecision, TelemetryBucket, journal_record,
+    ConfigRejection, DeadLetter, Forecast, JournalRecord, Outcome, OutcomeCount, OwnershipClaim,
+    ScheduleConfig, ScheduleDecision, TelemetryBucket, journal_record,
 };
 use carbonflow_schemas::service::now_ms;
-use carbonflow_schemas::testing::{fresh_layout, samples};
+use carbonflow_schemas::testing::{fresh_layout, processor_command, samples};
 use common::{ProcessorProcess, eventually, http, read_all, try_http};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -404,6 +404,203 @@ async fn two_instances_split_the_partitions_then_one_takes_over() {
     let folds = assert_final_state_is_the_journal_fold(&args).await;
     let folded: usize = folds.iter().map(|f| f.state.schedules.len()).sum();
     assert_eq!(folded, schedules.len());
+}
+
+/// Journal records of partition `p` with their Kafka timestamps: (offset, ms, record).
+fn journal_with_times(args: &KafkaArgs, p: i32) -> Vec<(i64, i64, JournalRecord)> {
+    let reader = RangeReader::new(args, "fence-test").expect("reader");
+    let topic = args.layout().name(Topic::Journal);
+    let (low, high) = reader.watermarks(&topic, p).expect("watermarks");
+    let mut out = vec![];
+    reader
+        .read(&topic, p, low, high, |r| {
+            let record = journal_record(r.payload.unwrap_or_default()).expect("journal decodes");
+            out.push((r.offset, r.timestamp_ms.expect("timestamped"), record));
+            Ok::<(), carbonflow_schemas::bus::BusError>(())
+        })
+        .expect("read the journal");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_owner_of_the_same_partitions_fences_the_first_and_nothing_is_lost_or_doubled() {
+    let args = fresh_layout("fence", 2).await;
+    let producer = RecordProducer::new(&args, "fence-test").expect("producer");
+    let schedules: Vec<String> = (0..4).map(|i| format!("fence/s{i}")).collect();
+    for s in &schedules {
+        send(&producer, &args, Topic::Config, s, &config(s, 1)).await;
+    }
+    send(&producer, &args, Topic::Forecasts, "GB", &forecast(150.0)).await;
+    // Every instance is started as "instance 0 of 1": each new one owns the same
+    // partitions as the one running, as after a botched scale-up.
+    let mut owner = ProcessorProcess::start(&args, 0, 1, &["--snapshot-every", "50"]);
+    owner.wait_ready(Duration::from_secs(60)).await;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    let (rounds, batches_per_round) = (4, 60);
+    let mut fenced_exits = 0;
+    for round in 0..rounds {
+        let mut newcomer = None;
+        for batch in 0..batches_per_round {
+            for (i, s) in schedules.iter().enumerate() {
+                let counts = [rng.random_range(0..20), rng.random_range(0..20), 0];
+                *expected.entry(s.clone()).or_default() += counts.iter().sum::<i64>();
+                let b = bucket(s, &format!("router-{}", i % 2), counts);
+                send(&producer, &args, Topic::Telemetry, s, &b).await;
+            }
+            if batch == batches_per_round / 3 && round > 0 {
+                // A second owner starts while the first keeps deciding under load.
+                newcomer = Some(ProcessorProcess::start(
+                    &args,
+                    0,
+                    1,
+                    &["--snapshot-every", "50"],
+                ));
+            }
+            if batch == batches_per_round / 2 {
+                send(
+                    &producer,
+                    &args,
+                    Topic::Forecasts,
+                    "GB",
+                    &forecast(150.0 + f64::from(round * 40 + 1)),
+                )
+                .await;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        if let Some(next) = newcomer {
+            // The first owner saw the newer claim and stopped, loudly.
+            let status = eventually(
+                "the superseded owner to exit",
+                Duration::from_secs(30),
+                || {
+                    let status = owner.exit_status();
+                    async move { status }
+                },
+            )
+            .await;
+            assert!(
+                !status.success(),
+                "a fenced processor exits non-zero, got {status}"
+            );
+            fenced_exits += 1;
+            owner = next;
+            owner.wait_ready(Duration::from_secs(60)).await;
+        }
+    }
+    assert_eq!(fenced_exits, rounds - 1);
+    for s in &schedules {
+        let want = expected[s];
+        let seen = eventually(
+            &format!("{s} to have seen {want} requests"),
+            Duration::from_secs(60),
+            || async {
+                let seen = state_of(&owner, s).await?["requestsSeen"].as_i64()?;
+                (seen >= want).then_some(seen)
+            },
+        )
+        .await;
+        assert_eq!(seen, want, "{s}: requests counted {seen}, produced {want}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    owner.stop();
+
+    // No two different decisions share (schedule, epoch, version).
+    let mut by_precedence: BTreeMap<(String, i64, i64), Vec<u8>> = BTreeMap::new();
+    for (schedule, ds) in decisions_by_schedule(&args) {
+        for (d, bytes) in ds {
+            let key = (schedule.clone(), d.epoch, d.version);
+            if let Some(held) = by_precedence.get(&key) {
+                assert_eq!(held, &bytes, "{key:?} issued twice with different content");
+            }
+            by_precedence.insert(key, bytes);
+        }
+    }
+    let (mut fenced_entries, mut fold_last) = (0, BTreeMap::new());
+    for p in 0..args.schedule_partitions {
+        // Every superseded owner stopped writing within a second of the claim that
+        // superseded it.
+        let journal = journal_with_times(&args, p);
+        let claims: Vec<(i64, i64)> = journal
+            .iter()
+            .filter(|(_, _, r)| matches!(r, JournalRecord::Claim(_)))
+            .map(|(offset, ms, _)| (OwnershipClaim::epoch_at(*offset), *ms))
+            .collect();
+        assert_eq!(
+            claims.len(),
+            rounds as usize,
+            "partition {p}: one claim per owner"
+        );
+        for &(epoch, claimed_ms) in &claims[1..] {
+            let late = journal
+                .iter()
+                .filter(|(offset, _, r)| {
+                    *offset >= epoch
+                        && matches!(r, JournalRecord::Entries { epoch: e, .. } if *e < epoch)
+                })
+                .map(|(_, ms, _)| ms - claimed_ms)
+                .max();
+            assert!(
+                late.is_none_or(|ms| ms <= 1000),
+                "partition {p}: a superseded owner wrote {late:?} ms after the claim of epoch {epoch}"
+            );
+        }
+        // The fold of the whole journal counts every request once.
+        let a = args.clone();
+        let folded =
+            tokio::task::spawn_blocking(move || restore(&a, p, RestoreOptions::WHOLE_JOURNAL))
+                .await
+                .expect("join")
+                .expect("fold the whole journal");
+        assert_eq!(folded.divergent, 0, "replay diverged from the journal");
+        assert_eq!(
+            folded.state.epoch,
+            claims.last().expect("claims").0,
+            "the last owner's epoch"
+        );
+        fenced_entries += folded.fenced;
+        for (id, s) in &folded.state.schedules {
+            assert_eq!(s.requests_seen, expected[id], "{id}: journal fold counts");
+            if let Some(d) = &s.last_decision {
+                fold_last.insert(id.clone(), d.clone());
+            }
+        }
+    }
+    eprintln!("entries of superseded owners passed over by the fold: {fenced_entries}");
+    // The decision routers end up holding for each schedule is the surviving fold's last.
+    for (id, d) in last_decisions_by_precedence(&args) {
+        assert_eq!(
+            Some(&d),
+            fold_last.get(&id),
+            "{id}: routers hold another decision than the fold's last"
+        );
+    }
+    let out = processor_command(env!("CARGO_BIN_EXE_processor"), "audit", &args)
+        .arg("verify")
+        .output()
+        .expect("run processor audit verify");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains(" 0 mismatched"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The decision of every schedule that wins by precedence: what a router holds.
+fn last_decisions_by_precedence(args: &KafkaArgs) -> BTreeMap<String, ScheduleDecision> {
+    decisions_by_schedule(args)
+        .into_iter()
+        .filter_map(|(s, ds)| {
+            Some((
+                s,
+                ds.into_iter()
+                    .map(|(d, _)| d)
+                    .max_by_key(ScheduleDecision::precedence)?,
+            ))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -594,7 +594,7 @@ pub struct JournalBatch {
 pub struct OwnershipClaim {
     /// Schedule partition claimed.
     pub partition: i32,
-    /// The claiming instance (its Kafka client id), for logs and audit.
+    /// The claiming instance (its Kafka client id, host and process id), for logs and audit.
     pub owner: String,
     /// Wall-clock time of the claim, epoch ms (for operators; the fold never reads it).
     pub claimed_at_ms: i64,

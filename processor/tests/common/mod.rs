@@ -42,7 +42,12 @@ impl ProcessorProcess {
 
     /// Whether the process has exited on its own.
     pub(crate) fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
+        self.exit_status().is_some()
+    }
+
+    /// How the process exited, if it has.
+    pub(crate) fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// SIGKILL: no clean shutdown, no final snapshot.
