@@ -4,6 +4,9 @@
 //! The journal and the decisions are written without transactions. After a crash either
 //! may be ahead of the other, and these rules make the outputs exactly-once in effect:
 //!
+//! "Newer" is [`ScheduleDecision::precedence`], epoch then version, as routers order
+//! decisions: a superseded owner's late decisions are superseded by the new owner's.
+//!
 //! * a decision on the topic newer than any the journal records is an **orphan**: its
 //!   journal entry was lost, so the shell journals it as [`Input::Adopted`] before
 //!   anything else and its version is never issued again with other content;
@@ -47,10 +50,11 @@ pub struct Repairs {
     pub removed: Vec<String>,
 }
 
-/// The newest decision of one schedule found on the topic.
+/// The newest decision of one schedule found on the topic, by
+/// [`ScheduleDecision::precedence`].
 #[derive(Debug)]
 struct OnTopic {
-    version: i64,
+    precedence: (i64, i64),
     offset: i64,
     bytes: Vec<u8>,
 }
@@ -119,12 +123,12 @@ impl Reconciliation {
         if self
             .on_topic
             .get(&d.schedule)
-            .is_none_or(|held| d.version > held.version)
+            .is_none_or(|held| d.precedence() > held.precedence)
         {
             self.on_topic.insert(
-                d.schedule,
+                d.schedule.clone(),
                 OnTopic {
-                    version: d.version,
+                    precedence: d.precedence(),
                     offset,
                     bytes: bytes.to_vec(),
                 },
@@ -139,7 +143,7 @@ impl Reconciliation {
             .on_topic
             .iter()
             .filter(|(schedule, seen)| {
-                seen.version > state.schedules.get(*schedule).map_or(0, |s| s.version)
+                seen.precedence.1 > state.schedules.get(*schedule).map_or(0, |s| s.version)
             })
             .map(|(_, seen)| {
                 let position = InputPosition {
@@ -156,7 +160,7 @@ impl Reconciliation {
             .filter(|d| {
                 self.on_topic
                     .get(&d.schedule)
-                    .is_none_or(|seen| seen.version < d.version)
+                    .is_none_or(|seen| seen.precedence < d.precedence())
             })
             .collect();
         Repairs {
@@ -250,6 +254,30 @@ mod tests {
             reconciliation.conclude(&state, DECISIONS, 0),
             Repairs::default()
         );
+    }
+
+    #[test]
+    fn a_superseded_owners_higher_version_does_not_hide_an_unsent_decision() {
+        // Given the owner of epoch 5 journaled a config and its decision (version 1),
+        let config = samples::schedule_config();
+        let mut state = PartitionState::new(0);
+        state.epoch = 5;
+        let mut reconciliation = Reconciliation::new();
+        let e = entry(
+            0,
+            &ConfigCommand::Config(Box::new(config.clone())),
+            &[(config.schedule.clone(), 1)],
+        );
+        assert_eq!(reconciliation.replay(&mut state, &e), None);
+        let decision = reconciliation.last_decision[&config.schedule].clone();
+        assert_eq!(decision.precedence(), (5, 1));
+        // when the topic holds only a superseded owner's version 9, of epoch 2,
+        let mut superseded = decision.clone();
+        (superseded.epoch, superseded.version) = (2, 9);
+        reconciliation.seen_on_topic(3, Some(&encode(&superseded).expect("encodes")));
+        // then the owner's own decision is still resent: routers order by epoch first.
+        let repairs = reconciliation.conclude(&state, DECISIONS, 0);
+        assert_eq!(repairs.unsent, vec![decision]);
     }
 
     #[test]
