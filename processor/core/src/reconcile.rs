@@ -4,8 +4,10 @@
 //! The journal and the decisions are written without transactions. After a crash either
 //! may be ahead of the other, and these rules make the outputs exactly-once in effect:
 //!
-//! "Newer" is [`ScheduleDecision::precedence`], epoch then version, as routers order
-//! decisions: a superseded owner's late decisions are superseded by the new owner's.
+//! An orphan is found by version alone, whatever its epoch, so that versions keep rising
+//! across owners; whether a decision reached the topic is judged by
+//! [`ScheduleDecision::precedence`], epoch then version, as routers order decisions (a
+//! superseded owner's higher version does not stand for the new owner's decision).
 //!
 //! * a decision on the topic newer than any the journal records is an **orphan**: its
 //!   journal entry was lost, so the shell journals it as [`Input::Adopted`] before
@@ -50,11 +52,10 @@ pub struct Repairs {
     pub removed: Vec<String>,
 }
 
-/// The newest decision of one schedule found on the topic, by
-/// [`ScheduleDecision::precedence`].
+/// The highest-versioned decision of one schedule found on the topic.
 #[derive(Debug)]
 struct OnTopic {
-    precedence: (i64, i64),
+    version: i64,
     offset: i64,
     bytes: Vec<u8>,
 }
@@ -66,6 +67,8 @@ pub struct Reconciliation {
     last_decision: BTreeMap<String, ScheduleDecision>,
     removed: Vec<String>,
     on_topic: BTreeMap<String, OnTopic>,
+    /// The highest precedence found on the topic per schedule.
+    newest_on_topic: BTreeMap<String, (i64, i64)>,
     /// Journal entries replayed.
     pub replayed: u64,
 }
@@ -120,15 +123,17 @@ impl Reconciliation {
         let Ok(d) = decode::<ScheduleDecision>(bytes) else {
             return;
         };
+        let newest = self.newest_on_topic.entry(d.schedule.clone()).or_default();
+        *newest = (*newest).max(d.precedence());
         if self
             .on_topic
             .get(&d.schedule)
-            .is_none_or(|held| d.precedence() > held.precedence)
+            .is_none_or(|held| d.version > held.version)
         {
             self.on_topic.insert(
-                d.schedule.clone(),
+                d.schedule,
                 OnTopic {
-                    precedence: d.precedence(),
+                    version: d.version,
                     offset,
                     bytes: bytes.to_vec(),
                 },
@@ -143,7 +148,7 @@ impl Reconciliation {
             .on_topic
             .iter()
             .filter(|(schedule, seen)| {
-                seen.precedence.1 > state.schedules.get(*schedule).map_or(0, |s| s.version)
+                seen.version > state.schedules.get(*schedule).map_or(0, |s| s.version)
             })
             .map(|(_, seen)| {
                 let position = InputPosition {
@@ -158,9 +163,9 @@ impl Reconciliation {
             .last_decision
             .into_values()
             .filter(|d| {
-                self.on_topic
+                self.newest_on_topic
                     .get(&d.schedule)
-                    .is_none_or(|seen| seen.precedence < d.precedence())
+                    .is_none_or(|seen| *seen < d.precedence())
             })
             .collect();
         Repairs {
@@ -275,9 +280,11 @@ mod tests {
         let mut superseded = decision.clone();
         (superseded.epoch, superseded.version) = (2, 9);
         reconciliation.seen_on_topic(3, Some(&encode(&superseded).expect("encodes")));
-        // then the owner's own decision is still resent: routers order by epoch first.
+        // then the owner's own decision is still resent (routers order by epoch first),
+        // and the higher version is adopted, so that versions keep rising across owners.
         let repairs = reconciliation.conclude(&state, DECISIONS, 0);
         assert_eq!(repairs.unsent, vec![decision]);
+        assert_eq!(repairs.orphans.len(), 1);
     }
 
     #[test]
