@@ -119,6 +119,18 @@ async fn last_decision_where(
     last_decisions(args).remove(schedule).filter(|d| want(d))
 }
 
+/// Partition `p` restored by folding its whole journal from offset 0, with no entry whose
+/// replay diverges from what it recorded.
+async fn fold_whole_journal(args: &KafkaArgs, p: i32) -> carbonflow_processor::journal::Restored {
+    let a = args.clone();
+    let folded = tokio::task::spawn_blocking(move || restore(&a, p, RestoreOptions::WHOLE_JOURNAL))
+        .await
+        .expect("join")
+        .expect("fold the whole journal");
+    assert_eq!(folded.divergent, 0, "replay diverged from the journal");
+    folded
+}
+
 /// The processor's final ledger (what its last decision recorded) equals the ledger
 /// obtained by folding each partition's whole journal in order; returns the folds.
 async fn assert_final_state_is_the_journal_fold(
@@ -127,13 +139,7 @@ async fn assert_final_state_is_the_journal_fold(
     let last = last_decisions(args);
     let mut folds = Vec::new();
     for p in 0..args.schedule_partitions {
-        let a = args.clone();
-        let folded =
-            tokio::task::spawn_blocking(move || restore(&a, p, RestoreOptions::WHOLE_JOURNAL))
-                .await
-                .expect("join")
-                .expect("fold the whole journal");
-        assert_eq!(folded.divergent, 0, "replay diverged from the journal");
+        let folded = fold_whole_journal(args, p).await;
         assert!(
             folded.repairs.unsent.is_empty(),
             "a clean stop leaves nothing unsent"
@@ -547,13 +553,7 @@ async fn a_second_owner_of_the_same_partitions_fences_the_first_and_nothing_is_l
             );
         }
         // The fold of the whole journal counts every request once.
-        let a = args.clone();
-        let folded =
-            tokio::task::spawn_blocking(move || restore(&a, p, RestoreOptions::WHOLE_JOURNAL))
-                .await
-                .expect("join")
-                .expect("fold the whole journal");
-        assert_eq!(folded.divergent, 0, "replay diverged from the journal");
+        let folded = fold_whole_journal(&args, p).await;
         assert_eq!(
             folded.state.epoch,
             claims.last().expect("claims").0,
