@@ -746,7 +746,7 @@ async fn invalid_configs_from_http_or_the_topic_leave_the_previous_in_force() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_adopts_orphan_decisions_and_resends_unsent_ones() {
-    use carbonflow_schemas::records::{DecisionRef, InputPosition, JournalEntry};
+    use carbonflow_schemas::records::{DecisionRef, InputPosition, JournalBatch, JournalEntry};
     let args = fresh_layout("orphans", 1).await;
     let producer = RecordProducer::new(&args, "orphans-test").expect("producer");
     let id = "orph/app";
@@ -787,7 +787,8 @@ async fn restore_adopts_orphan_decisions_and_resends_unsent_ones() {
     p.kill();
 
     // A journaled decision that never reached the topic: restore sends it. The entry is
-    // written alone, as processors did before journal batches: such journals still read.
+    // written as the last owner would have before it crashed: a batch of its epoch (an
+    // entry of an older epoch after its claim would be a superseded writer's, and fenced).
     let next = assert_versions_never_regress(&args)[id];
     let mut c = config(id, 2);
     c.policy = "p100".into();
@@ -810,7 +811,20 @@ async fn restore_adopts_orphan_decisions_and_resends_unsent_ones() {
             version: next + 1,
         }],
     };
-    send(&producer, &args, Topic::Journal, "0", &entry).await;
+    let epoch = read_all(&args, Topic::Journal, 0)
+        .into_iter()
+        .filter_map(|(offset, _, payload)| {
+            matches!(journal_record(&payload?), Ok(JournalRecord::Claim(_)))
+                .then(|| OwnershipClaim::epoch_at(offset))
+        })
+        .max()
+        .expect("the owners' claims are in the journal");
+    let batch = JournalBatch {
+        partition: 0,
+        epoch,
+        entries: vec![entry],
+    };
+    send(&producer, &args, Topic::Journal, "0", &batch).await;
     let p = ProcessorProcess::start(&args, 0, 1, &[]);
     p.wait_ready(Duration::from_secs(60)).await;
     let resent = eventually(
