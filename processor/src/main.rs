@@ -251,7 +251,7 @@ fn audit(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
             report_gaps(&gaps);
             let v = a::verify(&replay, &emitted, schedule.as_deref(), from, to);
             println!(
-                "audit verify: {} journal entries ({} of superseded owners not folded, {} ownership claims); {} decisions checked, {} matched, {} mismatched, {} not on the topic, {} not in the journal",
+                "audit verify: {} journal entries folded ({} more of superseded owners not folded, {} ownership claims); {} decisions checked, {} matched, {} mismatched, {} not on the topic, {} not in the journal",
                 replay.entries,
                 replay.fenced,
                 replay.claims,

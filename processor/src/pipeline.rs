@@ -129,6 +129,18 @@ pub enum PipelineError {
     /// A worker thread died.
     #[error("restore worker failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The restore of a claimed partition ended before this instance's own claim.
+    #[error(
+        "partition {partition}: the restore ended at epoch {restored}, before this instance's own claim (epoch {epoch}): the journal was recreated or truncated while it was being claimed, or the latest snapshot was written past the claim by a processor too old to read claims (stop old processors before new ones start)"
+    )]
+    ClaimNotRestored {
+        /// The partition.
+        partition: i32,
+        /// This instance's claim's epoch.
+        epoch: i64,
+        /// The epoch the restored state ended at.
+        restored: i64,
+    },
     /// Another instance claimed a partition this one owns: this one stopped writing it.
     #[error(
         "partition {partition} was claimed by {claimed_by} (epoch {claim_epoch}) while this instance owned it at epoch {epoch}: stopped writing. Two instances were given the same partition; check --instance and --instances of every processor"
@@ -318,7 +330,18 @@ impl Shell {
         let epoch = self.claim(p).await?;
         let a = args.clone();
         let mut r = tokio::task::spawn_blocking(move || restore(&a, p, options)).await??;
-        if r.state.epoch != epoch {
+        if r.state.epoch < epoch {
+            // Restore reads to the journal's end measured after the claim was acknowledged,
+            // so the claim was lost (journal recreated or truncated), or the snapshot used
+            // covers it without its epoch (written past it by a processor that predates
+            // claims).
+            return Err(PipelineError::ClaimNotRestored {
+                partition: p,
+                epoch,
+                restored: r.state.epoch,
+            });
+        }
+        if r.state.epoch > epoch {
             // A newer claim was written between ours and the end of the restore.
             return Err(self.fenced(
                 p,

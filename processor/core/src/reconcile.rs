@@ -4,11 +4,6 @@
 //! The journal and the decisions are written without transactions. After a crash either
 //! may be ahead of the other, and these rules make the outputs exactly-once in effect:
 //!
-//! An orphan is found by version alone, whatever its epoch, so that versions keep rising
-//! across owners; whether a decision reached the topic is judged by
-//! [`ScheduleDecision::precedence`], epoch then version, as routers order decisions (a
-//! superseded owner's higher version does not stand for the new owner's decision).
-//!
 //! * a decision on the topic newer than any the journal records is an **orphan**: its
 //!   journal entry was lost, so the shell journals it as [`Input::Adopted`] before
 //!   anything else and its version is never issued again with other content;
@@ -19,6 +14,11 @@
 //! * a journal entry whose replay produces other decision versions than it recorded is
 //!   **divergent**: the fold is not deterministic, which is a bug to report, not a state
 //!   to repair.
+//!
+//! An orphan is found by version alone, whatever its epoch, so that versions keep rising
+//! across owners; whether a decision reached the topic is judged by
+//! [`ScheduleDecision::precedence`], epoch then version, as routers order decisions (a
+//! superseded owner's higher version does not stand for the new owner's decision).
 //!
 //! [`Reconciliation`] is fed the journal tail entry by entry ([`Reconciliation::replay`])
 //! and the decisions written since the snapshot ([`Reconciliation::seen_on_topic`]), then
