@@ -152,16 +152,15 @@ pub enum PipelineError {
         epoch: i64,
         /// The newer claim's epoch.
         claim_epoch: i64,
-        /// Who claimed it (its client id).
+        /// Who claimed it (client id, host and process id).
         claimed_by: String,
     },
 }
 
 /// One owned partition: its state and how far its writes got.
 struct Owned {
+    /// The state; its `epoch` is this instance's claim's (it never changes while owned).
     state: PartitionState,
-    /// This instance's ownership epoch for the partition (its claim's offset + 1).
-    epoch: i64,
     /// Journal offset up to which this instance has read its journal back and found no
     /// newer claim (next offset to read: last read + 1).
     journal_verified: i64,
@@ -182,7 +181,6 @@ impl Owned {
     /// Ownership of what restore returned (its repairs are written separately).
     fn restored(r: Restored) -> Self {
         Self {
-            epoch: r.state.epoch,
             // Restore read the journal to its end and the claim was the latest in it.
             journal_verified: r.journal_next,
             state: r.state,
@@ -453,11 +451,11 @@ impl Shell {
         };
         let payload = m.payload().unwrap_or_default();
         if record_name(payload).is_ok_and(|n| n == OwnershipClaim::FULL_NAME)
-            && OwnershipClaim::epoch_at(m.offset()) > o.epoch
+            && OwnershipClaim::epoch_at(m.offset()) > o.state.epoch
         {
             let by = decode::<OwnershipClaim>(payload)
                 .map_or_else(|_| "an unreadable claim".to_string(), |c| c.owner);
-            let epoch = o.epoch;
+            let epoch = o.state.epoch;
             return Err(self.fenced(p, epoch, OwnershipClaim::epoch_at(m.offset()), &by));
         }
         // +1: verified is the next offset to read back.
@@ -686,7 +684,7 @@ impl Shell {
         let Some(batch) = self
             .owned
             .get_mut(&p)
-            .and_then(|o| o.unwritten.take(p, o.epoch))
+            .and_then(|o| o.unwritten.take(p, o.state.epoch))
         else {
             return Ok(());
         };

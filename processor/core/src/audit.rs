@@ -185,8 +185,9 @@ impl<'a> PartitionReplay<'a> {
     }
 }
 
-/// Decisions per schedule, by [`ScheduleDecision::precedence`]: owners of different epochs may issue the
-/// same version (a superseded owner's late decisions), never the same pair.
+/// Decisions per schedule, by [`ScheduleDecision::precedence`]: owners of different
+/// epochs may issue the same version (a superseded owner's late decisions), never the
+/// same pair.
 pub type Emitted = BTreeMap<String, BTreeMap<(i64, i64), ScheduleDecision>>;
 
 /// Paths where two JSON values differ (`flavours[1].weight`, ...).
