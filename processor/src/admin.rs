@@ -137,12 +137,11 @@ fn invalid(error: &str, problems: &[FieldProblem]) -> Response {
 /// 404 body for a schedule this instance does not hold, saying who would.
 fn unknown(state: &AdminState, id: &ScheduleId) -> Response {
     let mut body = json!({"error": format!("unknown schedule {id}")});
-    let (instance, instances) = state.view.instance();
-    if instances > 1 {
-        body["hint"] = json!(format!(
-            "this is instance {instance} of {instances}; schedules of other partitions are served by their owner"
-        ));
-    }
+    body["hint"] = json!(format!(
+        "this processor ({}) owns schedule partitions {:?}; schedules of other partitions are served by their owner",
+        state.view.ownership(),
+        state.view.partitions()
+    ));
     reply(StatusCode::NOT_FOUND, body)
 }
 

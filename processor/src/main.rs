@@ -9,9 +9,9 @@ use anyhow::Context;
 use carbonflow_core::gate::{Limits, MAX_TIME_MS};
 use carbonflow_processor::access::AdminToken;
 use carbonflow_processor::admin::{self, AdminState};
-use carbonflow_processor::pipeline::{self, Settings};
+use carbonflow_processor::pipeline::{self, Ownership, Settings};
 use carbonflow_processor::view::ProcessorView;
-use carbonflow_schemas::bus::{KafkaArgs, RecordProducer};
+use carbonflow_schemas::bus::{GroupMember, KafkaArgs, RecordProducer};
 use carbonflow_schemas::upstream::AllowList;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -37,18 +37,53 @@ enum Command {
     Decide,
 }
 
+/// Who decides which schedule partitions an instance owns (see README, "Several
+/// instances").
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OwnershipMode {
+    /// Instance i of N owns the partitions p with p mod N = i (--instance, --instances).
+    Explicit,
+    /// Kafka's consumer-group protocol assigns them (--group-id); a dead instance's
+    /// partitions move to the others once the broker evicts it.
+    Group,
+}
+
 #[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
     kafka: KafkaArgs,
-    /// This instance's index among --instances. A StatefulSet pod name such as
-    /// `processor-2` is accepted (its trailing number is used).
+    /// How partitions are owned: explicit (instance i of N; for brokers that never evict
+    /// a dead member, like the local one) or group (the consumer group assigns them).
+    #[arg(
+        long,
+        env = "CARBONFLOW_OWNERSHIP",
+        value_enum,
+        default_value = "explicit"
+    )]
+    ownership: OwnershipMode,
+    /// Explicit ownership: this instance's index among --instances. A StatefulSet pod
+    /// name such as `processor-2` is accepted (its trailing number is used).
     #[arg(long, env = "CARBONFLOW_INSTANCE", default_value = "0", value_parser = parse_instance)]
     instance: i32,
-    /// Number of processor instances; instance i owns the schedule partitions p with
-    /// p mod instances = i.
+    /// Explicit ownership: number of processor instances; instance i owns the schedule
+    /// partitions p with p mod instances = i.
     #[arg(long, env = "CARBONFLOW_INSTANCES", default_value_t = 1)]
     instances: i32,
+    /// Group ownership: the consumer group the processors share (default: the topic
+    /// prefix followed by carbonflow-processor).
+    #[arg(long, env = "CARBONFLOW_GROUP_ID")]
+    group_id: Option<String>,
+    /// Group ownership: static membership id (group.instance.id), e.g. the pod name. A
+    /// static member restarted within the session timeout gets its partitions back
+    /// without a rebalance; one that stops for good hands them over only when its
+    /// session ends. Unset: a dynamic member, which hands over at once when it stops.
+    #[arg(long, env = "CARBONFLOW_GROUP_INSTANCE_ID")]
+    group_instance_id: Option<String>,
+    /// Group ownership: how long the broker waits for a silent member before moving its
+    /// partitions to the others, milliseconds (the bound on a crash takeover). Brokers
+    /// refuse values outside their group.min/max.session.timeout.ms (Kafka: 6000–1800000).
+    #[arg(long, env = "CARBONFLOW_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    session_timeout_ms: u64,
     /// File holding the bearer token that requests publishing commands (PUT /config,
     /// POST and DELETE .../manual) must carry as `Authorization: Bearer <token>`. Required
     /// when --admin-listen is not a loopback address.
@@ -82,7 +117,8 @@ struct RunArgs {
     /// ...or after this many seconds with any change, whichever comes first.
     #[arg(long, env = "CARBONFLOW_SNAPSHOT_INTERVAL_S", default_value_t = 60)]
     snapshot_interval_s: u64,
-    /// Kafka client id (default: processor-<instance>).
+    /// Kafka client id (default: processor-<instance>; in group mode processor- followed
+    /// by the static membership id, the host name or the process id).
     #[arg(long, env = "CARBONFLOW_CLIENT_ID")]
     client_id: Option<String>,
     #[command(flatten)]
@@ -432,16 +468,41 @@ fn admin_token(args: &RunArgs) -> anyhow::Result<Option<AdminToken>> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let ownership = match args.ownership {
+        OwnershipMode::Explicit => Ownership::Explicit {
+            instance: args.instance,
+            instances: args.instances,
+        },
+        OwnershipMode::Group => Ownership::Group {
+            group: args
+                .group_id
+                .clone()
+                .unwrap_or_else(|| format!("{}carbonflow-processor", args.kafka.topic_prefix)),
+            member: GroupMember {
+                instance_id: args.group_instance_id.clone(),
+                session_timeout_ms: args.session_timeout_ms,
+            },
+        },
+    };
+    let client_id = args
+        .client_id
+        .clone()
+        .unwrap_or_else(|| match args.ownership {
+            OwnershipMode::Explicit => format!("processor-{}", args.instance),
+            OwnershipMode::Group => format!(
+                "processor-{}",
+                args.group_instance_id
+                    .clone()
+                    .or_else(|| std::env::var("HOSTNAME").ok())
+                    .unwrap_or_else(|| std::process::id().to_string())
+            ),
+        });
     let settings = Settings {
-        instance: args.instance,
-        instances: args.instances,
+        ownership,
         tick_interval: Duration::from_millis(args.tick_interval_ms.max(10)),
         snapshot_every: args.snapshot_every.max(1),
         snapshot_interval: Duration::from_secs(args.snapshot_interval_s.max(1)),
-        client_id: args
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("processor-{}", args.instance)),
+        client_id,
         limits: args.limits.limits()?,
         accept_journal_gap: args.accept_journal_gap,
         drain_delay: Duration::from_millis(args.drain_delay_ms),
@@ -449,7 +510,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let token = admin_token(&args)?;
     let handle = carbonflow_schemas::service::install_metrics().context("installing metrics")?;
     carbonflow_processor::metrics::describe();
-    let view = Arc::new(ProcessorView::new(settings.instance, settings.instances));
+    let view = Arc::new(ProcessorView::new(settings.ownership.describe()));
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await

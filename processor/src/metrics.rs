@@ -65,6 +65,8 @@ const READY: &str = "carbonflow_processor_ready";
 const PARTITION_EPOCH: &str = "carbonflow_partition_epoch";
 const FENCED: &str = "carbonflow_partitions_fenced_total";
 const FENCED_ENTRIES: &str = "carbonflow_restore_fenced_entries_total";
+const PARTITIONS_OWNED: &str = "carbonflow_partitions_owned";
+const PARTITIONS_RELEASED: &str = "carbonflow_partitions_released_total";
 
 /// Slots of the forecast ahead exported per zone.
 const FORECAST_SLOTS_EXPORTED: usize = 12;
@@ -224,6 +226,15 @@ pub fn describe() {
         Unit::Count,
         "Owned partitions another instance claimed: this instance stopped writing them (and, in explicit mode, exited)."
     );
+    describe_gauge!(
+        PARTITIONS_OWNED,
+        "Schedule partitions this instance owns now."
+    );
+    describe_counter!(
+        PARTITIONS_RELEASED,
+        Unit::Count,
+        "Owned partitions given up, by reason: handed_over (revoked by the group, written out and snapshotted first), lost (the group moved them while this instance was out of touch), fenced (another instance claimed them)."
+    );
     describe_counter!(
         FENCED_ENTRIES,
         Unit::Count,
@@ -236,6 +247,9 @@ pub fn describe() {
 pub(crate) fn start_at_zero() {
     counter!(CONFIG_REJECTIONS).increment(0);
     counter!(FENCED).increment(0);
+    for reason in Released::ALL {
+        counter!(PARTITIONS_RELEASED, "reason" => reason.label()).increment(0);
+    }
     for reason in SnapshotSkipped::ALL {
         counter!(SNAPSHOTS_SKIPPED, "reason" => reason.label()).increment(0);
     }
@@ -466,6 +480,41 @@ pub(crate) fn ownership_claimed(partition: i32, epoch: i64) {
 pub(crate) fn fenced(partition: i32) {
     counter!(FENCED).increment(1);
     gauge!(PARTITION_EPOCH, "partition" => partition.to_string()).set(0.0);
+}
+
+/// Why an owned partition was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// Revoked by the group; written out and snapshotted first.
+    HandedOver,
+    /// Moved by the group while this instance was out of touch.
+    Lost,
+    /// Claimed by another instance.
+    Fenced,
+}
+
+impl Released {
+    const ALL: [Self; 3] = [Self::HandedOver, Self::Lost, Self::Fenced];
+
+    /// The `reason` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::HandedOver => "handed_over",
+            Self::Lost => "lost",
+            Self::Fenced => "fenced",
+        }
+    }
+}
+
+/// This instance gave up partition `partition`.
+pub(crate) fn partition_released(partition: i32, why: Released) {
+    counter!(PARTITIONS_RELEASED, "reason" => why.label()).increment(1);
+    gauge!(PARTITION_EPOCH, "partition" => partition.to_string()).set(0.0);
+}
+
+/// This instance owns `count` schedule partitions.
+pub(crate) fn partitions_owned(count: usize) {
+    gauge!(PARTITIONS_OWNED).set(count as f64);
 }
 
 /// The processor started (true) or stopped (false) consuming inputs.

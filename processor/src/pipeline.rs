@@ -3,18 +3,23 @@
 //! consume inputs, apply each one, and write its journal entry and its outputs at once.
 //! No timer sits between an input and its decision.
 //!
-//! Ownership is explicit (DESIGN, Kafka conventions): instance `i` of `N` owns the
-//! schedule partitions `p` with `p mod N = i` and reads `config`, `telemetry` and `ticks`
-//! partition `p` plus the single forecast partition. No group membership is needed, so a
-//! SIGKILLed instance that restarts resumes its own partitions at once.
+//! Ownership (DESIGN, Kafka conventions) is explicit or by consumer group. Explicit:
+//! instance `i` of `N` owns the schedule partitions `p` with `p mod N = i`; no group
+//! membership is involved, so a SIGKILLed instance that restarts resumes its own
+//! partitions at once (the local broker never evicts a dead member). Group: the
+//! consumer group assigns them ([`crate::membership`]); partitions taken are claimed,
+//! restored and consumed, partitions revoked are written out, snapshotted and released.
+//! Either way, owning `p` means reading `config`, `telemetry` and `ticks` partition `p`
+//! plus the single forecast partition, at the positions the state records.
 //!
 //! Fencing (DESIGN invariant 4): taking partition `p` first writes an [`OwnershipClaim`]
 //! to journal partition `p`; its offset gives the instance its epoch, and the restore
 //! that follows reads up to and past the claim, so the state starts from everything the
 //! previous owner wrote before it. The owner then keeps reading its own journal
 //! partitions back: a newer claim there means another instance took the partition, and
-//! this one stops at once, with [`PipelineError::Fenced`] (in explicit mode a second
-//! owner is a misconfiguration, and exiting non-zero makes it loud). Whatever it wrote
+//! this one stops writing it at once, with [`PipelineError::Fenced`]: in explicit mode a
+//! second owner is a misconfiguration and exiting non-zero makes it loud; in group mode
+//! the partition is dropped and the others go on (the group moved it). Whatever it wrote
 //! after the claim is ignored by every fold ([`PartitionState::admit`]). A snapshot is
 //! written only once the journal it covers has been read back without a newer claim, so
 //! no snapshot ever holds a fenced owner's entries.
@@ -37,8 +42,8 @@ use carbonflow_core::gate::{self, Limits, Placement, Refusal};
 use carbonflow_core::state::{Input, Output, PartitionState};
 use carbonflow_schemas::bus::admin::check_partition_counts;
 use carbonflow_schemas::bus::{
-    BusError, KafkaArgs, LagContext, RecordProducer, Topic, TopicLayout, add_position,
-    assigned_consumer,
+    BusError, GroupMember, KafkaArgs, LagContext, LagMetrics, RecordProducer, Topic, TopicLayout,
+    add_position, assigned_consumer,
 };
 use carbonflow_schemas::codec::record_name;
 use carbonflow_schemas::records::{
@@ -51,10 +56,12 @@ use carbonflow_schemas::{AvroRecord, decode, encode};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{RestoreError, RestoreOptions, Restored, SnapshotSpace, restore, snapshot_of};
-use crate::metrics::{self, SnapshotSkipped};
+use crate::membership::{Change, Membership, MembershipError};
+use crate::metrics::{self, Released, SnapshotSkipped};
 use crate::outbox::{Delivery, Outbox, UnwrittenBatch, WriteFailed, Written};
 use crate::ticks::write_ticks;
 use crate::view::{ProcessorView, ScheduleSummary};
@@ -71,13 +78,44 @@ const READ_BACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Consumer group name reported in lag metrics (no group commits are made).
 const GROUP: &str = "carbonflow-processor";
 
+/// Who decides which schedule partitions an instance owns.
+#[derive(Debug, Clone)]
+pub enum Ownership {
+    /// Instance `instance` of `instances` owns the partitions `p` with
+    /// `p mod instances = instance`.
+    Explicit {
+        /// This instance's index, `0..instances`.
+        instance: i32,
+        /// Number of instances sharing the partitions.
+        instances: i32,
+    },
+    /// The consumer group `group` assigns them.
+    Group {
+        /// The group's id.
+        group: String,
+        /// How this instance joins it.
+        member: GroupMember,
+    },
+}
+
+impl Ownership {
+    /// What the logs, the status page and the admin API say of it.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Explicit {
+                instance,
+                instances,
+            } => format!("instance {instance} of {instances}"),
+            Self::Group { group, .. } => format!("a member of consumer group {group}"),
+        }
+    }
+}
+
 /// How the processor runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// This instance's index, `0..instances`.
-    pub instance: i32,
-    /// Number of instances sharing the partitions.
-    pub instances: i32,
+    /// Who decides which schedule partitions this instance owns.
+    pub ownership: Ownership,
     /// How often ticks are written to each owned partition.
     pub tick_interval: Duration,
     /// Take a snapshot after this many journal entries of a partition...
@@ -94,13 +132,11 @@ pub struct Settings {
     pub drain_delay: Duration,
 }
 
-impl Settings {
-    /// Partitions this instance owns among `partitions`.
-    fn owned(&self, partitions: i32) -> Vec<i32> {
-        (0..partitions)
-            .filter(|p| p % self.instances == self.instance)
-            .collect()
-    }
+/// The partitions instance `instance` of `instances` owns among `partitions`.
+fn explicitly_owned(instance: i32, instances: i32, partitions: i32) -> Vec<i32> {
+    (0..partitions)
+        .filter(|p| p % instances == instance)
+        .collect()
 }
 
 /// Why the processor stopped.
@@ -129,6 +165,9 @@ pub enum PipelineError {
     /// A worker thread died.
     #[error("restore worker failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The consumer group could not be joined.
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
     /// The restore of a claimed partition ended before this instance's own claim.
     #[error(
         "partition {partition}: the restore ended at epoch {restored}, before this instance's own claim (epoch {epoch}): the journal was recreated or truncated while it was being claimed, or the latest snapshot was written past the claim by a processor too old to read claims (stop old processors before new ones start)"
@@ -142,6 +181,7 @@ pub enum PipelineError {
         restored: i64,
     },
     /// Another instance claimed a partition this one owns: this one stopped writing it.
+    /// In explicit mode it stops the instance; in group mode only the partition is dropped.
     #[error(
         "partition {partition} was claimed by {claimed_by} (epoch {claim_epoch}) while this instance owned it at epoch {epoch}: stopped writing. Two instances were given the same partition; check --instance and --instances of every processor"
     )]
@@ -197,15 +237,73 @@ impl Owned {
     }
 }
 
-/// The inputs' consumers, assigned at the positions the restored state records.
+/// One input consumer and the partitions it reads, each from the position its state
+/// records.
+struct InputConsumer {
+    consumer: StreamConsumer<LagContext>,
+    partitions: TopicPartitionList,
+}
+
+impl InputConsumer {
+    /// A consumer assigned nothing yet.
+    fn new(args: &KafkaArgs, client_id: &str, lag: &LagMetrics) -> Result<Self, BusError> {
+        let partitions = TopicPartitionList::new();
+        let consumer = assigned_consumer(args, client_id, GROUP, lag.clone(), &partitions)?;
+        Ok(Self {
+            consumer,
+            partitions,
+        })
+    }
+
+    /// Read `partitions` from the positions they carry (what was fetched for the others
+    /// is dropped and fetched again from there); stop reporting lag for what is no
+    /// longer read.
+    fn assign(&mut self, partitions: TopicPartitionList) -> Result<(), BusError> {
+        self.consumer
+            .assign(&partitions)
+            .map_err(|e| BusError::kafka("assign the owned input partitions", e))?;
+        let mut gone = TopicPartitionList::new();
+        for e in self.partitions.elements() {
+            if partitions
+                .find_partition(e.topic(), e.partition())
+                .is_none()
+            {
+                gone.add_partition(e.topic(), e.partition());
+            }
+        }
+        self.consumer.context().revoked(&gone);
+        self.consumer.context().assigned(&partitions);
+        self.partitions = partitions;
+        Ok(())
+    }
+
+    /// Stop reporting lag for everything (the consumer is about to stop).
+    fn unassigned(&self) {
+        self.consumer.context().revoked(&self.partitions);
+    }
+}
+
+/// The inputs' consumers.
 struct Inputs {
-    schedules: StreamConsumer<LagContext>,
-    schedule_partitions: TopicPartitionList,
-    forecasts: StreamConsumer<LagContext>,
-    forecast_partitions: TopicPartitionList,
+    /// `config`, `telemetry` and `ticks` of the owned partitions.
+    schedules: InputConsumer,
+    /// The forecast partition, from the least advanced owned partition's position.
+    /// Forecasts get a consumer of their own: they are the latency-critical input
+    /// (forecast → decision → routers), and a fetch over one partition returns sooner
+    /// than one over every schedule partition.
+    forecasts: InputConsumer,
     /// The owned journal partitions, read back from where restore ended: the fence.
-    journal: StreamConsumer<LagContext>,
-    journal_partitions: TopicPartitionList,
+    journal: InputConsumer,
+}
+
+impl Inputs {
+    fn new(args: &KafkaArgs, client_id: &str, lag: &LagMetrics) -> Result<Self, BusError> {
+        Ok(Self {
+            schedules: InputConsumer::new(args, client_id, lag)?,
+            forecasts: InputConsumer::new(args, &format!("{client_id}-forecasts"), lag)?,
+            journal: InputConsumer::new(args, &format!("{client_id}-fence"), lag)?,
+        })
+    }
 }
 
 struct Shell {
@@ -217,8 +315,15 @@ struct Shell {
     snapshots: RecordProducer,
     view: Arc<ProcessorView>,
     owned: BTreeMap<i32, Owned>,
+    /// The owned partitions, for the tick writer.
+    owned_partitions: watch::Sender<Vec<i32>>,
     client_id: String,
     limits: Limits,
+    restore_options: RestoreOptions,
+    /// In group mode a fenced partition is dropped; in explicit mode it stops the instance.
+    group: bool,
+    /// The stop signal: once given, the instance never turns ready again.
+    shutdown: CancellationToken,
 }
 
 /// Restore the owned partitions, then process inputs until `shutdown`.
@@ -228,10 +333,15 @@ pub async fn run(
     view: Arc<ProcessorView>,
     shutdown: CancellationToken,
 ) -> Result<(), PipelineError> {
-    if !(0..settings.instances).contains(&settings.instance) {
+    if let Ownership::Explicit {
+        instance,
+        instances,
+    } = settings.ownership
+        && !(0..instances).contains(&instance)
+    {
         return Err(PipelineError::BadInstance {
-            instance: settings.instance,
-            instances: settings.instances,
+            instance,
+            instances,
         });
     }
     metrics::start_at_zero();
@@ -240,17 +350,11 @@ pub async fn run(
         let (args, layout) = (args.clone(), layout.clone());
         tokio::task::spawn_blocking(move || check_partition_counts(&args, &layout)).await??;
     }
-    let owned = settings.owned(layout.schedule_partitions);
-    tracing::info!(
-        instance = settings.instance,
-        instances = settings.instances,
-        ?owned,
-        "owning schedule partitions"
-    );
     // Journal entries and decisions share one producer; with the gapless guarantee a
     // record that could leave a gap in a partition is a fatal error, which stops the
     // processor (restore then rebuilds from what was written).
     let producer = RecordProducer::gapless(&args, &settings.client_id)?;
+    let (owned_partitions, owned_for_ticks) = watch::channel(Vec::new());
     let mut shell = Shell {
         kafka: args.clone(),
         layout: layout.clone(),
@@ -258,28 +362,39 @@ pub async fn run(
         snapshots: RecordProducer::new(&args, &format!("{}-snapshots", settings.client_id))?,
         view: view.clone(),
         owned: BTreeMap::new(),
+        owned_partitions,
         client_id: settings.client_id.clone(),
         limits: settings.limits.clone(),
+        restore_options: RestoreOptions {
+            accept_journal_gap: settings.accept_journal_gap,
+            ..RestoreOptions::LATEST
+        },
+        group: matches!(settings.ownership, Ownership::Group { .. }),
+        shutdown: shutdown.clone(),
     };
-    // Restore before deciding anything.
-    let options = RestoreOptions {
-        accept_journal_gap: settings.accept_journal_gap,
-        ..RestoreOptions::LATEST
-    };
-    for &p in &owned {
-        shell.restore_partition(&args, p, options).await?;
+    let mut inputs = Inputs::new(&args, &settings.client_id, view.lag())?;
+    let mut membership = None;
+    match &settings.ownership {
+        Ownership::Explicit {
+            instance,
+            instances,
+        } => {
+            let owned = explicitly_owned(*instance, *instances, layout.schedule_partitions);
+            tracing::info!(instance, instances, ?owned, "owning schedule partitions");
+            shell.take(&owned, &mut inputs).await?;
+            shell.ready();
+        }
+        // Ready once the group's first assignment is restored (`Shell::on_change`).
+        Ownership::Group { group, member } => {
+            membership = Some(Membership::join(
+                &args,
+                &settings.client_id,
+                group,
+                member,
+                &layout.name(Topic::Config),
+            )?);
+        }
     }
-    for &p in &owned {
-        shell.start_clock(p).await?;
-    }
-    shell.drain().await?;
-    let inputs = shell.assign_inputs(&args, &settings)?;
-    // A stop asked for during the restore keeps the processor unready.
-    if !shutdown.is_cancelled() {
-        view.set_ready(true);
-        metrics::ready(true);
-    }
-    tracing::info!("restored; consuming inputs");
 
     // A stop turns the processor unready at once and keeps it consuming (and ticking) for
     // the drain delay, so whatever routes to its admin API can notice, then stops.
@@ -306,27 +421,150 @@ pub async fn run(
         args.clone(),
         tick_producer,
         layout,
-        owned,
+        owned_for_ticks,
         settings.tick_interval,
         settings.client_id.clone(),
         stop_consuming.clone(),
     ));
-    let outcome = shell.consume(&inputs, &settings, &stop_consuming).await;
+    let outcome = shell
+        .consume(&mut inputs, &mut membership, &settings, &stop_consuming)
+        .await;
     ticker.abort();
-    shell.stop(&inputs, &settings, outcome).await
+    shell
+        .stop(&mut inputs, membership, &settings, outcome)
+        .await
+}
+
+/// The next change of the group's assignment; never, in explicit mode.
+async fn next_change(membership: &mut Option<Membership>) -> Option<Change> {
+    match membership {
+        Some(m) => m.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Shell {
+    /// Take `partitions`: claim and restore each one not owned yet, start its clock, write
+    /// what restore repaired, then read its inputs.
+    async fn take(&mut self, partitions: &[i32], inputs: &mut Inputs) -> Result<(), PipelineError> {
+        let mut taken = Vec::new();
+        for &p in partitions {
+            if self.owned.contains_key(&p) {
+                continue;
+            }
+            let restored = self.restore_partition(p).await;
+            self.outlive_fence(restored, inputs)?;
+            if self.owned.contains_key(&p) {
+                taken.push(p);
+            }
+        }
+        for &p in &taken {
+            self.start_clock(p).await?;
+        }
+        self.drain().await?;
+        self.assign_inputs(inputs)?;
+        Ok(())
+    }
+
+    /// Release `partitions`, revoked by the group. Handed over (not `lost`): everything in
+    /// flight is written and a final snapshot taken first, so the next owner restores
+    /// from it. Lost (the group already gave them to another member): nothing more is
+    /// written for them; the next owner replays what the journal holds.
+    async fn release(
+        &mut self,
+        partitions: &[i32],
+        lost: bool,
+        inputs: &mut Inputs,
+    ) -> Result<(), PipelineError> {
+        for &p in partitions {
+            if lost {
+                self.forget_partition(p, Released::Lost);
+                continue;
+            }
+            if self.owned.get(&p).is_some_and(|o| o.since_snapshot > 0) {
+                let snapshot = self.snapshot(inputs, p).await;
+                self.outlive_fence(snapshot, inputs)?;
+            } else {
+                self.drain().await?;
+            }
+            self.forget_partition(p, Released::HandedOver);
+        }
+        self.assign_inputs(inputs)?;
+        Ok(())
+    }
+
+    /// Act on a change of the group's assignment.
+    async fn on_change(
+        &mut self,
+        change: Change,
+        inputs: &mut Inputs,
+    ) -> Result<(), PipelineError> {
+        match change {
+            Change::Assigned(partitions) => {
+                self.take(&partitions, inputs).await?;
+                self.ready();
+            }
+            Change::Revoked {
+                partitions,
+                lost,
+                released,
+            } => {
+                self.release(&partitions, lost, inputs).await?;
+                // The group waits for this answer before it moves the partitions.
+                let _ = released.try_send(());
+            }
+        }
+        Ok(())
+    }
+
+    /// In group mode a fenced partition is dropped and the others go on (the group gave
+    /// it to another member); in explicit mode the fence stops the instance, since a
+    /// second owner there is a misconfiguration.
+    fn outlive_fence(
+        &mut self,
+        step: Result<(), PipelineError>,
+        inputs: &mut Inputs,
+    ) -> Result<(), PipelineError> {
+        match step {
+            Err(PipelineError::Fenced { partition, .. }) if self.group => {
+                self.forget_partition(partition, Released::Fenced);
+                self.assign_inputs(inputs)?;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Drop partition `p` and everything this instance shows of it. Unwritten journal
+    /// entries go with it: its next owner applies their inputs again.
+    fn forget_partition(&mut self, p: i32, why: Released) {
+        let Some(o) = self.owned.remove(&p) else {
+            return;
+        };
+        for id in o.state.schedules.keys() {
+            if self.view.forget(id) {
+                metrics::schedule_removed(id);
+            }
+        }
+        tracing::info!(partition = p, reason = why.label(), "partition released");
+        metrics::partition_released(p, why);
+    }
+
+    /// Turn ready, unless a stop was asked for (a stop during a restore keeps the
+    /// processor unready).
+    fn ready(&self) {
+        if !self.shutdown.is_cancelled() && !self.view.is_ready() {
+            self.view.set_ready(true);
+            metrics::ready(true);
+            tracing::info!(partitions = ?self.view.partitions(), "restored; consuming inputs");
+        }
+    }
+
     /// Restore partition `p` from its snapshot and journal, take ownership of it, and
     /// write the repairs restore found (adopted orphans, unsent decisions, tombstones).
-    async fn restore_partition(
-        &mut self,
-        args: &KafkaArgs,
-        p: i32,
-        options: RestoreOptions,
-    ) -> Result<(), PipelineError> {
+    async fn restore_partition(&mut self, p: i32) -> Result<(), PipelineError> {
         let epoch = self.claim(p).await?;
-        let a = args.clone();
+        let (a, options) = (self.kafka.clone(), self.restore_options);
         let mut r = tokio::task::spawn_blocking(move || restore(&a, p, options)).await??;
         if r.state.epoch < epoch {
             // Restore reads to the journal's end measured after the claim was acknowledged,
@@ -430,7 +668,7 @@ impl Shell {
             epoch,
             claim_epoch,
             claimed_by,
-            "fenced: another instance claimed this partition; stopping without writing more"
+            "fenced: another instance claimed this partition; writing it no more"
         );
         metrics::fenced(p);
         PipelineError::Fenced {
@@ -491,11 +729,9 @@ impl Shell {
         Ok(())
     }
 
-    /// Assign every input partition at the position the state records. Forecasts get a
-    /// consumer of their own: they are the latency-critical input (forecast → decision →
-    /// routers), and a fetch over one partition returns sooner than one over every
-    /// schedule partition.
-    fn assign_inputs(&self, args: &KafkaArgs, settings: &Settings) -> Result<Inputs, BusError> {
+    /// Read every owned partition's inputs from the positions its state records, and
+    /// tell the tick writer and the view which partitions are owned.
+    fn assign_inputs(&self, inputs: &mut Inputs) -> Result<(), BusError> {
         let mut schedule_partitions = TopicPartitionList::new();
         for (&p, o) in &self.owned {
             for t in [Topic::Config, Topic::Telemetry, Topic::Ticks] {
@@ -521,91 +757,98 @@ impl Shell {
         for (&p, o) in &self.owned {
             add_position(&mut journal_partitions, &journal, p, o.journal_verified)?;
         }
-        let lag = self.view.lag().clone();
-        Ok(Inputs {
-            journal: assigned_consumer(
-                args,
-                &format!("{}-fence", settings.client_id),
-                GROUP,
-                lag.clone(),
-                &journal_partitions,
-            )?,
-            journal_partitions,
-            schedules: assigned_consumer(
-                args,
-                &settings.client_id,
-                GROUP,
-                lag.clone(),
-                &schedule_partitions,
-            )?,
-            schedule_partitions,
-            forecasts: assigned_consumer(
-                args,
-                &format!("{}-forecasts", settings.client_id),
-                GROUP,
-                lag,
-                &forecast_partitions,
-            )?,
-            forecast_partitions,
-        })
+        inputs.schedules.assign(schedule_partitions)?;
+        inputs.forecasts.assign(forecast_partitions)?;
+        inputs.journal.assign(journal_partitions)?;
+        let owned: Vec<i32> = self.owned.keys().copied().collect();
+        metrics::partitions_owned(owned.len());
+        self.view.set_partitions(owned.clone());
+        self.owned_partitions.send_replace(owned);
+        Ok(())
     }
 
-    /// The loop: deliveries, inputs and snapshots until `shutdown` or the first failure.
+    /// The loop: deliveries, group changes, inputs and snapshots until `shutdown` or the
+    /// first failure.
     async fn consume(
         &mut self,
-        inputs: &Inputs,
+        inputs: &mut Inputs,
+        membership: &mut Option<Membership>,
         settings: &Settings,
         shutdown: &CancellationToken,
     ) -> Result<(), PipelineError> {
         let mut snapshot_check = tokio::time::interval(Duration::from_secs(1));
         loop {
-            tokio::select! {
+            let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                Some(d) = self.outbox.next() => self.delivered(d)?,
-                m = inputs.journal.recv() => match m {
-                    Ok(m) => self.on_own_journal(&m)?,
-                    Err(e) => tracing::warn!(error = %e, "journal read-back error (librdkafka retries)"),
+                Some(d) = self.outbox.next() => self.delivered(d).map_err(PipelineError::from),
+                Some(change) = next_change(membership) => self.on_change(change, inputs).await,
+                m = inputs.journal.consumer.recv() => match m {
+                    Ok(m) => self.on_own_journal(&m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "journal read-back error (librdkafka retries)");
+                        Ok(())
+                    }
                 },
-                m = inputs.forecasts.recv() => match m {
-                    Ok(m) => self.on_message(&m).await?,
-                    Err(e) => tracing::warn!(error = %e, "forecast consumer error (librdkafka retries)"),
+                m = inputs.forecasts.consumer.recv() => match m {
+                    Ok(m) => self.on_message(&m).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "forecast consumer error (librdkafka retries)");
+                        Ok(())
+                    }
                 },
-                m = inputs.schedules.recv() => match m {
-                    Ok(m) => self.on_message(&m).await?,
-                    Err(e) => tracing::warn!(error = %e, "consumer error (librdkafka retries)"),
+                m = inputs.schedules.consumer.recv() => match m {
+                    Ok(m) => self.on_message(&m).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error (librdkafka retries)");
+                        Ok(())
+                    }
                 },
-                _ = snapshot_check.tick() => self.snapshots_due(inputs, settings, false).await?,
+                _ = snapshot_check.tick() => self.snapshots_due(inputs, settings, false).await,
                 // Last in this biased select, so it runs only when no input is waiting: the
                 // journal batch holds what was applied since the previous one.
-                _ = std::future::ready(()), if self.behind() => self.catch_up().await?,
-            }
+                _ = std::future::ready(()), if self.behind() => self.catch_up().await,
+            };
+            self.outlive_fence(step, inputs)?;
         }
     }
 
     /// Stop consuming; after a graceful stop, write everything and a snapshot of every
-    /// changed partition, so the next start is quick.
+    /// changed partition, so the next start (or the next owner) restores quickly; then
+    /// leave the group, if in one.
     async fn stop(
         mut self,
-        inputs: &Inputs,
+        inputs: &mut Inputs,
+        membership: Option<Membership>,
         settings: &Settings,
         outcome: Result<(), PipelineError>,
     ) -> Result<(), PipelineError> {
         self.view.set_ready(false);
         metrics::ready(false);
-        inputs
-            .schedules
-            .context()
-            .revoked(&inputs.schedule_partitions);
-        inputs
-            .forecasts
-            .context()
-            .revoked(&inputs.forecast_partitions);
-        inputs.journal.context().revoked(&inputs.journal_partitions);
-        outcome?;
+        let written = match outcome {
+            Ok(()) => self.write_out(inputs, settings).await,
+            Err(e) => Err(e),
+        };
+        inputs.schedules.unassigned();
+        inputs.forecasts.unassigned();
+        inputs.journal.unassigned();
+        // Leaving after the final snapshots: the next owners restore from them.
+        if let Some(m) = membership {
+            m.leave().await;
+        }
+        written?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    }
+
+    /// Write a snapshot of every changed partition and everything queued.
+    async fn write_out(
+        &mut self,
+        inputs: &mut Inputs,
+        settings: &Settings,
+    ) -> Result<(), PipelineError> {
         self.snapshots_due(inputs, settings, true).await?;
         self.drain().await?;
-        tracing::info!("stopped cleanly");
         Ok(())
     }
 
@@ -1080,7 +1323,7 @@ impl Shell {
             .get(&p)
             .is_some_and(|o| o.journal_verified < o.journal_next)
         {
-            match tokio::time::timeout_at(deadline, inputs.journal.recv()).await {
+            match tokio::time::timeout_at(deadline, inputs.journal.consumer.recv()).await {
                 Ok(Ok(m)) => self.on_own_journal(&m)?,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "journal read-back error (librdkafka retries)")
@@ -1093,7 +1336,7 @@ impl Shell {
 
     async fn snapshots_due(
         &mut self,
-        inputs: &Inputs,
+        inputs: &mut Inputs,
         settings: &Settings,
         force: bool,
     ) -> Result<(), PipelineError> {
@@ -1109,7 +1352,8 @@ impl Shell {
             .map(|(p, _)| *p)
             .collect();
         for p in due {
-            self.snapshot(inputs, p).await?;
+            let snapshot = self.snapshot(inputs, p).await;
+            self.outlive_fence(snapshot, inputs)?;
         }
         Ok(())
     }

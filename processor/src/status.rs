@@ -23,10 +23,10 @@ pub(crate) const PAGE: &str = include_str!("status.html");
 pub(crate) struct StatusDocument {
     /// When the document was made, epoch ms (the page shows staleness against it).
     generated_at_ms: i64,
-    /// This instance's index.
-    instance: i32,
-    /// Number of instances.
-    instances: i32,
+    /// How this instance comes to own partitions, e.g. "instance 0 of 2".
+    ownership: String,
+    /// The schedule partitions it owns.
+    partitions: Vec<i32>,
     /// Restore finished and inputs are being consumed.
     ready: bool,
     /// Owned schedules, by id.
@@ -53,7 +53,6 @@ impl StatusDocument {
     /// The document for `view` now.
     pub(crate) fn of(view: &ProcessorView) -> Self {
         let now = now_ms();
-        let (instance, instances) = view.instance();
         let schedules = view
             .schedules()
             .into_iter()
@@ -66,8 +65,8 @@ impl StatusDocument {
             .collect();
         Self {
             generated_at_ms: now,
-            instance,
-            instances,
+            ownership: view.ownership().to_string(),
+            partitions: view.partitions(),
             ready: view.is_ready(),
             schedules,
             lag: view.lag().rows(now),

@@ -7,6 +7,7 @@ use std::time::Duration;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic, TopicLayout};
 use carbonflow_schemas::records::Tick;
 use carbonflow_schemas::service::now_ms;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Consecutive failed ticks after which the tick producer is built anew: an idempotent
@@ -14,14 +15,15 @@ use tokio_util::sync::CancellationToken;
 /// write until replaced.
 const FAILURES_BEFORE_NEW_PRODUCER: u32 = 10;
 
-/// Write the wall clock as one tick per partition of `owned` every `every`, until
+/// Write the wall clock as one tick per partition `owned` holds (it follows ownership
+/// as it changes) every `every`, until
 /// `shutdown`. A tick that cannot be written is logged and the next interval tries again:
 /// a missed tick only delays time-driven decisions by one interval.
 pub(crate) async fn write_ticks(
     args: KafkaArgs,
     mut producer: RecordProducer,
     layout: TopicLayout,
-    owned: Vec<i32>,
+    owned: watch::Receiver<Vec<i32>>,
     every: Duration,
     source: String,
     shutdown: CancellationToken,
@@ -39,7 +41,8 @@ pub(crate) async fn write_ticks(
             at_ms: now_ms(),
             source: source.clone(),
         };
-        for &p in &owned {
+        let partitions = owned.borrow().clone();
+        for p in partitions {
             match producer.send(&topic, "tick", Some(p), &tick).await {
                 Ok(_) => failures = 0,
                 Err(e) => {

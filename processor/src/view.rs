@@ -3,6 +3,7 @@
 //! the methods here and never touch the partition state itself.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use carbonflow_core::state::{DeliveredWindow, EmissionsAccount, ScheduleState};
@@ -117,8 +118,10 @@ impl RecentDecision {
 #[derive(Debug)]
 pub struct ProcessorView {
     ready: AtomicBool,
-    instance: i32,
-    instances: i32,
+    /// How this instance comes to own partitions, e.g. "instance 0 of 2".
+    ownership: String,
+    /// The schedule partitions it owns now.
+    partitions: Mutex<Vec<i32>>,
     decisions: DashMap<String, ScheduleDecision>,
     schedules: DashMap<String, ScheduleSummary>,
     /// The last [`RECENT_DECISIONS`] decisions per schedule, newest last.
@@ -127,12 +130,13 @@ pub struct ProcessorView {
 }
 
 impl ProcessorView {
-    /// An empty view for instance `instance` of `instances`.
-    pub fn new(instance: i32, instances: i32) -> Self {
+    /// An empty view of an instance whose ownership is described by `ownership` (e.g.
+    /// "instance 0 of 2", "consumer group carbonflow-processor").
+    pub fn new(ownership: impl Into<String>) -> Self {
         Self {
             ready: AtomicBool::new(false),
-            instance,
-            instances,
+            ownership: ownership.into(),
+            partitions: Mutex::new(Vec::new()),
             decisions: DashMap::new(),
             schedules: DashMap::new(),
             recent: DashMap::new(),
@@ -149,9 +153,24 @@ impl ProcessorView {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    /// This instance's index and the instance count.
-    pub(crate) fn instance(&self) -> (i32, i32) {
-        (self.instance, self.instances)
+    /// How this instance comes to own partitions.
+    pub(crate) fn ownership(&self) -> &str {
+        &self.ownership
+    }
+
+    /// The schedule partitions this instance owns, ascending.
+    pub(crate) fn partitions(&self) -> Vec<i32> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_partitions(&self, partitions: Vec<i32>) {
+        *self
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = partitions;
     }
 
     /// Consumer lag of the partitions this instance reads.

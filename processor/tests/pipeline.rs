@@ -10,72 +10,17 @@ use carbonflow_processor::journal::{RestoreOptions, restore};
 use carbonflow_schemas::bus::{KafkaArgs, RangeReader, RecordProducer, Topic};
 use carbonflow_schemas::decode;
 use carbonflow_schemas::records::{
-    ConfigRejection, DeadLetter, Forecast, JournalRecord, Outcome, OutcomeCount, OwnershipClaim,
-    ScheduleConfig, ScheduleDecision, TelemetryBucket, journal_record,
+    ConfigRejection, DeadLetter, JournalRecord, OwnershipClaim, ScheduleDecision, journal_record,
 };
 use carbonflow_schemas::service::now_ms;
-use carbonflow_schemas::testing::{fresh_layout, processor_command, samples};
-use common::{ProcessorProcess, eventually, http, read_all, try_http};
+use carbonflow_schemas::testing::{fresh_layout, samples};
+use common::{
+    ProcessorProcess, assert_audit_verifies, assert_no_decision_issued_twice, bucket, config,
+    decisions_by_schedule, eventually, fold_whole_journal, forecast, http, read_all, send,
+    state_of, try_http,
+};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-
-fn config(schedule: &str, version: i64) -> ScheduleConfig {
-    let mut c = samples::schedule_config();
-    c.schedule = schedule.into();
-    c.config_version = version;
-    c.published_at_ms = now_ms();
-    c.zone = "GB".into();
-    c
-}
-
-fn forecast(g_per_kwh: f64) -> Forecast {
-    let slots: Vec<f64> = (0..4).map(|i| g_per_kwh + 20.0 * f64::from(i)).collect();
-    samples::forecast_from("GB", "test", now_ms(), 60_000, &slots)
-}
-
-fn bucket(schedule: &str, router: &str, counts: [i64; 3]) -> TelemetryBucket {
-    let now = now_ms();
-    let mut b = samples::telemetry_bucket();
-    b.schedule = schedule.into();
-    b.router_id = router.into();
-    b.bucket_start_ms = now - now.rem_euclid(1000);
-    b.counts = ["precision-100", "precision-50", "precision-30"]
-        .iter()
-        .zip(counts)
-        .map(|(f, count)| OutcomeCount {
-            flavour: (*f).into(),
-            outcome: Outcome::Success,
-            count,
-        })
-        .collect();
-    b
-}
-
-async fn send<T: carbonflow_schemas::AvroRecord>(
-    producer: &RecordProducer,
-    args: &KafkaArgs,
-    topic: Topic,
-    key: &str,
-    record: &T,
-) {
-    producer
-        .send(&args.layout().name(topic), key, None, record)
-        .await
-        .unwrap_or_else(|e| panic!("producing to {topic:?}: {e}"));
-}
-
-/// Every decision on the topic, per schedule, in offset order (tombstones skipped).
-fn decisions_by_schedule(args: &KafkaArgs) -> BTreeMap<String, Vec<(ScheduleDecision, Vec<u8>)>> {
-    let mut out: BTreeMap<String, Vec<(ScheduleDecision, Vec<u8>)>> = BTreeMap::new();
-    for p in 0..args.schedule_partitions {
-        for (_, _, payload) in read_all(args, Topic::Decisions, p) {
-            let Some(bytes) = payload else { continue };
-            let d: ScheduleDecision = decode(&bytes).expect("decisions decode");
-            out.entry(d.schedule.clone()).or_default().push((d, bytes));
-        }
-    }
-    out
-}
 
 /// Versions never go backwards, and a version seen twice has identical content.
 fn assert_versions_never_regress(args: &KafkaArgs) -> BTreeMap<String, i64> {
@@ -119,18 +64,6 @@ async fn last_decision_where(
     last_decisions(args).remove(schedule).filter(|d| want(d))
 }
 
-/// Partition `p` restored by folding its whole journal from offset 0, with no entry whose
-/// replay diverges from what it recorded.
-async fn fold_whole_journal(args: &KafkaArgs, p: i32) -> carbonflow_processor::journal::Restored {
-    let a = args.clone();
-    let folded = tokio::task::spawn_blocking(move || restore(&a, p, RestoreOptions::WHOLE_JOURNAL))
-        .await
-        .expect("join")
-        .expect("fold the whole journal");
-    assert_eq!(folded.divergent, 0, "replay diverged from the journal");
-    folded
-}
-
 /// The processor's final ledger (what its last decision recorded) equals the ledger
 /// obtained by folding each partition's whole journal in order; returns the folds.
 async fn assert_final_state_is_the_journal_fold(
@@ -161,19 +94,6 @@ async fn assert_final_state_is_the_journal_fold(
         folds.push(folded);
     }
     folds
-}
-
-async fn state_of(p: &ProcessorProcess, schedule: &str) -> Option<Value> {
-    match http(
-        "GET",
-        &format!("{}/schedule/{schedule}/state", p.admin),
-        None,
-    )
-    .await
-    {
-        (200, v) => Some(v),
-        _ => None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,17 +432,7 @@ async fn a_second_owner_of_the_same_partitions_fences_the_first_and_nothing_is_l
     tokio::time::sleep(Duration::from_secs(2)).await;
     owner.stop();
 
-    // No two different decisions share (schedule, epoch, version).
-    let mut by_precedence: BTreeMap<(String, i64, i64), Vec<u8>> = BTreeMap::new();
-    for (schedule, ds) in decisions_by_schedule(&args) {
-        for (d, bytes) in ds {
-            let key = (schedule.clone(), d.epoch, d.version);
-            if let Some(held) = by_precedence.get(&key) {
-                assert_eq!(held, &bytes, "{key:?} issued twice with different content");
-            }
-            by_precedence.insert(key, bytes);
-        }
-    }
+    assert_no_decision_issued_twice(&args);
     let (mut fenced_entries, mut fold_last) = (0, BTreeMap::new());
     for p in 0..args.schedule_partitions {
         // Every superseded owner stopped writing within a second of the claim that
@@ -576,16 +486,7 @@ async fn a_second_owner_of_the_same_partitions_fences_the_first_and_nothing_is_l
             "{id}: routers hold another decision than the fold's last"
         );
     }
-    let out = processor_command(env!("CARGO_BIN_EXE_processor"), "audit", &args)
-        .arg("verify")
-        .output()
-        .expect("run processor audit verify");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success() && text.contains(" 0 mismatched"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_audit_verifies(&args);
 }
 
 /// The decision of every schedule that wins by precedence: what a router holds.

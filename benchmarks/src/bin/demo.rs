@@ -23,9 +23,10 @@ struct Cli {
     /// Router admin base URL (repeatable), for propagation latency.
     #[arg(long = "router-admin")]
     router_admins: Vec<String>,
-    /// Processor admin base URL.
-    #[arg(long, default_value = "http://127.0.0.1:9400")]
-    processor: String,
+    /// Processor admin base URL (repeatable: with several instances, the one that owns
+    /// the schedule answers).
+    #[arg(long = "processor", default_value = "http://127.0.0.1:9400")]
+    processors: Vec<String>,
     /// Schedule, namespace/name.
     #[arg(long, default_value = "demo/carbonstat")]
     schedule: String,
@@ -99,14 +100,22 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let schedule_url = format!("{}/schedule/{}", cli.processor, cli.schedule);
     let mut saved_g = 0.0_f64;
     let mut every = tokio::time::interval(cli.every);
     every.tick().await;
     for line in 0.. {
         every.tick().await;
         let window = std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()));
-        let decision = get_json(&schedule_url).await;
+        // The schedule's owner, which may change as instances come and go.
+        let mut owner = None;
+        for p in &cli.processors {
+            if let Some(d) = get_json(&format!("{p}/schedule/{}", cli.schedule)).await {
+                owner = Some((p.as_str(), d));
+                break;
+            }
+        }
+        let processor = owner.as_ref().map_or(cli.processors[0].as_str(), |o| o.0);
+        let decision = owner.as_ref().map(|o| o.1.clone());
         let flavours: Vec<(String, i64, f64)> = decision
             .as_ref()
             .and_then(|d| d["flavours"].as_array().cloned())
@@ -121,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect();
         let names: Vec<String> = flavours.iter().map(|f| f.0.clone()).collect();
-        let metrics = text(&client, &format!("{}/metrics", cli.processor)).await;
+        let metrics = text(&client, &format!("{processor}/metrics")).await;
         let (ns, name) = (id.namespace(), id.name());
         let intensity = prom::value(
             &metrics,

@@ -4,12 +4,20 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use carbonflow_schemas::bus::KafkaArgs;
-use carbonflow_schemas::testing::ProcessorRun;
+use carbonflow_processor::journal::{RestoreOptions, Restored, restore};
+use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
+use carbonflow_schemas::decode;
+use carbonflow_schemas::records::{
+    Forecast, Outcome, OutcomeCount, ScheduleConfig, ScheduleDecision, TelemetryBucket,
+};
+use carbonflow_schemas::service::now_ms;
+use carbonflow_schemas::testing::{ProcessorRun, processor_command, samples};
 pub(crate) use carbonflow_schemas::testing::{eventually, http, read_all, try_http};
+use serde_json::Value;
 
 /// A running `processor run` child process; killed with SIGKILL when dropped.
 pub(crate) struct ProcessorProcess {
@@ -19,15 +27,30 @@ pub(crate) struct ProcessorProcess {
 }
 
 impl ProcessorProcess {
-    /// Start instance `instance` of `instances` on the topics of `args`.
+    /// Start instance `instance` of `instances` (explicit ownership) on the topics of
+    /// `args`.
     pub(crate) fn start(args: &KafkaArgs, instance: i32, instances: i32, extra: &[&str]) -> Self {
+        let (i, n) = (instance.to_string(), instances.to_string());
+        let mut flags = vec!["--instance", &i, "--instances", &n];
+        flags.extend_from_slice(extra);
+        Self::spawn(args, &format!("{instance}-of-{instances}"), &flags)
+    }
+
+    /// Start a member of the processors' consumer group (group ownership) on the topics
+    /// of `args`, evicted `session_timeout_ms` after it falls silent.
+    pub(crate) fn start_member(args: &KafkaArgs, session_timeout_ms: u64, extra: &[&str]) -> Self {
+        let timeout = session_timeout_ms.to_string();
+        let mut flags = vec!["--ownership", "group", "--session-timeout-ms", &timeout];
+        flags.extend_from_slice(extra);
+        Self::spawn(args, "member", &flags)
+    }
+
+    fn spawn(args: &KafkaArgs, label: &str, flags: &[&str]) -> Self {
         let run = ProcessorRun::new(env!("CARGO_BIN_EXE_processor"), args)
-            .args(["--instance", &instance.to_string()])
-            .args(["--instances", &instances.to_string()])
             .args(["--tick-interval-ms", "200"])
-            .args(extra);
+            .args(flags);
         let log = std::env::temp_dir().join(format!(
-            "{}processor-{instance}-of-{instances}-{}.log",
+            "{}processor-{label}-{}.log",
             args.topic_prefix,
             run.admin_port()
         ));
@@ -38,6 +61,19 @@ impl ProcessorProcess {
             admin: p.admin_url(),
             child: p.child,
         }
+    }
+
+    /// The schedule partitions it owns now (its status document), if it answers.
+    pub(crate) async fn partitions(&self) -> Option<Vec<i64>> {
+        let (code, doc) = try_http("GET", &format!("{}/status.json", self.admin), None)
+            .await
+            .ok()?;
+        (code == 200).then_some(())?;
+        doc["partitions"]
+            .as_array()?
+            .iter()
+            .map(serde_json::Value::as_i64)
+            .collect()
     }
 
     /// Whether the process has exited on its own.
@@ -105,4 +141,122 @@ impl Drop for ProcessorProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Version `version` of schedule `schedule`'s config, in zone GB.
+pub(crate) fn config(schedule: &str, version: i64) -> ScheduleConfig {
+    let mut c = samples::schedule_config();
+    c.schedule = schedule.into();
+    c.config_version = version;
+    c.published_at_ms = now_ms();
+    c.zone = "GB".into();
+    c
+}
+
+/// A four-slot forecast for GB starting now, from `g_per_kwh` up in steps of 20.
+pub(crate) fn forecast(g_per_kwh: f64) -> Forecast {
+    let slots: Vec<f64> = (0..4).map(|i| g_per_kwh + 20.0 * f64::from(i)).collect();
+    samples::forecast_from("GB", "test", now_ms(), 60_000, &slots)
+}
+
+/// A telemetry bucket of `schedule` from `router`: `counts` successes per flavour.
+pub(crate) fn bucket(schedule: &str, router: &str, counts: [i64; 3]) -> TelemetryBucket {
+    let now = now_ms();
+    let mut b = samples::telemetry_bucket();
+    b.schedule = schedule.into();
+    b.router_id = router.into();
+    b.bucket_start_ms = now - now.rem_euclid(1000);
+    b.counts = ["precision-100", "precision-50", "precision-30"]
+        .iter()
+        .zip(counts)
+        .map(|(f, count)| OutcomeCount {
+            flavour: (*f).into(),
+            outcome: Outcome::Success,
+            count,
+        })
+        .collect();
+    b
+}
+
+/// Write `record` to `topic` with `key`; panics if it cannot.
+pub(crate) async fn send<T: carbonflow_schemas::AvroRecord>(
+    producer: &RecordProducer,
+    args: &KafkaArgs,
+    topic: Topic,
+    key: &str,
+    record: &T,
+) {
+    producer
+        .send(&args.layout().name(topic), key, None, record)
+        .await
+        .unwrap_or_else(|e| panic!("producing to {topic:?}: {e}"));
+}
+
+/// Every decision on the topic, per schedule, in offset order (tombstones skipped).
+pub(crate) fn decisions_by_schedule(
+    args: &KafkaArgs,
+) -> BTreeMap<String, Vec<(ScheduleDecision, Vec<u8>)>> {
+    let mut out: BTreeMap<String, Vec<(ScheduleDecision, Vec<u8>)>> = BTreeMap::new();
+    for p in 0..args.schedule_partitions {
+        for (_, _, payload) in read_all(args, Topic::Decisions, p) {
+            let Some(bytes) = payload else { continue };
+            let d: ScheduleDecision = decode(&bytes).expect("decisions decode");
+            out.entry(d.schedule.clone()).or_default().push((d, bytes));
+        }
+    }
+    out
+}
+
+/// Partition `p` restored by folding its whole journal from offset 0, with no entry whose
+/// replay diverges from what it recorded.
+pub(crate) async fn fold_whole_journal(args: &KafkaArgs, p: i32) -> Restored {
+    let a = args.clone();
+    let folded = tokio::task::spawn_blocking(move || restore(&a, p, RestoreOptions::WHOLE_JOURNAL))
+        .await
+        .expect("join")
+        .expect("fold the whole journal");
+    assert_eq!(folded.divergent, 0, "replay diverged from the journal");
+    folded
+}
+
+/// What `p`'s admin API shows of `schedule`'s state, if it holds it.
+pub(crate) async fn state_of(p: &ProcessorProcess, schedule: &str) -> Option<Value> {
+    match http(
+        "GET",
+        &format!("{}/schedule/{schedule}/state", p.admin),
+        None,
+    )
+    .await
+    {
+        (200, v) => Some(v),
+        _ => None,
+    }
+}
+
+/// No two different decisions share (schedule, epoch, version) on the topic.
+pub(crate) fn assert_no_decision_issued_twice(args: &KafkaArgs) {
+    let mut by_precedence: BTreeMap<(String, i64, i64), Vec<u8>> = BTreeMap::new();
+    for (schedule, ds) in decisions_by_schedule(args) {
+        for (d, bytes) in ds {
+            let key = (schedule.clone(), d.epoch, d.version);
+            if let Some(held) = by_precedence.get(&key) {
+                assert_eq!(held, &bytes, "{key:?} issued twice with different content");
+            }
+            by_precedence.insert(key, bytes);
+        }
+    }
+}
+
+/// `processor audit verify` over the topics of `args` exits 0 with 0 mismatches.
+pub(crate) fn assert_audit_verifies(args: &KafkaArgs) {
+    let out = processor_command(env!("CARGO_BIN_EXE_processor"), "audit", args)
+        .arg("verify")
+        .output()
+        .expect("run processor audit verify");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains(" 0 mismatched"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

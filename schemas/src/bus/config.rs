@@ -94,6 +94,16 @@ impl std::fmt::Debug for KafkaArgs {
     }
 }
 
+/// How a consumer-group member joins its group (see [`KafkaArgs::group_member_config`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// Static membership id (`group.instance.id`), e.g. a StatefulSet pod name; `None`
+    /// for a dynamic member, which leaves the group at once when it stops.
+    pub instance_id: Option<String>,
+    /// How long the broker waits for a silent member before it is evicted, milliseconds.
+    pub session_timeout_ms: u64,
+}
+
 impl Default for KafkaArgs {
     fn default() -> Self {
         Self::for_brokers("127.0.0.1:9092")
@@ -214,6 +224,42 @@ impl KafkaArgs {
         client_id: &str,
         group_id: &str,
     ) -> Result<ClientConfig, BusError> {
+        let c = self.consumer_base(client_id, group_id)?;
+        self.apply_options(c)
+    }
+
+    /// Configuration of a consumer that joins `group_id` to be given partitions by the
+    /// consumer-group protocol (processor ownership, `--ownership group`). It reads no
+    /// records and commits nothing: it only carries membership.
+    pub fn group_member_config(
+        &self,
+        client_id: &str,
+        group_id: &str,
+        member: &GroupMember,
+    ) -> Result<ClientConfig, BusError> {
+        let mut c = self.consumer_base(client_id, group_id)?;
+        // Incremental rebalancing: a member joining or leaving moves only the partitions
+        // that change hands, the others keep being decided throughout.
+        c.set("partition.assignment.strategy", "cooperative-sticky");
+        // How long the broker waits for a silent member before giving its partitions to
+        // the others: the bound on a crashed instance's takeover.
+        c.set("session.timeout.ms", member.session_timeout_ms.to_string());
+        // Three heartbeats per session, librdkafka's own ratio to its defaults.
+        c.set(
+            "heartbeat.interval.ms",
+            (member.session_timeout_ms / 3).max(1).to_string(),
+        );
+        if let Some(id) = &member.instance_id {
+            // Static membership: a restarted pod with the same id gets its partitions back
+            // without a rebalance, if it returns within the session timeout.
+            c.set("group.instance.id", id);
+        }
+        // Nothing is read, so no statistics are needed.
+        c.set("statistics.interval.ms", "0");
+        self.apply_options(c)
+    }
+
+    fn consumer_base(&self, client_id: &str, group_id: &str) -> Result<ClientConfig, BusError> {
         let mut c = self.client_config(client_id)?;
         // librdkafka needs a group id even for assign()-only consumers.
         c.set("group.id", group_id);
@@ -231,7 +277,7 @@ impl KafkaArgs {
         // Feeds the consumer-lag gauges (see `lag`).
         c.set("statistics.interval.ms", "5000");
         c.set("enable.partition.eof", "false");
-        self.apply_options(c)
+        Ok(c)
     }
 
     fn apply_options(&self, mut c: ClientConfig) -> Result<ClientConfig, BusError> {

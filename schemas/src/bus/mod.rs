@@ -13,7 +13,7 @@ pub mod lag;
 pub mod producer;
 
 pub use crate::topics::{Topic, TopicLayout};
-pub use config::KafkaArgs;
+pub use config::{GroupMember, KafkaArgs};
 pub use consumer::{RangeReader, RangeRecord, add_position, assigned_consumer};
 pub use lag::{LagContext, LagMetrics, LagRow};
 pub use producer::{Delivered, RecordProducer};
