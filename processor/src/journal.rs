@@ -309,134 +309,222 @@ pub fn restore(
     partition: i32,
     options: RestoreOptions,
 ) -> Result<Restored, RestoreError> {
-    let bus = |source| RestoreError::Bus { partition, source };
     let started = Instant::now();
     let layout = args.layout();
-    let reader = RangeReader::new(args, &format!("carbonflow-restore-{partition}")).map_err(bus)?;
-    let mut state = PartitionState::new(partition);
-    let (mut journal_from, mut decisions_from, mut from_snapshot) = (0, 0, false);
-    let mut snapshot_space = None;
+    let reader = RangeReader::new(args, &format!("carbonflow-restore-{partition}"))
+        .map_err(|source| RestoreError::Bus { partition, source })?;
+    let replica = Replica::start(&reader, &layout, partition, options)?;
+    let mut restored = replica.finish(&reader, &layout, options)?;
+    restored.took = started.elapsed();
+    Ok(restored)
+}
 
-    if options.use_snapshot
-        && let Some((snap, s, space)) =
-            latest_snapshot(&reader, &layout.name(Topic::Snapshots), partition).map_err(bus)?
-    {
-        state = s;
-        journal_from = snap.journal_next_offset;
-        decisions_from = snap.decisions_next_offset;
-        from_snapshot = true;
-        snapshot_space = space;
-    }
+/// A partition's state folded from its journal: what a restore builds from the latest
+/// snapshot, and what a standby keeps warm by folding the owner's journal as it is
+/// written (and noting the decisions it sends), so that taking the partition over folds
+/// only what the standby has not read yet.
+#[derive(Debug)]
+pub struct Replica {
+    partition: i32,
+    state: PartitionState,
+    reconciliation: Reconciliation,
+    /// Next journal offset to fold (last folded + 1).
+    journal_next: i64,
+    /// Next decisions offset to note (last noted + 1).
+    decisions_next: i64,
+    from_snapshot: bool,
+    snapshot_space: Option<SnapshotSpace>,
+    divergent: u64,
+    fenced: u64,
+}
 
-    // Journal tail.
-    let journal = layout.name(Topic::Journal);
-    let (low, journal_end) = reader.watermarks(&journal, partition).map_err(bus)?;
-    // A snapshot past the journal's end belongs to a journal that is gone (recreated or
-    // truncated): new entries would be written at offsets it claims to hold already.
-    reaches(&journal, partition, journal_from, journal_end)?;
-    if journal_from < low {
-        let gap = RestoreError::JournalGap {
-            topic: journal.clone(),
+impl Replica {
+    /// Partition `partition` as its latest readable snapshot holds it (as `options` say),
+    /// or empty, before any journal is folded.
+    pub fn start(
+        reader: &RangeReader,
+        layout: &TopicLayout,
+        partition: i32,
+        options: RestoreOptions,
+    ) -> Result<Self, RestoreError> {
+        let mut replica = Self {
             partition,
-            expected: journal_from,
-            first: low,
+            state: PartitionState::new(partition),
+            reconciliation: Reconciliation::new(),
+            journal_next: 0,
+            decisions_next: 0,
+            from_snapshot: false,
+            snapshot_space: None,
+            divergent: 0,
+            fenced: 0,
         };
-        if !options.accept_journal_gap {
-            return Err(gap);
+        if options.use_snapshot
+            && let Some((snap, state, space)) =
+                latest_snapshot(reader, &layout.name(Topic::Snapshots), partition)
+                    .map_err(|source| RestoreError::Bus { partition, source })?
+        {
+            replica.state = state;
+            replica.journal_next = snap.journal_next_offset;
+            replica.decisions_next = snap.decisions_next_offset;
+            replica.from_snapshot = true;
+            replica.snapshot_space = space;
         }
-        tracing::warn!(partition, error = %gap, "folding the journal that is left (--accept-journal-gap)");
+        Ok(replica)
     }
-    let mut reconciliation = Reconciliation::new();
-    let (mut divergent, mut fenced) = (0_u64, 0_u64);
-    reader
-        .read(
-            &journal,
-            partition,
-            journal_from.max(low),
-            journal_end,
-            |r| {
-                let record = journal_record(r.payload.unwrap_or_default()).map_err(|source| {
-                    TailError::Unreadable {
-                        offset: r.offset,
-                        source,
-                    }
-                })?;
-                let entries = match state.admit(r.offset, &record) {
-                    Admission::Entries(entries) => entries,
-                    Admission::Claimed { epoch } => {
-                        tracing::debug!(partition, offset = r.offset, epoch, "ownership claim");
-                        return Ok(());
-                    }
-                    Admission::Fenced { epoch, entries } => {
-                        fenced += entries as u64;
-                        tracing::warn!(
-                            partition,
-                            offset = r.offset,
-                            epoch,
-                            current = state.epoch,
-                            entries,
-                            "journal entries of a superseded owner, written after a newer claim, are not folded"
-                        );
-                        return Ok(());
-                    }
-                };
-                for (index, entry) in entries.iter().enumerate() {
-                    if let Some(d) = reconciliation.replay(&mut state, entry) {
-                        divergent += 1;
-                        tracing::error!(
-                            partition,
-                            offset = r.offset,
-                            index,
-                            produced = ?d.produced,
-                            recorded = ?d.recorded,
-                            "journal replay diverges from what was recorded"
-                        );
-                    }
-                }
-                Ok(())
-            },
-        )
-        .map_err(|e| match e {
-            TailError::Bus(source) => bus(source),
-            TailError::Unreadable { offset, source } => RestoreError::Journal {
+
+    /// The schedule partition.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Next journal offset to fold.
+    pub fn journal_next(&self) -> i64 {
+        self.journal_next
+    }
+
+    /// Next decisions offset to note.
+    pub fn decisions_next(&self) -> i64 {
+        self.decisions_next
+    }
+
+    /// Fold the journal record at `offset` through [`PartitionState::admit`], the one
+    /// fencing rule: a claim sets the epoch, a superseded owner's late batch is passed
+    /// over.
+    pub fn fold(&mut self, offset: i64, payload: Option<&[u8]>) -> Result<(), CodecError> {
+        let partition = self.partition;
+        let record = journal_record(payload.unwrap_or_default())?;
+        // +1: the next offset to fold.
+        self.journal_next = offset + 1;
+        let entries = match self.state.admit(offset, &record) {
+            Admission::Entries(entries) => entries,
+            Admission::Claimed { epoch } => {
+                tracing::debug!(partition, offset, epoch, "ownership claim");
+                return Ok(());
+            }
+            Admission::Fenced { epoch, entries } => {
+                self.fenced += entries as u64;
+                tracing::warn!(
+                    partition,
+                    offset,
+                    epoch,
+                    current = self.state.epoch,
+                    entries,
+                    "journal entries of a superseded owner, written after a newer claim, are not folded"
+                );
+                return Ok(());
+            }
+        };
+        for (index, entry) in entries.iter().enumerate() {
+            if let Some(d) = self.reconciliation.replay(&mut self.state, entry) {
+                self.divergent += 1;
+                tracing::error!(
+                    partition,
+                    offset,
+                    index,
+                    produced = ?d.produced,
+                    recorded = ?d.recorded,
+                    "journal replay diverges from what was recorded"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Note the decisions record at `offset`: which decisions reached the topic, and
+    /// which are orphans.
+    pub fn note_decision(&mut self, offset: i64, payload: Option<&[u8]>) {
+        self.reconciliation.seen_on_topic(offset, payload);
+        // +1: the next offset to note.
+        self.decisions_next = offset + 1;
+    }
+
+    /// Fold the rest of the journal and note the rest of the decisions, up to their ends
+    /// as measured now, check that the inputs still reach the state's positions, and
+    /// conclude what must be written before new inputs are taken. `took` is the time
+    /// this took.
+    pub fn finish(
+        mut self,
+        reader: &RangeReader,
+        layout: &TopicLayout,
+        options: RestoreOptions,
+    ) -> Result<Restored, RestoreError> {
+        let started = Instant::now();
+        let partition = self.partition;
+        let bus = |source| RestoreError::Bus { partition, source };
+        let journal = layout.name(Topic::Journal);
+        let (low, journal_end) = reader.watermarks(&journal, partition).map_err(bus)?;
+        // A snapshot past the journal's end belongs to a journal that is gone (recreated
+        // or truncated): new entries would be written at offsets it claims to hold already.
+        reaches(&journal, partition, self.journal_next, journal_end)?;
+        if self.journal_next < low {
+            let gap = RestoreError::JournalGap {
                 topic: journal.clone(),
                 partition,
-                offset,
-                source,
-            },
-        })?;
+                expected: self.journal_next,
+                first: low,
+            };
+            if !options.accept_journal_gap {
+                return Err(gap);
+            }
+            tracing::warn!(partition, error = %gap, "folding the journal that is left (--accept-journal-gap)");
+        }
+        reader
+            .read(
+                &journal,
+                partition,
+                self.journal_next.max(low),
+                journal_end,
+                |r| {
+                    self.fold(r.offset, r.payload)
+                        .map_err(|source| TailError::Unreadable {
+                            offset: r.offset,
+                            source,
+                        })
+                },
+            )
+            .map_err(|e| match e {
+                TailError::Bus(source) => bus(source),
+                TailError::Unreadable { offset, source } => RestoreError::Journal {
+                    topic: journal.clone(),
+                    partition,
+                    offset,
+                    source,
+                },
+            })?;
 
-    // Decisions written since the snapshot: which reached the topic, and which are orphans.
-    let decisions = layout.name(Topic::Decisions);
-    let (low, decisions_end) = reader.watermarks(&decisions, partition).map_err(bus)?;
-    reaches(&decisions, partition, decisions_from, decisions_end)?;
-    reader
-        .read(
-            &decisions,
-            partition,
-            decisions_from.max(low),
-            decisions_end,
-            |r| {
-                reconciliation.seen_on_topic(r.offset, r.payload);
-                Ok::<(), BusError>(())
-            },
-        )
-        .map_err(bus)?;
-    check_inputs_reach(&reader, &layout, &state, partition)?;
-    let replayed = reconciliation.replayed;
-    let repairs = reconciliation.conclude(&state, &decisions, partition);
-    Ok(Restored {
-        state,
-        journal_next: journal_end,
-        decisions_next: decisions_end,
-        from_snapshot,
-        snapshot_space,
-        replayed,
-        divergent,
-        fenced,
-        repairs,
-        took: started.elapsed(),
-    })
+        let decisions = layout.name(Topic::Decisions);
+        let (low, decisions_end) = reader.watermarks(&decisions, partition).map_err(bus)?;
+        reaches(&decisions, partition, self.decisions_next, decisions_end)?;
+        reader
+            .read(
+                &decisions,
+                partition,
+                self.decisions_next.max(low),
+                decisions_end,
+                |r| {
+                    self.reconciliation.seen_on_topic(r.offset, r.payload);
+                    Ok::<(), BusError>(())
+                },
+            )
+            .map_err(bus)?;
+        check_inputs_reach(reader, layout, &self.state, partition)?;
+        let replayed = self.reconciliation.replayed;
+        let repairs = self
+            .reconciliation
+            .conclude(&self.state, &decisions, partition);
+        Ok(Restored {
+            state: self.state,
+            journal_next: journal_end,
+            decisions_next: decisions_end,
+            from_snapshot: self.from_snapshot,
+            snapshot_space: self.snapshot_space,
+            replayed,
+            divergent: self.divergent,
+            fenced: self.fenced,
+            repairs,
+            took: started.elapsed(),
+        })
+    }
 }
 
 /// `topic` partition `partition` still reaches `saved`, the next offset the state holds

@@ -84,6 +84,12 @@ struct RunArgs {
     /// refuse values outside their group.min/max.session.timeout.ms (Kafka: 6000–1800000).
     #[arg(long, env = "CARBONFLOW_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u64,
+    /// Group ownership: above 0, keep every partition this instance does not own warm
+    /// (fold its journal as its owner writes it), so a takeover folds only the entries
+    /// since. The group picks who takes a partition over, so a standby keeps all of them;
+    /// it costs the CPU and memory of folding every other instance's partitions.
+    #[arg(long, env = "CARBONFLOW_STANDBY_REPLICAS", default_value_t = 0)]
+    standby_replicas: u32,
     /// File holding the bearer token that requests publishing commands (PUT /config,
     /// POST and DELETE .../manual) must carry as `Authorization: Bearer <token>`. Required
     /// when --admin-listen is not a loopback address.
@@ -499,6 +505,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     let settings = Settings {
         ownership,
+        standby_replicas: args.standby_replicas,
         tick_interval: Duration::from_millis(args.tick_interval_ms.max(10)),
         snapshot_every: args.snapshot_every.max(1),
         snapshot_interval: Duration::from_secs(args.snapshot_interval_s.max(1)),

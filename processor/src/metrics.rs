@@ -67,6 +67,7 @@ const FENCED: &str = "carbonflow_partitions_fenced_total";
 const FENCED_ENTRIES: &str = "carbonflow_restore_fenced_entries_total";
 const PARTITIONS_OWNED: &str = "carbonflow_partitions_owned";
 const PARTITIONS_RELEASED: &str = "carbonflow_partitions_released_total";
+const STANDBY_PARTITIONS: &str = "carbonflow_standby_partitions";
 
 /// Slots of the forecast ahead exported per zone.
 const FORECAST_SLOTS_EXPORTED: usize = 12;
@@ -229,6 +230,10 @@ pub fn describe() {
     describe_gauge!(
         PARTITIONS_OWNED,
         "Schedule partitions this instance owns now."
+    );
+    describe_gauge!(
+        STANDBY_PARTITIONS,
+        "Partitions this instance keeps warm for a takeover (--standby-replicas); how far each is behind is carbonflow_consumer_lag_messages{group=\"carbonflow-processor-standby\"}."
     );
     describe_counter!(
         PARTITIONS_RELEASED,
@@ -510,6 +515,11 @@ impl Released {
 pub(crate) fn partition_released(partition: i32, why: Released) {
     counter!(PARTITIONS_RELEASED, "reason" => why.label()).increment(1);
     gauge!(PARTITION_EPOCH, "partition" => partition.to_string()).set(0.0);
+}
+
+/// This instance keeps `count` standby partitions warm.
+pub(crate) fn standby_partitions(count: usize) {
+    gauge!(STANDBY_PARTITIONS).set(count as f64);
 }
 
 /// This instance owns `count` schedule partitions.

@@ -42,8 +42,8 @@ use carbonflow_core::gate::{self, Limits, Placement, Refusal};
 use carbonflow_core::state::{Input, Output, PartitionState};
 use carbonflow_schemas::bus::admin::check_partition_counts;
 use carbonflow_schemas::bus::{
-    BusError, GroupMember, KafkaArgs, LagContext, LagMetrics, RecordProducer, Topic, TopicLayout,
-    add_position, assigned_consumer,
+    BusError, GroupMember, KafkaArgs, LagContext, LagMetrics, RangeReader, RecordProducer, Topic,
+    TopicLayout, add_position, assigned_consumer,
 };
 use carbonflow_schemas::codec::record_name;
 use carbonflow_schemas::records::{
@@ -59,7 +59,9 @@ use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::{RestoreError, RestoreOptions, Restored, SnapshotSpace, restore, snapshot_of};
+use crate::journal::{
+    Replica, RestoreError, RestoreOptions, Restored, SnapshotSpace, restore, snapshot_of,
+};
 use crate::membership::{Change, Membership, MembershipError};
 use crate::metrics::{self, Released, SnapshotSkipped};
 use crate::outbox::{Delivery, Outbox, UnwrittenBatch, WriteFailed, Written};
@@ -77,6 +79,8 @@ const READ_BACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Consumer group name reported in lag metrics (no group commits are made).
 const GROUP: &str = "carbonflow-processor";
+/// The same, for what standbys read: their lag is how far each is behind its owner.
+const STANDBY_GROUP: &str = "carbonflow-processor-standby";
 
 /// Who decides which schedule partitions an instance owns.
 #[derive(Debug, Clone)]
@@ -116,6 +120,10 @@ impl Ownership {
 pub struct Settings {
     /// Who decides which schedule partitions this instance owns.
     pub ownership: Ownership,
+    /// Above 0 (group ownership only), this instance keeps every partition it does not
+    /// own warm: it folds their journals as their owners write them, so that taking one
+    /// over folds only the entries since.
+    pub standby_replicas: u32,
     /// How often ticks are written to each owned partition.
     pub tick_interval: Duration,
     /// Take a snapshot after this many journal entries of a partition...
@@ -168,6 +176,14 @@ pub enum PipelineError {
     /// The consumer group could not be joined.
     #[error(transparent)]
     Membership(#[from] MembershipError),
+    /// Standbys were asked for without group ownership.
+    #[error(
+        "--standby-replicas {replicas} needs --ownership group: in explicit mode no instance ever takes another's partitions over"
+    )]
+    StandbyNeedsGroup {
+        /// The standbys asked for.
+        replicas: u32,
+    },
     /// The restore of a claimed partition ended before this instance's own claim.
     #[error(
         "partition {partition}: the restore ended at epoch {restored}, before this instance's own claim (epoch {epoch}): the journal was recreated or truncated while it was being claimed, or the latest snapshot was written past the claim by a processor too old to read claims (stop old processors before new ones start)"
@@ -245,10 +261,15 @@ struct InputConsumer {
 }
 
 impl InputConsumer {
-    /// A consumer assigned nothing yet.
-    fn new(args: &KafkaArgs, client_id: &str, lag: &LagMetrics) -> Result<Self, BusError> {
+    /// A consumer assigned nothing yet, reporting lag under `group`.
+    fn new(
+        args: &KafkaArgs,
+        client_id: &str,
+        group: &str,
+        lag: &LagMetrics,
+    ) -> Result<Self, BusError> {
         let partitions = TopicPartitionList::new();
-        let consumer = assigned_consumer(args, client_id, GROUP, lag.clone(), &partitions)?;
+        let consumer = assigned_consumer(args, client_id, group, lag.clone(), &partitions)?;
         Ok(Self {
             consumer,
             partitions,
@@ -294,14 +315,21 @@ struct Inputs {
     forecasts: InputConsumer,
     /// The owned journal partitions, read back from where restore ended: the fence.
     journal: InputConsumer,
+    /// The journal and decisions partitions of the standby partitions, from where each
+    /// replica has read them.
+    standby: InputConsumer,
 }
 
 impl Inputs {
     fn new(args: &KafkaArgs, client_id: &str, lag: &LagMetrics) -> Result<Self, BusError> {
+        let input = |suffix: &str, group: &str| {
+            InputConsumer::new(args, &format!("{client_id}{suffix}"), group, lag)
+        };
         Ok(Self {
-            schedules: InputConsumer::new(args, client_id, lag)?,
-            forecasts: InputConsumer::new(args, &format!("{client_id}-forecasts"), lag)?,
-            journal: InputConsumer::new(args, &format!("{client_id}-fence"), lag)?,
+            schedules: input("", GROUP)?,
+            forecasts: input("-forecasts", GROUP)?,
+            journal: input("-fence", GROUP)?,
+            standby: input("-standby", STANDBY_GROUP)?,
         })
     }
 }
@@ -317,6 +345,10 @@ struct Shell {
     owned: BTreeMap<i32, Owned>,
     /// The owned partitions, for the tick writer.
     owned_partitions: watch::Sender<Vec<i32>>,
+    /// Partitions this instance keeps warm for a takeover, not owned.
+    standbys: BTreeMap<i32, Replica>,
+    /// Whether it keeps standbys (group ownership with --standby-replicas above 0).
+    keep_standbys: bool,
     client_id: String,
     limits: Limits,
     restore_options: RestoreOptions,
@@ -344,6 +376,12 @@ pub async fn run(
             instances,
         });
     }
+    let group = matches!(settings.ownership, Ownership::Group { .. });
+    if settings.standby_replicas > 0 && !group {
+        return Err(PipelineError::StandbyNeedsGroup {
+            replicas: settings.standby_replicas,
+        });
+    }
     metrics::start_at_zero();
     let layout = args.layout();
     {
@@ -363,13 +401,15 @@ pub async fn run(
         view: view.clone(),
         owned: BTreeMap::new(),
         owned_partitions,
+        standbys: BTreeMap::new(),
+        keep_standbys: settings.standby_replicas > 0,
         client_id: settings.client_id.clone(),
         limits: settings.limits.clone(),
         restore_options: RestoreOptions {
             accept_journal_gap: settings.accept_journal_gap,
             ..RestoreOptions::LATEST
         },
-        group: matches!(settings.ownership, Ownership::Group { .. }),
+        group,
         shutdown: shutdown.clone(),
     };
     let mut inputs = Inputs::new(&args, &settings.client_id, view.lag())?;
@@ -453,7 +493,7 @@ impl Shell {
                 continue;
             }
             let restored = self.restore_partition(p).await;
-            self.outlive_fence(restored, inputs)?;
+            self.outlive_fence(restored, inputs).await?;
             if self.owned.contains_key(&p) {
                 taken.push(p);
             }
@@ -462,8 +502,7 @@ impl Shell {
             self.start_clock(p).await?;
         }
         self.drain().await?;
-        self.assign_inputs(inputs)?;
-        Ok(())
+        self.ownership_changed(inputs).await
     }
 
     /// Release `partitions`, revoked by the group. Handed over (not `lost`): everything in
@@ -483,14 +522,13 @@ impl Shell {
             }
             if self.owned.get(&p).is_some_and(|o| o.since_snapshot > 0) {
                 let snapshot = self.snapshot(inputs, p).await;
-                self.outlive_fence(snapshot, inputs)?;
+                self.outlive_fence(snapshot, inputs).await?;
             } else {
                 self.drain().await?;
             }
             self.forget_partition(p, Released::HandedOver);
         }
-        self.assign_inputs(inputs)?;
-        Ok(())
+        self.ownership_changed(inputs).await
     }
 
     /// Act on a change of the group's assignment.
@@ -520,7 +558,7 @@ impl Shell {
     /// In group mode a fenced partition is dropped and the others go on (the group gave
     /// it to another member); in explicit mode the fence stops the instance, since a
     /// second owner there is a misconfiguration.
-    fn outlive_fence(
+    async fn outlive_fence(
         &mut self,
         step: Result<(), PipelineError>,
         inputs: &mut Inputs,
@@ -528,10 +566,96 @@ impl Shell {
         match step {
             Err(PipelineError::Fenced { partition, .. }) if self.group => {
                 self.forget_partition(partition, Released::Fenced);
-                self.assign_inputs(inputs)?;
-                Ok(())
+                self.ownership_changed(inputs).await
             }
             other => other,
+        }
+    }
+
+    /// The owned partitions changed: read their inputs, and keep the others warm.
+    async fn ownership_changed(&mut self, inputs: &mut Inputs) -> Result<(), PipelineError> {
+        self.assign_inputs(inputs)?;
+        self.warm_standbys(inputs).await
+    }
+
+    /// Keep a replica of every partition not owned (when standbys are kept): start the
+    /// missing ones from their latest snapshots, drop those now owned, and read the
+    /// journals and decisions of the rest from where each replica is.
+    async fn warm_standbys(&mut self, inputs: &mut Inputs) -> Result<(), PipelineError> {
+        if !self.keep_standbys {
+            return Ok(());
+        }
+        let wanted: Vec<i32> = (0..self.layout.schedule_partitions)
+            .filter(|p| !self.owned.contains_key(p))
+            .collect();
+        self.standbys.retain(|p, _| wanted.contains(p));
+        for p in wanted {
+            if self.standbys.contains_key(&p) {
+                continue;
+            }
+            let (args, layout, options) = (
+                self.kafka.clone(),
+                self.layout.clone(),
+                self.restore_options,
+            );
+            let started = tokio::task::spawn_blocking(move || {
+                let reader = RangeReader::new(&args, &format!("carbonflow-standby-{p}")).map_err(
+                    |source| RestoreError::Bus {
+                        partition: p,
+                        source,
+                    },
+                )?;
+                Replica::start(&reader, &layout, p, options)
+            })
+            .await?;
+            match started {
+                Ok(replica) => {
+                    tracing::info!(
+                        partition = p,
+                        journal_from = replica.journal_next(),
+                        "standby started"
+                    );
+                    self.standbys.insert(p, replica);
+                }
+                // Only a takeover is slower: it restores from the snapshot instead.
+                Err(e) => tracing::warn!(partition = p, error = %e, "could not start a standby"),
+            }
+        }
+        let (journal, decisions) = (
+            self.layout.name(Topic::Journal),
+            self.layout.name(Topic::Decisions),
+        );
+        let mut tpl = TopicPartitionList::new();
+        for (&p, r) in &self.standbys {
+            add_position(&mut tpl, &journal, p, r.journal_next())?;
+            add_position(&mut tpl, &decisions, p, r.decisions_next())?;
+        }
+        inputs.standby.assign(tpl)?;
+        metrics::standby_partitions(self.standbys.len());
+        Ok(())
+    }
+
+    /// A journal or decisions record of a standby partition: folded into its replica.
+    fn on_standby(&mut self, m: &BorrowedMessage<'_>) {
+        let p = m.partition();
+        let Some(r) = self.standbys.get_mut(&p) else {
+            return; // taken over since it was fetched
+        };
+        match self.layout.topic_of(m.topic()) {
+            Some(Topic::Journal) if m.offset() >= r.journal_next() => {
+                if let Err(e) = r.fold(m.offset(), m.payload()) {
+                    // A takeover restores from the snapshot, and meets the same record.
+                    tracing::warn!(partition = p, offset = m.offset(), error = %e, "unreadable journal record; standby dropped");
+                    self.standbys.remove(&p);
+                }
+            }
+            Some(Topic::Decisions) if m.offset() >= r.decisions_next() => {
+                r.note_decision(m.offset(), m.payload());
+            }
+            _ => {}
+        }
+        if let Some(lag) = self.view.lag().get(STANDBY_GROUP, m.topic(), p) {
+            lag.processed(m.timestamp().to_millis().unwrap_or_else(now_ms));
         }
     }
 
@@ -564,8 +688,29 @@ impl Shell {
     /// write the repairs restore found (adopted orphans, unsent decisions, tombstones).
     async fn restore_partition(&mut self, p: i32) -> Result<(), PipelineError> {
         let epoch = self.claim(p).await?;
-        let (a, options) = (self.kafka.clone(), self.restore_options);
-        let mut r = tokio::task::spawn_blocking(move || restore(&a, p, options)).await??;
+        let (a, layout, options) = (
+            self.kafka.clone(),
+            self.layout.clone(),
+            self.restore_options,
+        );
+        // A standby's replica has folded the journal up to the last record it read: only
+        // the rest is folded now.
+        let standby = self.standbys.remove(&p);
+        let from_standby = standby.is_some();
+        let mut r = tokio::task::spawn_blocking(move || match standby {
+            Some(replica) => {
+                let reader =
+                    RangeReader::new(&a, &format!("carbonflow-restore-{p}")).map_err(|source| {
+                        RestoreError::Bus {
+                            partition: p,
+                            source,
+                        }
+                    })?;
+                replica.finish(&reader, &layout, options)
+            }
+            None => restore(&a, p, options),
+        })
+        .await??;
         if r.state.epoch < epoch {
             // Restore reads to the journal's end measured after the claim was acknowledged,
             // so the claim was lost (journal recreated or truncated), or the snapshot used
@@ -590,6 +735,7 @@ impl Shell {
             partition = p,
             epoch,
             fenced = r.fenced,
+            from_standby,
             from_snapshot = r.from_snapshot,
             replayed = r.replayed,
             orphans = r.repairs.orphans.len(),
@@ -804,12 +950,19 @@ impl Shell {
                         Ok(())
                     }
                 },
+                m = inputs.standby.consumer.recv() => {
+                    match m {
+                        Ok(m) => self.on_standby(&m),
+                        Err(e) => tracing::warn!(error = %e, "standby consumer error (librdkafka retries)"),
+                    }
+                    Ok(())
+                },
                 _ = snapshot_check.tick() => self.snapshots_due(inputs, settings, false).await,
                 // Last in this biased select, so it runs only when no input is waiting: the
                 // journal batch holds what was applied since the previous one.
                 _ = std::future::ready(()), if self.behind() => self.catch_up().await,
             };
-            self.outlive_fence(step, inputs)?;
+            self.outlive_fence(step, inputs).await?;
         }
     }
 
@@ -832,6 +985,7 @@ impl Shell {
         inputs.schedules.unassigned();
         inputs.forecasts.unassigned();
         inputs.journal.unassigned();
+        inputs.standby.unassigned();
         // Leaving after the final snapshots: the next owners restore from them.
         if let Some(m) = membership {
             m.leave().await;
@@ -1353,7 +1507,7 @@ impl Shell {
             .collect();
         for p in due {
             let snapshot = self.snapshot(inputs, p).await;
-            self.outlive_fence(snapshot, inputs)?;
+            self.outlive_fence(snapshot, inputs).await?;
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ async fn a_member_stopped_gracefully_hands_its_partitions_to_the_other_and_nothi
  {
     let args = fresh_layout("group", 4).await;
     // Kafka's smallest session timeout by default; a graceful leave does not wait for it.
-    two_members_then_one(&args, 6_000, Departure::Graceful).await;
+    two_members_then_one(&args, 6_000, Departure::Graceful, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,21 +45,29 @@ async fn on_the_mock_cluster_the_survivor_of_a_sigkill_takes_over_and_continues_
         mock.create_topic(&layout.name(t), layout.partitions(t), 1)
             .unwrap_or_else(|e| panic!("create {} on the mock cluster: {e}", layout.name(t)));
     }
-    two_members_then_one(&args, 3_000, Departure::Crash).await;
+    // The survivor keeps the other's partitions warm: the takeover folds only the journal
+    // since its replicas last read.
+    two_members_then_one(&args, 3_000, Departure::Crash, &["--standby-replicas", "1"]).await;
     drop(mock);
 }
 
-/// Two members split the partitions under telemetry load; one departs; the other ends up
-/// owning every partition, and every request is counted exactly once, in its state and
-/// in the fold of each whole journal; no (epoch, version) is issued twice; the audit
-/// verifies.
-async fn two_members_then_one(args: &KafkaArgs, session_timeout_ms: u64, departure: Departure) {
+/// Two members (started with `flags`) split the partitions under telemetry load; one
+/// departs; the other ends up owning every partition, and every request is counted exactly
+/// once, in its state and in the fold of each whole journal; no (epoch, version) is issued
+/// twice; the audit verifies.
+async fn two_members_then_one(
+    args: &KafkaArgs,
+    session_timeout_ms: u64,
+    departure: Departure,
+    flags: &[&str],
+) {
     let producer = RecordProducer::new(args, "group-test").expect("producer");
     let schedules: Vec<String> = (0..8).map(|i| format!("group/s{i}")).collect();
     for s in &schedules {
         send(&producer, args, Topic::Config, s, &config(s, 1)).await;
     }
-    let extra = ["--snapshot-every", "50"];
+    let mut extra = vec!["--snapshot-every", "50"];
+    extra.extend_from_slice(flags);
     let survivor = ProcessorProcess::start_member(args, session_timeout_ms, &extra);
     survivor.wait_ready(Duration::from_secs(60)).await;
     let mut leaver = ProcessorProcess::start_member(args, session_timeout_ms, &extra);
@@ -77,6 +85,17 @@ async fn two_members_then_one(args: &KafkaArgs, session_timeout_ms: u64, departu
     )
     .await;
     eprintln!("the leaving member owns partitions {split:?}");
+    if flags.contains(&"--standby-replicas") {
+        eventually(
+            "the survivor to keep the other's partitions warm",
+            Duration::from_secs(30),
+            || async {
+                let warm = survivor.metric("carbonflow_standby_partitions").await?;
+                (warm == split.len() as f64).then_some(())
+            },
+        )
+        .await;
+    }
     send(&producer, args, Topic::Forecasts, "GB", &forecast(150.0)).await;
     // Every config is applied before telemetry is sent (see the crash tests: across
     // topics a restart does not keep the order in which records were produced).

@@ -63,6 +63,19 @@ impl ProcessorProcess {
         }
     }
 
+    /// The value of the unlabelled metric `name` on its `/metrics`, if it answers and
+    /// exports it.
+    pub(crate) async fn metric(&self, name: &str) -> Option<f64> {
+        let client = carbonflow_schemas::testing::http_client();
+        let url = format!("{}/metrics", self.admin);
+        let reply = carbonflow_schemas::testing::send(&client, "GET", &url, &[], None)
+            .await
+            .ok()?;
+        String::from_utf8_lossy(&reply.body)
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     /// The schedule partitions it owns now (its status document), if it answers.
     pub(crate) async fn partitions(&self) -> Option<Vec<i64>> {
         let (code, doc) = try_http("GET", &format!("{}/status.json", self.admin), None)
