@@ -25,13 +25,7 @@ pub async fn publish_configs(
     let mut pending = Vec::with_capacity(n);
     for i in 0..n {
         let id = schedule_id(i);
-        let mut c = carbonflow_core::spec::ScheduleSpec::default().to_config(&id, 1, now_ms());
-        c.zone = ZONE.into();
-        c.valid_for_seconds = 3600;
-        for f in &mut c.flavours {
-            f.upstream_url = "http://127.0.0.1:9".into();
-        }
-        let bytes = ConfigCommand::Config(Box::new(c)).encode()?;
+        let bytes = config_record(&id, 1)?;
         pending.push(
             producer
                 .enqueue(&topic, id.as_bytes(), None, Some(&bytes), None)
@@ -42,6 +36,38 @@ pub async fn publish_configs(
         p.await?;
     }
     Ok(())
+}
+
+/// Publish version `version` of synthetic schedule `id`'s config and wait for the write.
+pub async fn publish_config(
+    args: &KafkaArgs,
+    producer: &RecordProducer,
+    id: &str,
+    version: i64,
+) -> anyhow::Result<()> {
+    let bytes = config_record(id, version)?;
+    producer
+        .send_bytes(
+            &args.layout().name(Topic::Config),
+            id.as_bytes(),
+            None,
+            &bytes,
+            None,
+        )
+        .await?;
+    Ok(())
+}
+
+/// The encoded config command of synthetic schedule `id` at `version` (default spec,
+/// zone [`ZONE`], long validity, an upstream nothing listens on).
+fn config_record(id: &str, version: i64) -> anyhow::Result<Vec<u8>> {
+    let mut c = carbonflow_core::spec::ScheduleSpec::default().to_config(id, version, now_ms());
+    c.zone = ZONE.into();
+    c.valid_for_seconds = 3600;
+    for f in &mut c.flavours {
+        f.upstream_url = "http://127.0.0.1:9".into();
+    }
+    Ok(ConfigCommand::Config(Box::new(c)).encode()?)
 }
 
 /// Write `n` telemetry buckets spread round-robin over `schedules` schedules, one bucket per

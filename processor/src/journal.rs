@@ -451,8 +451,11 @@ impl Replica {
         let started = Instant::now();
         let partition = self.partition;
         let bus = |source| RestoreError::Bus { partition, source };
-        let journal = layout.name(Topic::Journal);
-        let (low, journal_end) = reader.watermarks(&journal, partition).map_err(bus)?;
+        let (journal, decisions) = (layout.name(Topic::Journal), layout.name(Topic::Decisions));
+        let ends = reader
+            .watermarks_of(&[(&journal, partition), (&decisions, partition)])
+            .map_err(bus)?;
+        let ((low, journal_end), (decisions_low, decisions_end)) = (ends[0], ends[1]);
         // A snapshot past the journal's end belongs to a journal that is gone (recreated
         // or truncated): new entries would be written at offsets it claims to hold already.
         reaches(&journal, partition, self.journal_next, journal_end)?;
@@ -492,14 +495,12 @@ impl Replica {
                 },
             })?;
 
-        let decisions = layout.name(Topic::Decisions);
-        let (low, decisions_end) = reader.watermarks(&decisions, partition).map_err(bus)?;
         reaches(&decisions, partition, self.decisions_next, decisions_end)?;
         reader
             .read(
                 &decisions,
                 partition,
-                self.decisions_next.max(low),
+                self.decisions_next.max(decisions_low),
                 decisions_end,
                 |r| {
                     self.reconciliation.seen_on_topic(r.offset, r.payload);
@@ -549,18 +550,19 @@ fn check_inputs_reach(
     partition: i32,
 ) -> Result<(), RestoreError> {
     let inputs = [
-        (Topic::Config, partition),
-        (Topic::Telemetry, partition),
-        (Topic::Ticks, partition),
-        (Topic::Forecasts, 0),
+        (layout.name(Topic::Config), partition),
+        (layout.name(Topic::Telemetry), partition),
+        (layout.name(Topic::Ticks), partition),
+        (layout.name(Topic::Forecasts), 0),
     ];
-    for (topic, p) in inputs {
-        let name = layout.name(topic);
-        let saved = state.next_offset(&name, p);
-        let (low, end) = reader
-            .watermarks(&name, p)
-            .map_err(|source| RestoreError::Bus { partition, source })?;
-        reaches(&name, p, saved, end)?;
+    let named: Vec<(&str, i32)> = inputs.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+    let ends = reader
+        .watermarks_of(&named)
+        .map_err(|source| RestoreError::Bus { partition, source })?;
+    for ((name, p), (low, end)) in inputs.iter().zip(ends) {
+        let (name, p) = (name.as_str(), *p);
+        let saved = state.next_offset(name, p);
+        reaches(name, p, saved, end)?;
         if low > saved {
             tracing::warn!(topic = %name, partition = p, saved, first = low, "inputs between the saved position and the oldest record left were deleted by retention before they were applied");
         }

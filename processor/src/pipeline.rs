@@ -53,10 +53,12 @@ use carbonflow_schemas::records::{
 use carbonflow_schemas::service::now_ms;
 use carbonflow_schemas::topics::partition_of;
 use carbonflow_schemas::{AvroRecord, decode, encode};
+use futures_util::future::{join_all, try_join_all};
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{
@@ -487,20 +489,34 @@ impl Shell {
     /// Take `partitions`: claim and restore each one not owned yet, start its clock, write
     /// what restore repaired, then read its inputs.
     async fn take(&mut self, partitions: &[i32], inputs: &mut Inputs) -> Result<(), PipelineError> {
+        let new: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.owned.contains_key(p))
+            .collect();
+        // The claims, then the restores, of several partitions run side by side: each
+        // mostly waits on the broker, and a takeover waits for the slowest, not the sum.
+        let epochs = try_join_all(new.iter().map(|&p| self.claim(p))).await?;
+        let restores: Vec<_> = new.iter().map(|&p| self.restore(p)).collect();
+        let restored = join_all(
+            restores
+                .into_iter()
+                .map(|(task, from_standby)| async move { (task.await, from_standby) }),
+        )
+        .await;
         let mut taken = Vec::new();
-        for &p in partitions {
-            if self.owned.contains_key(&p) {
-                continue;
-            }
-            let restored = self.restore_partition(p).await;
-            self.outlive_fence(restored, inputs).await?;
+        for ((p, epoch), (result, from_standby)) in new.into_iter().zip(epochs).zip(restored) {
+            let installed = match result {
+                Ok(Ok(r)) => self.install(p, epoch, r, from_standby).await,
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            };
+            self.outlive_fence(installed, inputs).await?;
             if self.owned.contains_key(&p) {
                 taken.push(p);
             }
         }
-        for &p in &taken {
-            self.start_clock(p).await?;
-        }
+        self.start_clocks(&taken).await?;
         self.drain().await?;
         self.ownership_changed(inputs).await
     }
@@ -684,20 +700,18 @@ impl Shell {
         }
     }
 
-    /// Restore partition `p` from its snapshot and journal, take ownership of it, and
-    /// write the repairs restore found (adopted orphans, unsent decisions, tombstones).
-    async fn restore_partition(&mut self, p: i32) -> Result<(), PipelineError> {
-        let epoch = self.claim(p).await?;
+    /// Start restoring partition `p` (claimed) on a blocking thread; true when it
+    /// finishes a standby's replica, which has folded the journal up to the last record it
+    /// read, so that only the rest is folded now.
+    fn restore(&mut self, p: i32) -> (JoinHandle<Result<Restored, RestoreError>>, bool) {
         let (a, layout, options) = (
             self.kafka.clone(),
             self.layout.clone(),
             self.restore_options,
         );
-        // A standby's replica has folded the journal up to the last record it read: only
-        // the rest is folded now.
         let standby = self.standbys.remove(&p);
         let from_standby = standby.is_some();
-        let mut r = tokio::task::spawn_blocking(move || match standby {
+        let task = tokio::task::spawn_blocking(move || match standby {
             Some(replica) => {
                 let reader =
                     RangeReader::new(&a, &format!("carbonflow-restore-{p}")).map_err(|source| {
@@ -709,8 +723,19 @@ impl Shell {
                 replica.finish(&reader, &layout, options)
             }
             None => restore(&a, p, options),
-        })
-        .await??;
+        });
+        (task, from_standby)
+    }
+
+    /// Own partition `p`, claimed at `epoch` and restored as `r`, and write the repairs
+    /// restore found (adopted orphans, unsent decisions, tombstones).
+    async fn install(
+        &mut self,
+        p: i32,
+        epoch: i64,
+        mut r: Restored,
+        from_standby: bool,
+    ) -> Result<(), PipelineError> {
         if r.state.epoch < epoch {
             // Restore reads to the journal's end measured after the claim was acknowledged,
             // so the claim was lost (journal recreated or truncated), or the snapshot used
@@ -778,7 +803,7 @@ impl Shell {
 
     /// Claim partition `p`: write an ownership claim to its journal partition and return
     /// the epoch its offset gives.
-    async fn claim(&mut self, p: i32) -> Result<i64, PipelineError> {
+    async fn claim(&self, p: i32) -> Result<i64, PipelineError> {
         // The client id is the same for every instance given the same --instance, which
         // is exactly the misconfiguration fencing catches: the host and pid tell them apart.
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
@@ -847,31 +872,40 @@ impl Shell {
         Ok(())
     }
 
-    /// Write a tick to partition `p` and apply it at once, before any input is read: the
-    /// gate compares event times with the partition clock, so after a restart the clock
-    /// must be now, not the time of the last tick before the stop (inputs written while
-    /// the processor was down would all look future-dated). Ticks written before this one
-    /// and not yet applied are passed over; they could only move the clock less.
-    async fn start_clock(&mut self, p: i32) -> Result<(), PipelineError> {
+    /// Write a tick to each of `partitions` and apply it at once, before any input is
+    /// read: the gate compares event times with the partition clock, so after a restart
+    /// the clock must be now, not the time of the last tick before the stop (inputs
+    /// written while the processor was down would all look future-dated). Ticks written
+    /// before this one and not yet applied are passed over; they could only move the
+    /// clock less.
+    async fn start_clocks(&mut self, partitions: &[i32]) -> Result<(), PipelineError> {
         let tick = Tick {
             at_ms: now_ms(),
             source: self.client_id.clone(),
         };
         let bytes = encode(&tick).map_err(BusError::from)?;
         let topic = self.layout.name(Topic::Ticks);
-        let written = self
-            .outbox
-            .producer()
-            .send_bytes(&topic, b"tick", Some(p), &bytes, None)
-            .await
-            .map_err(|source| WriteFailed::new("a tick", p, source))?;
-        let pos = InputPosition {
-            topic,
-            partition: p,
-            offset: written.offset,
-        };
-        self.apply_and_journal(p, &pos, &bytes, Some(&Input::Tick(tick)), None)
-            .await?;
+        let producer = self.outbox.producer();
+        let written = try_join_all(partitions.iter().map(|&p| {
+            let (topic, bytes) = (&topic, &bytes);
+            async move {
+                producer
+                    .send_bytes(topic, b"tick", Some(p), bytes, None)
+                    .await
+                    .map_err(|source| WriteFailed::new("a tick", p, source))
+            }
+        }))
+        .await?;
+        for (&p, written) in partitions.iter().zip(written) {
+            let pos = InputPosition {
+                topic: topic.clone(),
+                partition: p,
+                offset: written.offset,
+            };
+            let input = Input::Tick(tick.clone());
+            self.apply_and_journal(p, &pos, &bytes, Some(&input), None)
+                .await?;
+        }
         Ok(())
     }
 

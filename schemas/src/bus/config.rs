@@ -94,6 +94,9 @@ impl std::fmt::Debug for KafkaArgs {
     }
 }
 
+/// Longest interval between a group member's heartbeats, milliseconds.
+const HEARTBEAT_MS: u64 = 250;
+
 /// How a consumer-group member joins its group (see [`KafkaArgs::group_member_config`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupMember {
@@ -244,10 +247,14 @@ impl KafkaArgs {
         // How long the broker waits for a silent member before giving its partitions to
         // the others: the bound on a crashed instance's takeover.
         c.set("session.timeout.ms", member.session_timeout_ms.to_string());
-        // Three heartbeats per session, librdkafka's own ratio to its defaults.
+        // A member learns of a rebalance (a member left or joined) from the answer to its
+        // next heartbeat, and a cooperative rebalance takes two rounds: frequent
+        // heartbeats keep a handover well under a second. At least three per session.
         c.set(
             "heartbeat.interval.ms",
-            (member.session_timeout_ms / 3).max(1).to_string(),
+            (member.session_timeout_ms / 3)
+                .clamp(1, HEARTBEAT_MS)
+                .to_string(),
         );
         if let Some(id) = &member.instance_id {
             // Static membership: a restarted pod with the same id gets its partitions back
@@ -312,6 +319,34 @@ mod tests {
         assert_eq!(c.get("socket.timeout.ms"), Some("9"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
         assert_eq!(c.get("bootstrap.servers"), Some("b:1"));
+    }
+
+    #[test]
+    fn a_group_member_rebalances_cooperatively_and_heartbeats_often() {
+        let member = GroupMember {
+            instance_id: Some("processor-1".into()),
+            session_timeout_ms: 10_000,
+        };
+        let c = KafkaArgs::for_brokers("b:1")
+            .group_member_config("m", "g", &member)
+            .expect("valid");
+        assert_eq!(
+            c.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(c.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(c.get("heartbeat.interval.ms"), Some("250"));
+        assert_eq!(c.get("group.instance.id"), Some("processor-1"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        let short = GroupMember {
+            instance_id: None,
+            session_timeout_ms: 300,
+        };
+        let c = KafkaArgs::for_brokers("b:1")
+            .group_member_config("m", "g", &short)
+            .expect("valid");
+        assert_eq!(c.get("heartbeat.interval.ms"), Some("100"));
+        assert_eq!(c.get("group.instance.id"), None);
     }
 
     #[test]

@@ -60,6 +60,45 @@ impl RangeReader {
             .map_err(|e| BusError::kafka(format!("read end offsets of {topic}/{partition}"), e))
     }
 
+    /// `(low, high)` watermarks of each of `partitions` (topic, partition), read with two
+    /// requests whatever their number, where [`watermarks`](Self::watermarks) makes two
+    /// per partition: a takeover reads several, and each request is a broker round trip.
+    pub fn watermarks_of(&self, partitions: &[(&str, i32)]) -> Result<Vec<(i64, i64)>, BusError> {
+        // Offsets for the "times" -2 and -1: Kafka's earliest and latest offsets.
+        let ends = |at: Offset| -> Result<TopicPartitionList, BusError> {
+            let mut tpl = TopicPartitionList::new();
+            for &(topic, partition) in partitions {
+                add_offset(&mut tpl, topic, partition, at)?;
+            }
+            self.consumer
+                .offsets_for_times(tpl, READ_TIMEOUT)
+                .map_err(|e| BusError::kafka("read end offsets", e))
+        };
+        let (low, high) = (ends(Offset::Beginning)?, ends(Offset::End)?);
+        partitions
+            .iter()
+            .map(|&(topic, partition)| {
+                let offset = |tpl: &TopicPartitionList| {
+                    let e = tpl.find_partition(topic, partition);
+                    match e.as_ref().map(|e| (e.error(), e.offset())) {
+                        Some((Ok(()), Offset::Offset(o))) => Ok(o),
+                        Some((Err(err), _)) => Err(BusError::kafka(
+                            format!("read end offsets of {topic}/{partition}"),
+                            err,
+                        )),
+                        _ => Err(BusError::kafka(
+                            format!("read end offsets of {topic}/{partition}"),
+                            rdkafka::error::KafkaError::OffsetFetch(
+                                rdkafka::types::RDKafkaErrorCode::OffsetNotAvailable,
+                            ),
+                        )),
+                    }
+                };
+                Ok((offset(&low)?, offset(&high)?))
+            })
+            .collect()
+    }
+
     /// Call `f` for every record of `topic`/`partition` in `[from, end)`, in offset order.
     /// Offsets missing from the range (compaction) are passed over. `f` stops the read by
     /// returning an error, which is returned as it is.
