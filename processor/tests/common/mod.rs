@@ -63,8 +63,8 @@ impl ProcessorProcess {
         }
     }
 
-    /// The value of the unlabelled metric `name` on its `/metrics`, if it answers and
-    /// exports it.
+    /// The value of the series `name` (with its labels, as exported) on its `/metrics`,
+    /// if it answers and exports it.
     pub(crate) async fn metric(&self, name: &str) -> Option<f64> {
         let client = carbonflow_schemas::testing::http_client();
         let url = format!("{}/metrics", self.admin);
@@ -105,10 +105,24 @@ impl ProcessorProcess {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP: the process stops answering anything, state intact.
+    pub(crate) fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub(crate) fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args([signal, &pid]).status();
+    }
+
     /// Send SIGTERM without waiting.
     pub(crate) fn terminate(&self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.signal("-TERM");
     }
 
     /// SIGTERM and wait for a clean exit (everything written, final snapshots taken).
