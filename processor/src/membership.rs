@@ -119,9 +119,10 @@ impl Membership {
     /// Leave the group (once everything owned is released): a dynamic member's partitions
     /// go to the others at once; a static member's wait for it until its session ends.
     pub(crate) async fn leave(mut self) {
-        // Closing the channel first answers any revocation still waiting: nothing is
-        // owned any more.
+        // Closing the channel and dropping what it holds answers any revocation still
+        // waiting (its answer's sender goes with it): nothing is owned any more.
         self.changes.close();
+        while self.changes.try_recv().is_ok() {}
         self.leave.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;

@@ -386,14 +386,16 @@ pub async fn run(
     }
     metrics::start_at_zero();
     let layout = args.layout();
+    // Journal entries and decisions share one producer; with the gapless guarantee a
+    // record that could leave a gap in a partition is a fatal error, which stops the
+    // processor (restore then rebuilds from what was written). Created first, so that
+    // it connects and acquires its producer id (which the first claim waits for) while
+    // the topics are checked.
+    let producer = RecordProducer::gapless(&args, &settings.client_id)?;
     {
         let (args, layout) = (args.clone(), layout.clone());
         tokio::task::spawn_blocking(move || check_partition_counts(&args, &layout)).await??;
     }
-    // Journal entries and decisions share one producer; with the gapless guarantee a
-    // record that could leave a gap in a partition is a fatal error, which stops the
-    // processor (restore then rebuilds from what was written).
-    let producer = RecordProducer::gapless(&args, &settings.client_id)?;
     let (owned_partitions, owned_for_ticks) = watch::channel(Vec::new());
     let mut shell = Shell {
         kafka: args.clone(),
@@ -544,7 +546,8 @@ impl Shell {
             }
             self.forget_partition(p, Released::HandedOver);
         }
-        self.ownership_changed(inputs).await
+        self.assign_inputs(inputs)?;
+        Ok(())
     }
 
     /// Act on a change of the group's assignment.
@@ -564,8 +567,10 @@ impl Shell {
                 released,
             } => {
                 self.release(&partitions, lost, inputs).await?;
-                // The group waits for this answer before it moves the partitions.
+                // The group waits for this answer before it moves the partitions; keeping
+                // them warm can wait.
                 let _ = released.try_send(());
+                self.warm_standbys(inputs).await?;
             }
         }
         Ok(())

@@ -218,6 +218,10 @@ impl KafkaArgs {
         // partition count, so a schedule lands on the same partition number everywhere,
         // whichever client (Rust, Java, Go) produced it.
         c.set("partitioner", "murmur2_random");
+        // Connect to every broker at once instead of when first needed: an idempotent
+        // producer's first write waits for its producer id, which it asks of a connected
+        // broker and otherwise retries only every 500 ms (a takeover's first claim).
+        c.set("enable.sparse.connections", "false");
         self.apply_options(c)
     }
 
