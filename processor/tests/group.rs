@@ -1,6 +1,6 @@
 //! Ownership by consumer group (`--ownership group`): two members split the schedule
-//! partitions; when one stops gracefully (local broker) or is SIGKILLed (librdkafka's mock
-//! cluster, which evicts a silent member after its session timeout; the local broker
+//! partitions; when one stops gracefully (local broker) or is SIGKILLed (librdkafka's
+//! mock cluster, which evicts a silent member after its session timeout; the local broker
 //! never does), the other takes its partitions over and every request is counted once.
 //! When one is paused past its session and resumes (split brain: it still believes it
 //! owns its partitions), the new owner's claims fence it and nothing is counted twice.
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
 use carbonflow_schemas::testing::{fresh_layout, unique_prefix};
 use common::{
-    ProcessorProcess, assert_audit_verifies, assert_no_decision_issued_twice, bucket, config,
-    eventually, fold_whole_journal, forecast, send, state_of,
+    ProcessorProcess, assert_audit_verifies, assert_folds_count, assert_no_decision_issued_twice,
+    assert_requests_seen, bucket, config, eventually, forecast, send, state_of,
 };
 use rand::{Rng, SeedableRng};
 use rdkafka::mocking::MockCluster;
@@ -61,6 +61,106 @@ async fn on_the_mock_cluster_the_survivor_of_a_sigkill_takes_over_and_continues_
     drop(mock);
 }
 
+/// Telemetry for a set of schedules, with the requests each one was sent.
+struct Load<'a> {
+    args: &'a KafkaArgs,
+    producer: RecordProducer,
+    schedules: Vec<String>,
+    rng: rand_chacha::ChaCha8Rng,
+    expected: BTreeMap<String, i64>,
+}
+
+impl<'a> Load<'a> {
+    /// Eight schedules named `{name}/s0..7`, their configs written.
+    async fn configured(args: &'a KafkaArgs, name: &str, seed: u64) -> Self {
+        let producer = RecordProducer::new(args, &format!("{name}-test")).expect("producer");
+        let schedules: Vec<String> = (0..8).map(|i| format!("{name}/s{i}")).collect();
+        for s in &schedules {
+            send(&producer, args, Topic::Config, s, &config(s, 1)).await;
+        }
+        Self {
+            args,
+            producer,
+            schedules,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            expected: BTreeMap::new(),
+        }
+    }
+
+    /// `batches` rounds of one bucket per schedule, 40 ms apart.
+    async fn batches(&mut self, batches: usize) {
+        for _ in 0..batches {
+            for (i, s) in self.schedules.iter().enumerate() {
+                let counts = [
+                    self.rng.random_range(0..20),
+                    self.rng.random_range(0..20),
+                    0,
+                ];
+                *self.expected.entry(s.clone()).or_default() += counts.iter().sum::<i64>();
+                let b = bucket(s, &format!("router-{}", i % 2), counts);
+                send(&self.producer, self.args, Topic::Telemetry, s, &b).await;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    }
+
+    /// A forecast for the schedules' zone.
+    async fn forecast(&self, g_per_kwh: f64) {
+        let f = forecast(g_per_kwh);
+        send(&self.producer, self.args, Topic::Forecasts, "GB", &f).await;
+    }
+}
+
+/// Two members started with `flags`, once the group has split the partitions between
+/// them and every schedule of `load` is decided; returns them and the second's partitions.
+async fn two_members(
+    load: &Load<'_>,
+    session_timeout_ms: u64,
+    flags: &[&str],
+) -> (ProcessorProcess, ProcessorProcess, Vec<i64>) {
+    let mut extra = vec!["--snapshot-every", "50"];
+    extra.extend_from_slice(flags);
+    let a = ProcessorProcess::start_member(load.args, session_timeout_ms, &extra);
+    a.wait_ready(Duration::from_secs(60)).await;
+    let b = ProcessorProcess::start_member(load.args, session_timeout_ms, &extra);
+    b.wait_ready(Duration::from_secs(60)).await;
+    let all: Vec<i64> = (0..i64::from(load.args.schedule_partitions)).collect();
+    let owned_by_b = eventually(
+        "the group to split the partitions between the two members",
+        Duration::from_secs(60),
+        || async {
+            let (pa, pb) = (a.partitions().await?, b.partitions().await?);
+            let mut both = [pa.clone(), pb.clone()].concat();
+            both.sort_unstable();
+            (!pa.is_empty() && !pb.is_empty() && both == all).then_some(pb)
+        },
+    )
+    .await;
+    load.forecast(150.0).await;
+    // Every config is applied before telemetry is sent (see the crash tests: across
+    // topics a restart does not keep the order in which records were produced).
+    for s in &load.schedules {
+        eventually(
+            &format!("{s} decided by one of the members"),
+            Duration::from_secs(30),
+            || async {
+                (state_of(&a, s).await.is_some() || state_of(&b, s).await.is_some()).then_some(())
+            },
+        )
+        .await;
+    }
+    (a, b, owned_by_b)
+}
+
+/// After the run: every request counted once in each whole journal's fold, no (epoch,
+/// version) issued twice, and the audit verifies.
+async fn assert_nothing_lost_or_doubled(load: &Load<'_>) {
+    let fenced = assert_folds_count(load.args, &load.expected).await;
+    eprintln!("entries of superseded owners passed over by the folds: {fenced}");
+    assert_no_decision_issued_twice(load.args);
+    assert_audit_verifies(load.args);
+}
+
 /// Two members (started with `flags`) split the partitions under telemetry load; one
 /// departs; the other ends up owning every partition, and every request is counted exactly
 /// once, in its state and in the fold of each whole journal; no (epoch, version) is issued
@@ -71,29 +171,8 @@ async fn two_members_then_one(
     departure: Departure,
     flags: &[&str],
 ) {
-    let producer = RecordProducer::new(args, "group-test").expect("producer");
-    let schedules: Vec<String> = (0..8).map(|i| format!("group/s{i}")).collect();
-    for s in &schedules {
-        send(&producer, args, Topic::Config, s, &config(s, 1)).await;
-    }
-    let mut extra = vec!["--snapshot-every", "50"];
-    extra.extend_from_slice(flags);
-    let survivor = ProcessorProcess::start_member(args, session_timeout_ms, &extra);
-    survivor.wait_ready(Duration::from_secs(60)).await;
-    let mut leaver = ProcessorProcess::start_member(args, session_timeout_ms, &extra);
-    leaver.wait_ready(Duration::from_secs(60)).await;
-    let all: Vec<i64> = (0..i64::from(args.schedule_partitions)).collect();
-    let split = eventually(
-        "the group to split the partitions between the two members",
-        Duration::from_secs(60),
-        || async {
-            let (a, b) = (survivor.partitions().await?, leaver.partitions().await?);
-            let mut both = [a.clone(), b.clone()].concat();
-            both.sort_unstable();
-            (!a.is_empty() && !b.is_empty() && both == all).then_some(b)
-        },
-    )
-    .await;
+    let mut load = Load::configured(args, "group", 18).await;
+    let (mut survivor, mut leaver, split) = two_members(&load, session_timeout_ms, flags).await;
     eprintln!("the leaving member owns partitions {split:?}");
     if flags.contains(&"--standby-replicas") {
         eventually(
@@ -106,48 +185,19 @@ async fn two_members_then_one(
         )
         .await;
     }
-    send(&producer, args, Topic::Forecasts, "GB", &forecast(150.0)).await;
-    // Every config is applied before telemetry is sent (see the crash tests: across
-    // topics a restart does not keep the order in which records were produced).
-    for s in &schedules {
-        eventually(
-            &format!("{s} decided by one of the members"),
-            Duration::from_secs(30),
-            || async {
-                let held =
-                    state_of(&survivor, s).await.is_some() || state_of(&leaver, s).await.is_some();
-                held.then_some(())
-            },
-        )
-        .await;
+    load.batches(30).await;
+    match departure {
+        Departure::Graceful => leaver.terminate(),
+        Departure::Crash => leaver.kill(),
     }
-
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
-    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
-    let batches = 120;
-    let mut departed_at = None;
-    for batch in 0..batches {
-        for (i, s) in schedules.iter().enumerate() {
-            let counts = [rng.random_range(0..20), rng.random_range(0..20), 0];
-            *expected.entry(s.clone()).or_default() += counts.iter().sum::<i64>();
-            let b = bucket(s, &format!("router-{}", i % 2), counts);
-            send(&producer, args, Topic::Telemetry, s, &b).await;
-        }
-        if batch == batches / 4 {
-            match departure {
-                Departure::Graceful => leaver.terminate(),
-                Departure::Crash => leaver.kill(),
-            }
-            departed_at = Some(Instant::now());
-        }
-        if batch == batches / 2 {
-            send(&producer, args, Topic::Forecasts, "GB", &forecast(230.0)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
+    let departed_at = Instant::now();
+    load.batches(30).await;
+    load.forecast(230.0).await;
+    load.batches(60).await;
     if departure == Departure::Graceful {
         leaver.wait_clean_exit();
     }
+    let all: Vec<i64> = (0..i64::from(args.schedule_partitions)).collect();
     eventually(
         "the survivor to own every partition",
         Duration::from_millis(session_timeout_ms) + Duration::from_secs(30),
@@ -156,147 +206,56 @@ async fn two_members_then_one(
     .await;
     eprintln!(
         "{departure:?}: the survivor owns every partition {:?} after the departure",
-        departed_at.map(|t| t.elapsed())
+        departed_at.elapsed()
     );
-    for s in &schedules {
-        let want = expected[s];
-        let seen = eventually(
-            &format!("{s} to have seen {want} requests"),
-            Duration::from_secs(60),
-            || async {
-                let seen = state_of(&survivor, s).await?["requestsSeen"].as_i64()?;
-                (seen >= want).then_some(seen)
-            },
-        )
-        .await;
-        assert_eq!(seen, want, "{s}: requests counted {seen}, produced {want}");
-    }
+    assert_requests_seen(&[&survivor], &load.expected).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut survivor = survivor;
     survivor.stop();
-
-    for p in 0..args.schedule_partitions {
-        let folded = fold_whole_journal(args, p).await;
-        for (id, s) in &folded.state.schedules {
-            assert_eq!(s.requests_seen, expected[id], "{id}: journal fold counts");
-        }
-    }
-    assert_no_decision_issued_twice(args);
-    assert_audit_verifies(args);
+    assert_nothing_lost_or_doubled(&load).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_mock_cluster_a_member_paused_past_its_session_is_fenced_and_nothing_is_counted_twice()
  {
     let (mock, args) = mock_cluster("mockpause");
-    let session_timeout_ms = 3_000;
-    let producer = RecordProducer::new(&args, "pause-test").expect("producer");
-    let schedules: Vec<String> = (0..8).map(|i| format!("pause/s{i}")).collect();
-    for s in &schedules {
-        send(&producer, &args, Topic::Config, s, &config(s, 1)).await;
-    }
-    let extra = ["--snapshot-every", "50"];
-    let mut a = ProcessorProcess::start_member(&args, session_timeout_ms, &extra);
-    a.wait_ready(Duration::from_secs(60)).await;
-    let mut b = ProcessorProcess::start_member(&args, session_timeout_ms, &extra);
-    b.wait_ready(Duration::from_secs(60)).await;
-    let all: Vec<i64> = (0..i64::from(args.schedule_partitions)).collect();
-    let owned_by_b = eventually(
-        "the group to split the partitions between the two members",
-        Duration::from_secs(60),
-        || async {
-            let (pa, pb) = (a.partitions().await?, b.partitions().await?);
-            let mut both = [pa.clone(), pb.clone()].concat();
-            both.sort_unstable();
-            (!pa.is_empty() && !pb.is_empty() && both == all).then_some(pb)
-        },
-    )
-    .await;
-    send(&producer, &args, Topic::Forecasts, "GB", &forecast(150.0)).await;
-    for s in &schedules {
-        eventually(&format!("{s} decided"), Duration::from_secs(30), || async {
-            (state_of(&a, s).await.is_some() || state_of(&b, s).await.is_some()).then_some(())
-        })
-        .await;
-    }
-
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(44);
-    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
-    let mut load = async |batches: usize| {
-        for _ in 0..batches {
-            for (i, s) in schedules.iter().enumerate() {
-                let counts = [rng.random_range(0..20), rng.random_range(0..20), 0];
-                *expected.entry(s.clone()).or_default() += counts.iter().sum::<i64>();
-                let bucket = bucket(s, &format!("router-{}", i % 2), counts);
-                send(&producer, &args, Topic::Telemetry, s, &bucket).await;
-            }
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-    };
-    load(30).await;
+    let mut load = Load::configured(&args, "pause", 44).await;
+    let (mut a, mut b, owned_by_b) = two_members(&load, 3_000, &[]).await;
+    load.batches(30).await;
     // B stops answering (a long GC pause, a frozen VM) but keeps its state and its
     // belief that it owns its partitions; the group evicts it and A takes them over.
     b.pause();
+    let all: Vec<i64> = (0..i64::from(args.schedule_partitions)).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     while a.partitions().await != Some(all.clone()) {
         assert!(
             Instant::now() < deadline,
             "A never took B's partitions over"
         );
-        load(5).await;
+        load.batches(5).await;
     }
-    load(10).await;
+    load.batches(10).await;
     // B resumes, still holding what it had fetched and applied: whatever it writes now
     // is written after A's claims.
     b.resume();
-    load(60).await;
+    load.batches(60).await;
     eventually(
         "the resumed member to give up the partitions it lost",
         Duration::from_secs(60),
         || async {
-            let lost = b
-                .metric("carbonflow_partitions_released_total{reason=\"lost\"}")
-                .await?;
+            let released = "carbonflow_partitions_released_total";
+            let lost = b.metric(&format!("{released}{{reason=\"lost\"}}")).await?;
             let fenced = b
-                .metric("carbonflow_partitions_released_total{reason=\"fenced\"}")
+                .metric(&format!("{released}{{reason=\"fenced\"}}"))
                 .await?;
             (lost + fenced >= owned_by_b.len() as f64).then_some(())
         },
     )
     .await;
-    load(30).await;
-    let expected = expected;
-    for s in &schedules {
-        let want = expected[s];
-        let seen = eventually(
-            &format!("{s} to have seen {want} requests"),
-            Duration::from_secs(60),
-            || async {
-                let held = match state_of(&a, s).await {
-                    Some(v) => v,
-                    None => state_of(&b, s).await?,
-                };
-                let seen = held["requestsSeen"].as_i64()?;
-                (seen >= want).then_some(seen)
-            },
-        )
-        .await;
-        assert_eq!(seen, want, "{s}: requests counted {seen}, produced {want}");
-    }
+    load.batches(30).await;
+    assert_requests_seen(&[&a, &b], &load.expected).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     b.stop();
     a.stop();
-
-    let mut fenced = 0;
-    for p in 0..args.schedule_partitions {
-        let folded = fold_whole_journal(&args, p).await;
-        fenced += folded.fenced;
-        for (id, s) in &folded.state.schedules {
-            assert_eq!(s.requests_seen, expected[id], "{id}: journal fold counts");
-        }
-    }
-    eprintln!("entries the paused member wrote after the new owner's claims, not folded: {fenced}");
-    assert_no_decision_issued_twice(&args);
-    assert_audit_verifies(&args);
+    assert_nothing_lost_or_doubled(&load).await;
     drop(mock);
 }

@@ -15,9 +15,9 @@ use carbonflow_schemas::records::{
 use carbonflow_schemas::service::now_ms;
 use carbonflow_schemas::testing::{fresh_layout, samples};
 use common::{
-    ProcessorProcess, assert_audit_verifies, assert_no_decision_issued_twice, bucket, config,
-    decisions_by_schedule, eventually, fold_whole_journal, forecast, http, read_all, send,
-    state_of, try_http,
+    ProcessorProcess, assert_audit_verifies, assert_no_decision_issued_twice, assert_requests_seen,
+    bucket, config, decisions_by_schedule, eventually, fold_whole_journal, forecast, http,
+    read_all, send, state_of, try_http,
 };
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -184,20 +184,7 @@ async fn crash_run(name: &str, extra: &[&str]) {
     processor.wait_ready(Duration::from_secs(60)).await;
 
     // Every request counted exactly once.
-    for s in &schedules {
-        let want = expected[s];
-        let seen = eventually(
-            &format!("{s} to have seen {want} requests"),
-            Duration::from_secs(60),
-            || async {
-                let v = state_of(&processor, s).await?;
-                let seen = v["requestsSeen"].as_i64()?;
-                (seen >= want).then_some(seen)
-            },
-        )
-        .await;
-        assert_eq!(seen, want, "{s}: requests counted {seen}, produced {want}");
-    }
+    assert_requests_seen(&[&processor], &expected).await;
     // Let the last windows close, stop cleanly, and compare with the journal.
     tokio::time::sleep(Duration::from_secs(3)).await;
     processor.stop();
@@ -416,19 +403,7 @@ async fn a_second_owner_of_the_same_partitions_fences_the_first_and_nothing_is_l
         }
     }
     assert_eq!(fenced_exits, rounds - 1);
-    for s in &schedules {
-        let want = expected[s];
-        let seen = eventually(
-            &format!("{s} to have seen {want} requests"),
-            Duration::from_secs(60),
-            || async {
-                let seen = state_of(&owner, s).await?["requestsSeen"].as_i64()?;
-                (seen >= want).then_some(seen)
-            },
-        )
-        .await;
-        assert_eq!(seen, want, "{s}: requests counted {seen}, produced {want}");
-    }
+    assert_requests_seen(&[&owner], &expected).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     owner.stop();
 
@@ -784,21 +759,6 @@ async fn send_telemetry(
     }
 }
 
-async fn wait_seen(processor: &ProcessorProcess, expected: &BTreeMap<String, i64>) {
-    for (s, want) in expected {
-        let seen = eventually(
-            &format!("{s} to have seen {want} requests"),
-            Duration::from_secs(60),
-            || async {
-                let seen = state_of(processor, s).await?["requestsSeen"].as_i64()?;
-                (seen >= *want).then_some(seen)
-            },
-        )
-        .await;
-        assert_eq!(seen, *want, "{s}: requests counted {seen}, produced {want}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_under_a_running_processor_loses_and_duplicates_nothing() {
     let broker = carbonflow_schemas::testing::PrivateBroker::start("bounce");
@@ -813,7 +773,7 @@ async fn a_broker_restart_under_a_running_processor_loses_and_duplicates_nothing
     processor.wait_ready(Duration::from_secs(60)).await;
     let mut expected = BTreeMap::new();
     send_telemetry(&producer, &args, &schedules, 20, &mut expected).await;
-    wait_seen(&processor, &expected).await;
+    assert_requests_seen(&[&processor], &expected).await;
 
     // The broker goes away for a few seconds under the running processor, and comes back
     // with its data. A write the broker fails stops the processor (restore rebuilds from
@@ -864,7 +824,7 @@ async fn a_broker_restart_under_a_running_processor_loses_and_duplicates_nothing
         restarts <= 3,
         "{restarts} restarts after one broker restart"
     );
-    wait_seen(&processor, &expected).await;
+    assert_requests_seen(&[&processor], &expected).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     processor.stop();
     assert_versions_never_regress(&args);
@@ -887,7 +847,7 @@ async fn a_corrupt_snapshot_is_passed_over_and_the_journal_replayed() {
     processor.wait_ready(Duration::from_secs(60)).await;
     let mut expected = BTreeMap::new();
     send_telemetry(&producer, &args, &schedules, 10, &mut expected).await;
-    wait_seen(&processor, &expected).await;
+    assert_requests_seen(&[&processor], &expected).await;
     processor.stop(); // a clean stop writes a snapshot
 
     // The newest snapshot record becomes garbage: right magic bytes, nothing behind them.
@@ -899,7 +859,7 @@ async fn a_corrupt_snapshot_is_passed_over_and_the_journal_replayed() {
 
     let processor = ProcessorProcess::start(&args, 0, 1, &[]);
     processor.wait_ready(Duration::from_secs(60)).await;
-    wait_seen(&processor, &expected).await;
+    assert_requests_seen(&[&processor], &expected).await;
     let client = carbonflow_schemas::testing::http_client();
     let metrics = carbonflow_schemas::testing::send(
         &client,

@@ -287,3 +287,42 @@ pub(crate) fn assert_audit_verifies(args: &KafkaArgs) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every schedule of `expected` has seen exactly its requests, in the state of whichever
+/// of `members` holds it (the last ones are waited for, up to a minute).
+pub(crate) async fn assert_requests_seen(
+    members: &[&ProcessorProcess],
+    expected: &BTreeMap<String, i64>,
+) {
+    for (s, &want) in expected {
+        let seen = eventually(
+            &format!("{s} to have seen {want} requests"),
+            Duration::from_secs(60),
+            || async {
+                for m in members {
+                    if let Some(state) = state_of(m, s).await {
+                        let seen = state["requestsSeen"].as_i64()?;
+                        return (seen >= want).then_some(seen);
+                    }
+                }
+                None
+            },
+        )
+        .await;
+        assert_eq!(seen, want, "{s}: requests counted {seen}, produced {want}");
+    }
+}
+
+/// The fold of each whole journal counts exactly the requests of `expected`; returns how
+/// many entries the folds passed over (superseded owners' written after a newer claim).
+pub(crate) async fn assert_folds_count(args: &KafkaArgs, expected: &BTreeMap<String, i64>) -> u64 {
+    let mut fenced = 0;
+    for p in 0..args.schedule_partitions {
+        let folded = fold_whole_journal(args, p).await;
+        fenced += folded.fenced;
+        for (id, s) in &folded.state.schedules {
+            assert_eq!(s.requests_seen, expected[id], "{id}: journal fold counts");
+        }
+    }
+    fenced
+}
