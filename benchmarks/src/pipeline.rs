@@ -44,11 +44,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Start one processor and `routers` (serving `schedule` by default) on `args`' topics.
+    /// Start one processor and `routers` on `args`' topics, the routers serving
+    /// `schedule` (the default for requests without a schedule header), or every schedule
+    /// when it is `None`.
     pub fn start(
         args: &KafkaArgs,
         bin_dir: &Path,
-        schedule: &str,
+        schedule: Option<&str>,
         routers: &[RouterSpec],
     ) -> anyhow::Result<Self> {
         let mut procs = Children::default();
@@ -66,8 +68,11 @@ impl Pipeline {
             let mut r = Command::new(bin_dir.join("router"));
             r.args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-                .args(["--router-id", &spec.id, "--mode", spec.mode])
-                .args(["--schedule", schedule]);
+                .args(["--router-id", &spec.id, "--mode", spec.mode]);
+            match schedule {
+                Some(s) => r.args(["--schedule", s]),
+                None => r.arg("--all-schedules"),
+            };
             common(&mut r);
             procs.0.push(r.spawn().context("starting a router")?);
             started.push(RouterEndpoints {

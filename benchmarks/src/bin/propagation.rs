@@ -4,18 +4,29 @@
 //! the path into forecast → decision record (processor side) and decision record →
 //! applied (router side).
 //!
+//! With `--fanout 1000,10000`: for each count, that many schedules of one zone, and one
+//! forecast for the zone, which re-decides them all; the time until every router has
+//! applied every schedule's new decision (p50 / p99 over schedules, and the last one),
+//! against the fan-out time (forecast → the processor's last decision record) plus two
+//! broker hops.
+//!
 //! Run (after `cargo build --release`, with the local broker up):
 //! `target/release/propagation --routers 1 --changes 500`
+//! `target/release/propagation --routers 2 --fanout 1000,10000`
 
 use std::path::PathBuf;
 
-use carbonflow_benchmarks::pipeline::{Pipeline, RouterSpec, held};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use carbonflow_benchmarks::history::publish_configs;
+use carbonflow_benchmarks::http::get_json;
+use carbonflow_benchmarks::pipeline::{Pipeline, RouterSpec, held};
 
 use anyhow::{Context, bail};
 use carbonflow_benchmarks::stats::Summary;
 use carbonflow_schemas::bus::admin::ensure_topics;
-use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
+use carbonflow_schemas::bus::{KafkaArgs, RangeReader, RecordProducer, Topic};
 use carbonflow_schemas::records::{Forecast, ScheduleDecision};
 use clap::Parser;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -42,6 +53,10 @@ struct Cli {
     /// Pause between changes, ms (each change is measured alone).
     #[arg(long, default_value_t = 20)]
     pause_ms: u64,
+    /// Instead of the single-schedule changes: schedule counts (comma-separated) for the
+    /// fan-out case, one forecast re-deciding them all.
+    #[arg(long, value_delimiter = ',')]
+    fanout: Vec<usize>,
 }
 
 use carbonflow_benchmarks::now_ms;
@@ -60,6 +75,9 @@ fn forecast(g: f64, at: i64) -> Forecast {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
+    if !cli.fanout.is_empty() {
+        return fanout(&cli).await;
+    }
     cli.kafka.topic_prefix = format!("bench.propagation.{}.", now_ms());
     let args = cli.kafka.clone();
     let layout = args.layout();
@@ -70,13 +88,8 @@ async fn main() -> anyhow::Result<()> {
 
     // The pipeline: one processor, N routers, a schedule on its own zone with a validity
     // long enough that no refresh interleaves.
-    let specs: Vec<RouterSpec> = (0..cli.routers)
-        .map(|i| RouterSpec {
-            id: format!("bench-{i}"),
-            mode: "random",
-        })
-        .collect();
-    let pipeline = Pipeline::start(&args, &cli.bin_dir, schedule, &specs)?;
+    let specs = router_specs(cli.routers);
+    let pipeline = Pipeline::start(&args, &cli.bin_dir, Some(schedule), &specs)?;
     let admins: Vec<String> = pipeline.routers.iter().map(|r| r.admin.clone()).collect();
     let producer = RecordProducer::new(&args, "propagation-bench")?;
     let mut config =
@@ -198,5 +211,148 @@ async fn main() -> anyhow::Result<()> {
             "NOT met"
         }
     );
+    Ok(())
+}
+
+/// The routers of a run.
+fn router_specs(n: usize) -> Vec<RouterSpec> {
+    (0..n)
+        .map(|i| RouterSpec {
+            id: format!("bench-{i}"),
+            mode: "random",
+        })
+        .collect()
+}
+
+/// Version and apply time (epoch ms) of every schedule a router holds.
+async fn held_all(admin: &str) -> Option<HashMap<String, (i64, i64)>> {
+    let v = get_json(&format!("{admin}/decisions")).await?;
+    v["decisions"]
+        .as_array()?
+        .iter()
+        .map(|d| {
+            Some((
+                d["schedule"].as_str()?.to_string(),
+                (d["version"].as_i64()?, d["appliedAtMs"].as_i64()?),
+            ))
+        })
+        .collect()
+}
+
+/// Poll every router until each holds, for all `n` schedules, a version above `above`
+/// (none when empty); returns what each holds then.
+async fn every_router_holds(
+    admins: &[String],
+    n: usize,
+    above: &HashMap<String, i64>,
+) -> anyhow::Result<Vec<HashMap<String, (i64, i64)>>> {
+    let give_up = Instant::now() + Duration::from_secs(300);
+    let mut held = Vec::new();
+    for admin in admins {
+        loop {
+            if let Some(h) = held_all(admin).await
+                && h.len() >= n
+                && h.iter()
+                    .all(|(s, (v, _))| above.get(s).is_none_or(|old| v > old))
+            {
+                held.push(h);
+                break;
+            }
+            if Instant::now() > give_up {
+                bail!("{admin} did not apply every schedule's decision within 300 s");
+            }
+            // Seldom: each answer lists every schedule, and the routers' apply times are
+            // their own, so polling faster would only take CPU from what is measured.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    Ok(held)
+}
+
+/// The fan-out case: for each count, one forecast re-decides that many schedules.
+async fn fanout(cli: &Cli) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut hop_p99: f64 = 0.0;
+    for &n in &cli.fanout {
+        let mut args = cli.kafka.clone();
+        args.topic_prefix = format!("bench.fanout.{n}.{}.", now_ms());
+        let layout = args.layout();
+        ensure_topics(&args, &layout, 1)
+            .await
+            .context("creating topics")?;
+        let pipeline = Pipeline::start(&args, &cli.bin_dir, None, &router_specs(cli.routers))?;
+        let admins: Vec<String> = pipeline.routers.iter().map(|r| r.admin.clone()).collect();
+        let producer = RecordProducer::new(&args, "propagation-bench")?;
+        publish_configs(&args, &producer, n).await?;
+        let before: HashMap<String, i64> = every_router_holds(&admins, n, &HashMap::new())
+            .await?
+            .remove(0)
+            .into_iter()
+            .map(|(s, (v, _))| (s, v))
+            .collect();
+        let decisions = layout.name(Topic::Decisions);
+        let reader = RangeReader::new(&args, "propagation-observer")?;
+        let from: Vec<i64> = (0..layout.schedule_partitions)
+            .map(|p| reader.watermarks(&decisions, p).map(|w| w.1))
+            .collect::<Result<_, _>>()?;
+
+        let t0 = now_ms();
+        let payload = carbonflow_schemas::encode(&forecast(420.0, t0))?;
+        producer
+            .send_bytes(
+                &layout.name(Topic::Forecasts),
+                b"BENCH",
+                None,
+                &payload,
+                Some(t0),
+            )
+            .await?;
+        let held = every_router_holds(&admins, n, &before).await?;
+        // Per schedule: when the last router applied it, and when its record was written.
+        let applied: Vec<f64> = before
+            .keys()
+            .map(|s| {
+                let last = held.iter().map(|h| h[s].1).max().unwrap_or(t0);
+                (last - t0) as f64
+            })
+            .collect();
+        let mut written_last = t0;
+        for (p, &from) in (0..layout.schedule_partitions).zip(&from) {
+            let (_, end) = reader.watermarks(&decisions, p)?;
+            reader.read(&decisions, p, from, end, |r| {
+                written_last = written_last.max(r.timestamp_ms.unwrap_or(t0));
+                Ok::<(), carbonflow_schemas::bus::BusError>(())
+            })?;
+        }
+        let fanout_ms = (written_last - t0) as f64;
+        let hop = carbonflow_benchmarks::hop::one_hop_ms(&args, &producer, Topic::Rejections, 200)
+            .await?;
+        hop_p99 = Summary::of(&hop).p99;
+        let applied = Summary::of(&applied);
+        eprintln!(
+            "fan-out {n}: last decision written {fanout_ms:.0} ms after the forecast; applied by every router {applied}"
+        );
+        rows.push((n, fanout_ms, applied, hop_p99));
+        drop(pipeline);
+    }
+    println!(
+        "\n## Fan-out propagation: one forecast re-decides every schedule of its zone ({} router(s), {} schedule partitions)\n",
+        cli.routers, cli.kafka.schedule_partitions
+    );
+    println!(
+        "| Schedules | Fan-out (forecast → last decision record) | Applied by every router, p50 | p99 | last | Target p99 ≤ fan-out + 2 × hop p99 |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (n, fanout_ms, a, hop) in &rows {
+        let target = fanout_ms + 2.0 * hop;
+        println!(
+            "| {n} | {fanout_ms:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {target:.0} ms: {} |",
+            a.p50,
+            a.p99,
+            a.max,
+            if a.p99 <= target { "met" } else { "not met" }
+        );
+    }
+    println!("\nbroker one hop p99 (schedule partitions): {hop_p99:.1} ms");
     Ok(())
 }

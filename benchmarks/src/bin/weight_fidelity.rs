@@ -240,7 +240,7 @@ async fn main() -> anyhow::Result<()> {
             mode: "random",
         },
     ];
-    let pipeline = Pipeline::start(&args, &cli.bin_dir, SCHEDULE, &routers)?;
+    let pipeline = Pipeline::start(&args, &cli.bin_dir, Some(SCHEDULE), &routers)?;
     let producer = RecordProducer::new(&args, "fidelity-bench")?;
     let mut config =
         carbonflow_core::spec::ScheduleSpec::default().to_config(SCHEDULE, now_ms(), now_ms());
