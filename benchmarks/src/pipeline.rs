@@ -60,7 +60,7 @@ impl Pipeline {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
         };
-        let (processor, processor_admin) = spawn_processor(args, bin_dir)?;
+        let (processor, processor_admin) = spawn_processor(args, bin_dir, &[])?;
         procs.0.push(processor);
         let mut started = vec![];
         for spec in routers {
@@ -125,12 +125,14 @@ impl Pipeline {
     }
 }
 
-/// Start `processor run` on `args`' topics; returns the child and its admin base URL.
+/// Start `processor run` on `args`' topics with `flags` added; returns the child and its
+/// admin base URL.
 pub fn spawn_processor(
     args: &KafkaArgs,
     bin_dir: &Path,
+    flags: &[&str],
 ) -> anyhow::Result<(std::process::Child, String)> {
-    let run = ProcessorRun::new(bin_dir.join("processor"), args);
+    let run = ProcessorRun::new(bin_dir.join("processor"), args).args(flags);
     let log = std::env::temp_dir().join(format!(
         "carbonflow-bench-processor-{}.log",
         run.admin_port()

@@ -318,12 +318,17 @@ struct Inputs {
     /// The owned journal partitions, read back from where restore ended: the fence.
     journal: InputConsumer,
     /// The journal and decisions partitions of the standby partitions, from where each
-    /// replica has read them.
-    standby: InputConsumer,
+    /// replica has read them; only when standbys are kept.
+    standby: Option<InputConsumer>,
 }
 
 impl Inputs {
-    fn new(args: &KafkaArgs, client_id: &str, lag: &LagMetrics) -> Result<Self, BusError> {
+    fn new(
+        args: &KafkaArgs,
+        client_id: &str,
+        lag: &LagMetrics,
+        standbys: bool,
+    ) -> Result<Self, BusError> {
         let input = |suffix: &str, group: &str| {
             InputConsumer::new(args, &format!("{client_id}{suffix}"), group, lag)
         };
@@ -331,8 +336,20 @@ impl Inputs {
             schedules: input("", GROUP)?,
             forecasts: input("-forecasts", GROUP)?,
             journal: input("-fence", GROUP)?,
-            standby: input("-standby", STANDBY_GROUP)?,
+            standby: standbys
+                .then(|| input("-standby", STANDBY_GROUP))
+                .transpose()?,
         })
+    }
+}
+
+/// The next record for the standbys; never, when none are kept.
+async fn next_standby_record(
+    standby: Option<&InputConsumer>,
+) -> rdkafka::error::KafkaResult<BorrowedMessage<'_>> {
+    match standby {
+        Some(s) => s.consumer.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -416,7 +433,12 @@ pub async fn run(
         group,
         shutdown: shutdown.clone(),
     };
-    let mut inputs = Inputs::new(&args, &settings.client_id, view.lag())?;
+    let mut inputs = Inputs::new(
+        &args,
+        &settings.client_id,
+        view.lag(),
+        settings.standby_replicas > 0,
+    )?;
     let mut membership = None;
     match &settings.ownership {
         Ownership::Explicit {
@@ -651,7 +673,9 @@ impl Shell {
             add_position(&mut tpl, &journal, p, r.journal_next())?;
             add_position(&mut tpl, &decisions, p, r.decisions_next())?;
         }
-        inputs.standby.assign(tpl)?;
+        if let Some(standby) = &mut inputs.standby {
+            standby.assign(tpl)?;
+        }
         metrics::standby_partitions(self.standbys.len());
         Ok(())
     }
@@ -989,7 +1013,7 @@ impl Shell {
                         Ok(())
                     }
                 },
-                m = inputs.standby.consumer.recv() => {
+                m = next_standby_record(inputs.standby.as_ref()) => {
                     match m {
                         Ok(m) => self.on_standby(&m),
                         Err(e) => tracing::warn!(error = %e, "standby consumer error (librdkafka retries)"),
@@ -1024,7 +1048,9 @@ impl Shell {
         inputs.schedules.unassigned();
         inputs.forecasts.unassigned();
         inputs.journal.unassigned();
-        inputs.standby.unassigned();
+        if let Some(standby) = &inputs.standby {
+            standby.unassigned();
+        }
         // Leaving after the final snapshots: the next owners restore from them.
         if let Some(m) = membership {
             m.leave().await;

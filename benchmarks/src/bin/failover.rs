@@ -31,14 +31,13 @@ use anyhow::{Context, bail};
 use carbonflow_benchmarks::history::{publish_config, publish_configs, schedule_id};
 use carbonflow_benchmarks::http::{client, get_json, get_text};
 use carbonflow_benchmarks::now_ms;
-use carbonflow_benchmarks::pipeline::wait_ready;
+use carbonflow_benchmarks::pipeline::{spawn_processor, wait_ready};
 use carbonflow_benchmarks::plot::{Chart, Series, Style, draw};
 use carbonflow_benchmarks::stats::Summary;
 use carbonflow_schemas::bus::admin::ensure_topics;
 use carbonflow_schemas::bus::{KafkaArgs, RangeReader, RecordProducer, Topic};
 use carbonflow_schemas::codec::record_name;
 use carbonflow_schemas::records::{OwnershipClaim, ScheduleDecision};
-use carbonflow_schemas::testing::ProcessorRun;
 use carbonflow_schemas::topics::partition_of;
 use carbonflow_schemas::{AvroRecord, decode};
 use clap::Parser;
@@ -100,25 +99,17 @@ struct Member {
 
 impl Member {
     fn start(args: &KafkaArgs, bin_dir: &Path, setting: &Setting) -> anyhow::Result<Self> {
-        let run = ProcessorRun::new(bin_dir.join("processor"), args).args([
+        let timeout = setting.session_timeout_ms.to_string();
+        let flags = [
             "--ownership",
             "group",
             "--session-timeout-ms",
-            &setting.session_timeout_ms.to_string(),
+            &timeout,
             "--standby-replicas",
             if setting.standby { "1" } else { "0" },
-        ]);
-        let log = std::env::temp_dir().join(format!(
-            "carbonflow-bench-failover-{}.log",
-            run.admin_port()
-        ));
-        let p = run
-            .spawn(&log)
-            .context("starting a processor (build with cargo build --release)")?;
-        Ok(Self {
-            admin: p.admin_url(),
-            child: p.child,
-        })
+        ];
+        let (child, admin) = spawn_processor(args, bin_dir, &flags)?;
+        Ok(Self { child, admin })
     }
 
     /// The partitions it owns and the number of schedules it shows, if it answers.

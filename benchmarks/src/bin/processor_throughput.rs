@@ -112,7 +112,7 @@ async fn telemetry_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64, f64)>
     let pipe_rate = bare_pipe(&args, &producer, &topic, cli.buckets).await?;
 
     let mut procs = Children::default();
-    let (child, admin) = spawn_processor(&args, &cli.bin_dir)?;
+    let (child, admin) = spawn_processor(&args, &cli.bin_dir, &[])?;
     procs.0.push(child);
     let (took, counted) = metric_reaches(
         &admin,
@@ -200,7 +200,7 @@ async fn decisions_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64, f64)>
     let args = fresh(cli, &format!("decisions{run}")).await?;
     let producer = RecordProducer::new(&args, "throughput-bench")?;
     let mut procs = Children::default();
-    let (child, admin) = spawn_processor(&args, &cli.bin_dir)?;
+    let (child, admin) = spawn_processor(&args, &cli.bin_dir, &[])?;
     let pid = child.id();
     procs.0.push(child);
     wait_ready(&admin, Duration::from_secs(60)).await?;

@@ -26,7 +26,7 @@ use carbonflow_benchmarks::pipeline::{Pipeline, RouterSpec, held};
 use anyhow::{Context, bail};
 use carbonflow_benchmarks::stats::Summary;
 use carbonflow_schemas::bus::admin::ensure_topics;
-use carbonflow_schemas::bus::{KafkaArgs, RangeReader, RecordProducer, Topic};
+use carbonflow_schemas::bus::{KafkaArgs, RangeReader, RecordProducer, Topic, TopicLayout};
 use carbonflow_schemas::records::{Forecast, ScheduleDecision};
 use clap::Parser;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -60,6 +60,27 @@ struct Cli {
 }
 
 use carbonflow_benchmarks::now_ms;
+
+/// Publish a forecast of `g` gCO2/kWh for zone BENCH, stamped now; returns that time
+/// (epoch ms), from which propagation is measured.
+async fn publish_forecast(
+    producer: &RecordProducer,
+    layout: &TopicLayout,
+    g: f64,
+) -> anyhow::Result<i64> {
+    let t0 = now_ms();
+    let payload = carbonflow_schemas::encode(&forecast(g, t0))?;
+    producer
+        .send_bytes(
+            &layout.name(Topic::Forecasts),
+            b"BENCH",
+            None,
+            &payload,
+            Some(t0),
+        )
+        .await?;
+    Ok(t0)
+}
 
 fn forecast(g: f64, at: i64) -> Forecast {
     let slots: Vec<f64> = (0..4).map(|i| g + f64::from(i)).collect();
@@ -119,18 +140,8 @@ async fn main() -> anyhow::Result<()> {
     let (mut e2e, mut processor_side, mut router_side) = (vec![], vec![], vec![]);
     let started = Instant::now();
     for k in 0..cli.changes {
-        let t0 = now_ms();
-        let f = forecast(if k % 2 == 0 { 120.0 } else { 380.0 }, t0);
-        let payload = carbonflow_schemas::encode(&f)?;
-        producer
-            .send_bytes(
-                &layout.name(Topic::Forecasts),
-                b"BENCH",
-                None,
-                &payload,
-                Some(t0),
-            )
-            .await?;
+        let t0 =
+            publish_forecast(&producer, &layout, if k % 2 == 0 { 120.0 } else { 380.0 }).await?;
         version += 1;
         let mut applied = vec![];
         for admin in &admins {
@@ -296,17 +307,7 @@ async fn fanout(cli: &Cli) -> anyhow::Result<()> {
             .map(|p| reader.watermarks(&decisions, p).map(|w| w.1))
             .collect::<Result<_, _>>()?;
 
-        let t0 = now_ms();
-        let payload = carbonflow_schemas::encode(&forecast(420.0, t0))?;
-        producer
-            .send_bytes(
-                &layout.name(Topic::Forecasts),
-                b"BENCH",
-                None,
-                &payload,
-                Some(t0),
-            )
-            .await?;
+        let t0 = publish_forecast(&producer, &layout, 420.0).await?;
         let held = every_router_holds(&admins, n, &before).await?;
         // Per schedule: when the last router applied it, and when its record was written.
         let applied: Vec<f64> = before

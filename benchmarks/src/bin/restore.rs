@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
 
         // Build the history: the processor applies every input (journal, snapshots).
         let mut procs = Children::default();
-        let (child, admin) = spawn_processor(&args, &cli.bin_dir)?;
+        let (child, admin) = spawn_processor(&args, &cli.bin_dir, &[])?;
         procs.0.push(child);
         let (applied_in, _) = metric_reaches(
             &admin,
@@ -85,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         let mut times = Vec::new();
         for _ in 0..cli.restarts {
             drop(std::mem::take(&mut procs)); // SIGKILL
-            let (child, admin) = spawn_processor(&args, &cli.bin_dir)?;
+            let (child, admin) = spawn_processor(&args, &cli.bin_dir, &[])?;
             procs.0.push(child);
             let took = wait_ready(&admin, Duration::from_secs(600)).await?;
             eprintln!(
