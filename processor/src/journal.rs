@@ -21,7 +21,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use carbonflow_core::reconcile::{Reconciliation, Repairs};
+use carbonflow_core::reconcile::{Divergence, Reconciliation, Repairs};
 use carbonflow_core::state::{Admission, PartitionState, STATE_FORMAT};
 use carbonflow_schemas::bus::{BusError, KafkaArgs, RangeReader, Topic, TopicLayout};
 use carbonflow_schemas::records::{PartitionSnapshot, journal_record};
@@ -415,19 +415,23 @@ impl Replica {
             }
         };
         for (index, entry) in entries.iter().enumerate() {
-            if let Some(d) = self.reconciliation.replay(&mut self.state, entry) {
-                self.divergent += 1;
-                tracing::error!(
-                    partition,
-                    offset,
-                    index,
-                    produced = ?d.produced,
-                    recorded = ?d.recorded,
-                    "journal replay diverges from what was recorded"
-                );
+            for d in self.reconciliation.replay(&mut self.state, entry) {
+                self.diverged(offset, index, &d);
             }
         }
         Ok(())
+    }
+
+    fn diverged(&mut self, offset: i64, index: usize, d: &Divergence) {
+        self.divergent += 1;
+        tracing::error!(
+            partition = self.partition,
+            offset,
+            index,
+            produced = ?d.produced,
+            recorded = ?d.recorded,
+            "journal replay diverges from what was recorded"
+        );
     }
 
     /// Note the decisions record at `offset`: which decisions reached the topic, and
@@ -494,6 +498,9 @@ impl Replica {
                     source,
                 },
             })?;
+        if let Some(d) = self.reconciliation.end_of_input() {
+            self.diverged(journal_end, 0, &d);
+        }
 
         reaches(&decisions, partition, self.decisions_next, decisions_end)?;
         reader

@@ -1141,28 +1141,29 @@ impl Shell {
         }
     }
 
-    /// Queue partition `p`'s unwritten journal entries as one batch record.
+    /// Queue partition `p`'s unwritten journal entries, as few batch records as fit.
     async fn write_journal(&mut self, p: i32) -> Result<(), WriteFailed> {
-        let Some(batch) = self
+        while let Some(batch) = self
             .owned
             .get_mut(&p)
             .and_then(|o| o.unwritten.take(p, o.state.epoch))
-        else {
-            return Ok(());
-        };
-        let bytes = encode(&batch).map_err(|e| WriteFailed::new("a journal entry", p, e.into()))?;
-        metrics::journal_written(batch.entries.len(), bytes.len());
-        let key = p.to_string();
-        self.outbox
-            .queue(
-                Topic::Journal,
-                p,
-                key.as_bytes(),
-                Some(&bytes),
-                Written::Journal,
-                None,
-            )
-            .await
+        {
+            let bytes =
+                encode(&batch).map_err(|e| WriteFailed::new("a journal entry", p, e.into()))?;
+            metrics::journal_written(batch.entries.len(), bytes.len());
+            let key = p.to_string();
+            self.outbox
+                .queue(
+                    Topic::Journal,
+                    p,
+                    key.as_bytes(),
+                    Some(&bytes),
+                    Written::Journal,
+                    None,
+                )
+                .await?;
+        }
+        Ok(())
     }
 
     /// Queue every partition's unwritten journal entries.

@@ -24,7 +24,7 @@
 //! and the decisions written since the snapshot ([`Reconciliation::seen_on_topic`]), then
 //! [`Reconciliation::conclude`]s. No Kafka: the shell reads, this decides.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use carbonflow_schemas::decode;
 use carbonflow_schemas::records::{InputPosition, JournalEntry, ScheduleDecision};
@@ -60,6 +60,14 @@ struct OnTopic {
     bytes: Vec<u8>,
 }
 
+/// The input replayed last, while its replay produced decisions that no entry of it has
+/// recorded yet (continuation entries may follow).
+#[derive(Debug)]
+struct OpenInput {
+    input: InputPosition,
+    unrecorded: VecDeque<(String, i64)>,
+}
+
 /// Reconciliation of one partition (see the module doc).
 #[derive(Debug, Default)]
 pub struct Reconciliation {
@@ -69,6 +77,7 @@ pub struct Reconciliation {
     on_topic: BTreeMap<String, OnTopic>,
     /// The highest precedence found on the topic per schedule.
     newest_on_topic: BTreeMap<String, (i64, i64)>,
+    open: Option<OpenInput>,
     /// Journal entries replayed.
     pub replayed: u64,
 }
@@ -80,25 +89,40 @@ impl Reconciliation {
     }
 
     /// Replay one journal entry into `state`, remembering what it produced. Returns the
-    /// divergence if the replay does not produce the decision versions the entry recorded.
-    pub fn replay(
-        &mut self,
-        state: &mut PartitionState,
-        entry: &JournalEntry,
-    ) -> Option<Divergence> {
-        let outputs = state.replay(entry);
+    /// divergences found: this entry's, when its replay does not produce the decision
+    /// versions it recorded, and the previous input's, when its replay produced more
+    /// decisions than its entries recorded.
+    ///
+    /// A fan-out's refs are spread over its entry and the continuation entries after it
+    /// (same input position, no record): each recorded chunk is compared with the next
+    /// decisions its input's replay produced.
+    pub fn replay(&mut self, state: &mut PartitionState, entry: &JournalEntry) -> Vec<Divergence> {
         self.replayed += 1;
-        let produced: Vec<(String, i64)> = outputs
+        let recorded: Vec<(String, i64)> = entry
+            .decisions
+            .iter()
+            .map(|d| (d.schedule.clone(), d.version))
+            .collect();
+        if let Some(open) = self.open.as_mut().filter(|o| o.input == entry.input) {
+            let n = recorded.len().min(open.unrecorded.len());
+            let produced: Vec<(String, i64)> = open.unrecorded.drain(..n).collect();
+            return Vec::from_iter(
+                (produced != recorded).then_some(Divergence { produced, recorded }),
+            );
+        }
+        let mut divergences = Vec::from_iter(self.end_of_input());
+        if entry.record.is_empty() && state.already_applied(&entry.input) {
+            // The continuation of an input folded before this replay began (a snapshot
+            // holds it): its refs cannot be compared with anything.
+            return divergences;
+        }
+        let outputs = state.replay(entry);
+        let mut produced: Vec<(String, i64)> = outputs
             .iter()
             .filter_map(|o| match o {
                 Output::Decision(d) => Some((d.schedule.clone(), d.version)),
                 _ => None,
             })
-            .collect();
-        let recorded: Vec<(String, i64)> = entry
-            .decisions
-            .iter()
-            .map(|d| (d.schedule.clone(), d.version))
             .collect();
         for o in outputs {
             match o {
@@ -113,7 +137,28 @@ impl Reconciliation {
                 Output::Rejection(_) | Output::Refused { .. } => {}
             }
         }
-        (produced != recorded).then_some(Divergence { produced, recorded })
+        let unrecorded = produced.split_off(recorded.len().min(produced.len()));
+        if produced != recorded {
+            divergences.push(Divergence { produced, recorded });
+        }
+        if !unrecorded.is_empty() {
+            self.open = Some(OpenInput {
+                input: entry.input.clone(),
+                unrecorded: unrecorded.into(),
+            });
+        }
+        divergences
+    }
+
+    /// No more entries of the input replayed last will come (the next input began, or the
+    /// journal tail ended): its divergence, if its replay produced decisions that none of
+    /// its entries recorded.
+    pub fn end_of_input(&mut self) -> Option<Divergence> {
+        let open = self.open.take()?;
+        (!open.unrecorded.is_empty()).then(|| Divergence {
+            produced: open.unrecorded.into(),
+            recorded: vec![],
+        })
     }
 
     /// A record read from the decisions topic at `offset`. Tombstones and records that do
@@ -218,7 +263,7 @@ mod tests {
             &ConfigCommand::Config(Box::new(config)),
             &[(id.clone(), 1)],
         );
-        assert_eq!(reconciliation.replay(&mut state, &e), None, "replay agrees");
+        assert_eq!(reconciliation.replay(&mut state, &e), [], "replay agrees");
         let decision = state.schedules[&id]
             .last_decision
             .clone()
@@ -273,7 +318,7 @@ mod tests {
             &ConfigCommand::Config(Box::new(config.clone())),
             &[(config.schedule.clone(), 1)],
         );
-        assert_eq!(reconciliation.replay(&mut state, &e), None);
+        assert_eq!(reconciliation.replay(&mut state, &e), []);
         let decision = reconciliation.last_decision[&config.schedule].clone();
         assert_eq!(decision.precedence(), (5, 1));
         // when the topic holds only a superseded owner's version 9, of epoch 2,
@@ -296,7 +341,7 @@ mod tests {
         });
         assert_eq!(
             reconciliation.replay(&mut state, &entry(1, &delete, &[])),
-            None
+            []
         );
         let repairs = reconciliation.conclude(&state, DECISIONS, 0);
         assert_eq!(repairs.removed, vec![decision.schedule]);
@@ -316,10 +361,87 @@ mod tests {
             &ConfigCommand::Config(Box::new(config)),
             &[(id.clone(), 5)],
         );
-        let d = Reconciliation::new()
-            .replay(&mut state, &e)
-            .expect("divergent");
-        assert_eq!(d.produced, vec![(id.clone(), 1)]);
-        assert_eq!(d.recorded, vec![(id, 5)]);
+        let d = Reconciliation::new().replay(&mut state, &e);
+        assert_eq!(
+            d,
+            [Divergence {
+                produced: vec![(id.clone(), 1)],
+                recorded: vec![(id, 5)],
+            }]
+        );
+    }
+
+    /// A config's entry recording `first` of its decision refs, followed by continuation
+    /// entries (same position, no record) recording the rest in chunks of `chunk`.
+    fn split_entry(refs: &[(String, i64)], first: usize, chunk: usize) -> Vec<JournalEntry> {
+        let config = ConfigCommand::Config(Box::new(samples::schedule_config()));
+        let mut entries = vec![entry(0, &config, &refs[..first])];
+        for part in refs[first..].chunks(chunk) {
+            let mut continuation = entry(0, &config, part);
+            continuation.record.clear();
+            entries.push(continuation);
+        }
+        entries
+    }
+
+    #[test]
+    fn refs_continued_over_several_entries_are_compared_in_order() {
+        // Given a config whose one decision is recorded on a continuation entry
+        let id = samples::schedule_config().schedule;
+        let mut state = PartitionState::new(0);
+        let mut reconciliation = Reconciliation::new();
+        // When its entry and the continuation are replayed
+        for e in split_entry(&[(id.clone(), 1)], 0, 1) {
+            // Then neither diverges
+            assert_eq!(reconciliation.replay(&mut state, &e), []);
+        }
+        assert_eq!(reconciliation.end_of_input(), None);
+        assert_eq!(state.schedules[&id].version, 1);
+    }
+
+    #[test]
+    fn a_continuation_recording_other_versions_is_divergent() {
+        let id = samples::schedule_config().schedule;
+        let mut state = PartitionState::new(0);
+        let mut reconciliation = Reconciliation::new();
+        let entries = split_entry(&[(id.clone(), 4)], 0, 1);
+        assert_eq!(reconciliation.replay(&mut state, &entries[0]), []);
+        assert_eq!(
+            reconciliation.replay(&mut state, &entries[1]),
+            [Divergence {
+                produced: vec![(id.clone(), 1)],
+                recorded: vec![(id, 4)],
+            }]
+        );
+    }
+
+    #[test]
+    fn decisions_no_entry_recorded_are_divergent_once_the_input_ends() {
+        let id = samples::schedule_config().schedule;
+        let mut state = PartitionState::new(0);
+        let mut reconciliation = Reconciliation::new();
+        let entries = split_entry(&[], 0, 1);
+        assert_eq!(reconciliation.replay(&mut state, &entries[0]), []);
+        assert_eq!(
+            reconciliation.end_of_input(),
+            Some(Divergence {
+                produced: vec![(id, 1)],
+                recorded: vec![],
+            })
+        );
+    }
+
+    #[test]
+    fn a_continuation_of_an_input_folded_before_the_replay_is_passed_over() {
+        // Given a state that already holds the config (restored from a snapshot)
+        let id = samples::schedule_config().schedule;
+        let mut state = PartitionState::new(0);
+        let entries = split_entry(&[(id.clone(), 1)], 0, 1);
+        let _ = Reconciliation::new().replay(&mut state, &entries[0]);
+        // When the replay starts at its continuation
+        let mut reconciliation = Reconciliation::new();
+        // Then the continuation is not compared with anything
+        assert_eq!(reconciliation.replay(&mut state, &entries[1]), []);
+        assert_eq!(reconciliation.end_of_input(), None);
     }
 }
