@@ -10,7 +10,7 @@ use carbonflow_core::gate::{Limits, MAX_TIME_MS};
 use carbonflow_processor::access::AdminToken;
 use carbonflow_processor::admin::{self, AdminState};
 use carbonflow_processor::pipeline::{self, Ownership, Settings};
-use carbonflow_processor::view::ProcessorView;
+use carbonflow_processor::view::{ProcessorView, ScheduleSeries};
 use carbonflow_schemas::bus::{GroupMember, KafkaArgs, RecordProducer};
 use carbonflow_schemas::upstream::AllowList;
 use clap::{Args, Parser, Subcommand};
@@ -90,6 +90,18 @@ struct RunArgs {
     /// it costs the CPU and memory of folding every other instance's partitions.
     #[arg(long, env = "CARBONFLOW_STANDBY_REPLICAS", default_value_t = 0)]
     standby_replicas: u32,
+    /// Schedules that get series of their own in /metrics (weights, ledger, emissions,
+    /// version per schedule), besides the --schedule-series-for ones: the first this
+    /// many the instance shows. Each schedule adds about 25 series; at tens of
+    /// thousands of schedules they would cost more memory than the schedules and load
+    /// Prometheus with millions of series. Aggregates over every schedule
+    /// (carbonflow_schedules, carbonflow_schedules_undecided, ...) are exported always.
+    #[arg(long, env = "CARBONFLOW_SCHEDULE_SERIES_LIMIT", default_value_t = 1000)]
+    schedule_series_limit: usize,
+    /// Schedules (namespace/name, comma-separated) that always get series of their own,
+    /// whatever --schedule-series-limit says.
+    #[arg(long, env = "CARBONFLOW_SCHEDULE_SERIES_FOR", value_delimiter = ',', value_parser = parse_schedule_id)]
+    schedule_series_for: Vec<String>,
     /// File holding the bearer token that requests publishing commands (PUT /config,
     /// POST and DELETE .../manual) must carry as `Authorization: Bearer <token>`. Required
     /// when --admin-listen is not a loopback address.
@@ -117,7 +129,8 @@ struct RunArgs {
     /// before they expire.
     #[arg(long, env = "CARBONFLOW_TICK_INTERVAL_MS", default_value_t = 1000)]
     tick_interval_ms: u64,
-    /// Snapshot a partition after this many journal entries.
+    /// Snapshot a partition after this many journal entries, or after as many as the
+    /// partition has schedules if that is more (a snapshot writes every schedule).
     #[arg(long, env = "CARBONFLOW_SNAPSHOT_EVERY", default_value_t = 2000)]
     snapshot_every: u64,
     /// ...or after this many seconds with any change, whichever comes first.
@@ -414,6 +427,12 @@ fn audit(args: AuditArgs) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+fn parse_schedule_id(s: &str) -> Result<String, String> {
+    s.parse::<carbonflow_schemas::vocabulary::ScheduleId>()
+        .map(|_| s.to_string())
+        .map_err(|e| format!("expected a schedule id namespace/name: {e}"))
+}
+
 fn parse_instance(s: &str) -> Result<i32, String> {
     let digits: String = s
         .chars()
@@ -517,7 +536,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let token = admin_token(&args)?;
     let handle = carbonflow_schemas::service::install_metrics().context("installing metrics")?;
     carbonflow_processor::metrics::describe();
-    let view = Arc::new(ProcessorView::new(settings.ownership.describe()));
+    let series = ScheduleSeries {
+        limit: args.schedule_series_limit,
+        opted_in: args.schedule_series_for.iter().cloned().collect(),
+    };
+    let view = Arc::new(ProcessorView::new(settings.ownership.describe(), series));
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await

@@ -20,7 +20,7 @@ use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 
-use crate::view::ScheduleSummary;
+use crate::view::{ScheduleSummary, Shown};
 
 // Per decision.
 const DECISIONS: &str = "carbonflow_decisions_total";
@@ -44,6 +44,12 @@ const DELIVERED_SHARE: &str = "carbonflow_delivered_share";
 const EMISSIONS_INDEX: &str = "carbonflow_emissions_index_total";
 const REQUESTS_SEEN: &str = "carbonflow_schedule_requests_seen";
 const SCHEDULE_VERSION: &str = "carbonflow_schedule_version";
+// Over every schedule shown, whether or not it has series of its own.
+const SCHEDULES: &str = "carbonflow_schedules";
+const SCHEDULES_UNDECIDED: &str = "carbonflow_schedules_undecided";
+const SCHEDULES_WITH_SERIES: &str = "carbonflow_schedules_with_series";
+const REQUESTS_SEEN_ALL: &str = "carbonflow_requests_seen_all";
+const EMISSIONS_INDEX_ALL: &str = "carbonflow_emissions_index_all";
 // Inputs and refusals.
 const INPUTS: &str = "carbonflow_inputs_total";
 const DEAD_LETTERS: &str = "carbonflow_dead_letters_total";
@@ -151,6 +157,30 @@ pub fn describe() {
     describe_gauge!(
         SCHEDULE_VERSION,
         "Version of the schedule's latest decision (0 before the first; NaN once deleted)."
+    );
+    describe_gauge!(
+        SCHEDULES,
+        Unit::Count,
+        "Schedules with a config in the partitions this instance owns."
+    );
+    describe_gauge!(
+        SCHEDULES_UNDECIDED,
+        Unit::Count,
+        "Of them, schedules without a decision yet."
+    );
+    describe_gauge!(
+        SCHEDULES_WITH_SERIES,
+        Unit::Count,
+        "Of them, schedules with series of their own (opted in, or within --schedule-series-limit)."
+    );
+    describe_gauge!(
+        REQUESTS_SEEN_ALL,
+        Unit::Count,
+        "Requests of every telemetry bucket applied, over every schedule shown."
+    );
+    describe_gauge!(
+        EMISSIONS_INDEX_ALL,
+        "Emissions index of closed windows over every schedule shown (request-equivalents × g/kWh), as delivered and at full precision."
     );
     describe_counter!(INPUTS, Unit::Count, "Input records read, by topic.");
     describe_counter!(
@@ -287,12 +317,16 @@ fn labels(id: &str) -> (String, String) {
     }
 }
 
-/// A decision was queued for the decisions topic.
-pub(crate) fn decision_emitted(d: &ScheduleDecision) {
-    let (ns, sc) = labels(&d.schedule);
+/// A decision was queued for the decisions topic; `series`: its schedule has series of
+/// its own.
+pub(crate) fn decision_emitted(d: &ScheduleDecision, series: bool) {
     let cause =
         DecisionCause::from_wire(&d.provenance.cause).map_or("other", DecisionCause::as_str);
     counter!(DECISIONS, "cause" => cause).increment(1);
+    if !series {
+        return;
+    }
+    let (ns, sc) = labels(&d.schedule);
     for f in &d.flavours {
         gauge!(FLAVOUR_WEIGHT, "namespace" => ns.clone(), "schedule" => sc.clone(), "flavour" => f.name.clone())
             .set(f64::from(f.weight_percent));
@@ -338,9 +372,32 @@ pub(crate) fn decision_refused(error: &PolicyError) {
     counter!(DECISIONS_REFUSED, "reason" => error.kind()).increment(1);
 }
 
-/// A schedule was deleted. Its series cannot be removed from the exporter, so the ones that
-/// alerts compare against time are set to NaN, which no comparison matches.
-pub(crate) fn schedule_removed(id: &str) {
+/// The aggregates' share of one schedule's summary.
+fn add_to_aggregates(s: &ScheduleSummary, sign: f64) {
+    gauge!(SCHEDULES).increment(sign);
+    if s.version == 0 {
+        gauge!(SCHEDULES_UNDECIDED).increment(sign);
+    }
+    gauge!(REQUESTS_SEEN_ALL).increment(sign * s.requests_seen as f64);
+    for (basis, value) in [
+        ("delivered", s.emissions.delivered),
+        ("full-precision", s.emissions.full_precision),
+    ] {
+        gauge!(EMISSIONS_INDEX_ALL, "basis" => basis).increment(sign * value);
+    }
+}
+
+/// Schedule `id` is no longer shown (deleted, or its partition released): `shown` is what
+/// was. Its series cannot be removed from the exporter, so the ones that alerts compare
+/// against time are set to NaN, which no comparison matches.
+pub(crate) fn schedule_removed(id: &str, shown: &Shown, with_series: usize) {
+    if let Some(s) = &shown.previous {
+        add_to_aggregates(s, -1.0);
+    }
+    gauge!(SCHEDULES_WITH_SERIES).set(with_series as f64);
+    if !shown.series {
+        return;
+    }
     let (ns, sc) = labels(id);
     for name in [SCHEDULE_VERSION, VALID_UNTIL] {
         gauge!(name, "namespace" => ns.clone(), "schedule" => sc.clone()).set(f64::NAN);
@@ -348,12 +405,32 @@ pub(crate) fn schedule_removed(id: &str) {
 }
 
 /// Export what was delivered and emitted, as the state holds it (so restored figures are
-/// exported again after a restart rather than starting from zero).
-pub(crate) fn schedule_shown(id: &str, s: &ScheduleSummary, previous: Option<&ScheduleSummary>) {
+/// exported again after a restart rather than starting from zero): into the aggregates
+/// always, as series of its own when `shown.series`. `with_series` counts the schedules
+/// that have them.
+pub(crate) fn schedule_shown(id: &str, s: &ScheduleSummary, shown: &Shown, with_series: usize) {
+    if let Some(p) = &shown.previous {
+        add_to_aggregates(p, -1.0);
+    }
+    add_to_aggregates(s, 1.0);
+    gauge!(SCHEDULES_WITH_SERIES).set(with_series as f64);
+    // The forecast ahead per zone, not per schedule: thousands of schedules share a few
+    // zones. Slot 0 is the current one; a fixed number of slots keeps the label bounded
+    // (the reference made one series per hour offset, never removed). Slots the forecast
+    // does not reach are NaN, which dashboards show as gaps.
+    if let Some(slots) = &shown.zone_slots {
+        for slot in 0..FORECAST_SLOTS_EXPORTED {
+            gauge!(FORECAST_SLOT_INTENSITY, "zone" => s.zone.clone(), "slot" => slot.to_string())
+                .set(slots.get(slot).copied().unwrap_or(f64::NAN));
+        }
+    }
+    if !shown.series {
+        return;
+    }
     let (ns, sc) = labels(id);
     // Which zone a schedule follows (dashboards join the zone's forecast through it); set
     // only when it changes, since this runs for every input that touches the schedule.
-    let old_zone = previous.map(|p| p.zone.as_str());
+    let old_zone = shown.previous.as_ref().map(|p| p.zone.as_str());
     if old_zone != Some(s.zone.as_str()) {
         if let Some(old) = old_zone {
             gauge!(SCHEDULE_ZONE, "namespace" => ns.clone(), "schedule" => sc.clone(), "zone" => old.to_string())
@@ -361,17 +438,6 @@ pub(crate) fn schedule_shown(id: &str, s: &ScheduleSummary, previous: Option<&Sc
         }
         gauge!(SCHEDULE_ZONE, "namespace" => ns.clone(), "schedule" => sc.clone(), "zone" => s.zone.clone())
             .set(1.0);
-    }
-    // The forecast ahead per zone, not per schedule: thousands of schedules share a few
-    // zones. Slot 0 is the current one; a fixed number of slots keeps the label bounded
-    // (the reference made one series per hour offset, never removed). Slots the forecast
-    // does not reach are NaN, which dashboards show as gaps.
-    let slots_changed = previous.is_none_or(|p| p.forecast_slots != s.forecast_slots);
-    if slots_changed && !s.forecast_slots.is_empty() {
-        for slot in 0..FORECAST_SLOTS_EXPORTED {
-            gauge!(FORECAST_SLOT_INTENSITY, "zone" => s.zone.clone(), "slot" => slot.to_string())
-                .set(s.forecast_slots.get(slot).copied().unwrap_or(f64::NAN));
-        }
     }
     for (flavour, share) in &s.delivered_shares {
         gauge!(DELIVERED_SHARE, "namespace" => ns.clone(), "schedule" => sc.clone(), "flavour" => flavour.clone())

@@ -2,9 +2,9 @@
 //! schedules. The pipeline writes it after applying inputs; HTTP handlers read it through
 //! the methods here and never touch the partition state itself.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use carbonflow_core::state::{DeliveredWindow, EmissionsAccount, ScheduleState};
 use carbonflow_schemas::bus::LagMetrics;
@@ -46,9 +46,6 @@ pub struct ScheduleSummary {
     pub carbon_saved: Option<f64>,
     /// Forecast zone the schedule follows.
     pub zone: String,
-    /// Intensities of the forecast slots from the current one, as the last decision saw
-    /// them, g/kWh.
-    pub forecast_slots: Vec<f64>,
 }
 
 impl ScheduleSummary {
@@ -74,12 +71,6 @@ impl ScheduleSummary {
             emissions: s.emissions,
             carbon_saved: s.emissions.saved_fraction(),
             zone: config.zone.clone(),
-            forecast_slots: s
-                .last_decision
-                .as_ref()
-                .and_then(|d| d.provenance.forecast.as_ref())
-                .map(|f| f.slots.clone())
-                .unwrap_or_default(),
         })
     }
 }
@@ -114,6 +105,31 @@ impl RecentDecision {
     }
 }
 
+/// Which schedules have series of their own in `/metrics`. Every per-schedule series
+/// costs the processor memory and Prometheus a time series; at tens of thousands of
+/// schedules they would cost more than the schedules themselves. Aggregates over all
+/// schedules are exported whatever this says.
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleSeries {
+    /// Schedules besides the opted-in ones that get series: the first this instance
+    /// shows, which keep them until they are deleted or their partition is released.
+    pub limit: usize,
+    /// Schedules (`namespace/name`) that always get series.
+    pub opted_in: BTreeSet<String>,
+}
+
+/// What showing a schedule changed.
+#[derive(Debug)]
+pub(crate) struct Shown {
+    /// The summary shown before, if any.
+    pub(crate) previous: Option<ScheduleSummary>,
+    /// The schedule has series of its own.
+    pub(crate) series: bool,
+    /// The intensities of its zone's forecast slots from the current one, when the
+    /// decision shown saw others than the zone's last shown (g/kWh).
+    pub(crate) zone_slots: Option<Vec<f64>>,
+}
+
 /// State shared between the pipeline (the one writer) and the admin API.
 #[derive(Debug)]
 pub struct ProcessorView {
@@ -127,12 +143,21 @@ pub struct ProcessorView {
     /// The last [`RECENT_DECISIONS`] decisions per schedule, newest last.
     recent: DashMap<String, VecDeque<RecentDecision>>,
     lag: LagMetrics,
+    series: ScheduleSeries,
+    /// Schedules with series of their own, and whether each was opted in.
+    with_series: DashMap<String, bool>,
+    /// Of them, the ones admitted under [`ScheduleSeries::limit`].
+    admitted: AtomicUsize,
+    /// Per zone, the forecast slots the latest decision shown saw: kept once per zone,
+    /// not per schedule (thousands of schedules share a few zones).
+    zone_slots: DashMap<String, Vec<f64>>,
 }
 
 impl ProcessorView {
     /// An empty view of an instance whose ownership is described by `ownership` (e.g.
-    /// "instance 0 of 2", "consumer group carbonflow-processor").
-    pub fn new(ownership: impl Into<String>) -> Self {
+    /// "instance 0 of 2", "consumer group carbonflow-processor"), exporting per-schedule
+    /// series as `series` says.
+    pub fn new(ownership: impl Into<String>, series: ScheduleSeries) -> Self {
         Self {
             ready: AtomicBool::new(false),
             ownership: ownership.into(),
@@ -141,7 +166,35 @@ impl ProcessorView {
             schedules: DashMap::new(),
             recent: DashMap::new(),
             lag: LagMetrics::new(),
+            series,
+            with_series: DashMap::new(),
+            admitted: AtomicUsize::new(0),
+            zone_slots: DashMap::new(),
         }
+    }
+
+    /// Whether schedule `id` has series of their own.
+    pub(crate) fn has_series(&self, id: &str) -> bool {
+        self.with_series.contains_key(id)
+    }
+
+    /// Give schedule `id` series of its own if it is opted in or the limit allows;
+    /// whether it has them.
+    fn admit_series(&self, id: &str) -> bool {
+        if self.has_series(id) {
+            return true;
+        }
+        let opted_in = self.series.opted_in.contains(id);
+        // One writer (the pipeline): the count cannot change between load and store.
+        let admitted = self.admitted.load(Ordering::SeqCst);
+        if !opted_in && admitted >= self.series.limit {
+            return false;
+        }
+        if !opted_in {
+            self.admitted.store(admitted + 1, Ordering::SeqCst);
+        }
+        self.with_series.insert(id.to_string(), opted_in);
+        true
     }
 
     /// Restore finished and inputs are being consumed.
@@ -223,14 +276,13 @@ impl ProcessorView {
         all
     }
 
-    /// Show `summary` for schedule `id`, and `decision` as its latest if it is newer;
-    /// returns the summary shown before.
+    /// Show `summary` for schedule `id`, and `decision` as its latest if it is newer.
     pub(crate) fn show(
         &self,
         id: &str,
         summary: ScheduleSummary,
         decision: Option<&ScheduleDecision>,
-    ) -> Option<ScheduleSummary> {
+    ) -> Shown {
         if let Some(d) = decision {
             self.decisions.insert(id.to_string(), d.clone());
             let mut recent = self.recent.entry(id.to_string()).or_default();
@@ -241,13 +293,109 @@ impl ProcessorView {
                 recent.push_back(RecentDecision::of(d));
             }
         }
-        self.schedules.insert(id.to_string(), summary)
+        let zone_slots = decision
+            .and_then(|d| d.provenance.forecast.as_ref())
+            .filter(|f| {
+                !f.slots.is_empty()
+                    && self
+                        .zone_slots
+                        .get(&summary.zone)
+                        .is_none_or(|shown| *shown != f.slots)
+            })
+            .map(|f| {
+                self.zone_slots
+                    .insert(summary.zone.clone(), f.slots.clone());
+                f.slots.clone()
+            });
+        Shown {
+            series: self.admit_series(id),
+            previous: self.schedules.insert(id.to_string(), summary),
+            zone_slots,
+        }
     }
 
-    /// Stop showing schedule `id`; whether it was shown.
-    pub(crate) fn forget(&self, id: &str) -> bool {
+    /// Stop showing schedule `id`; what was shown of it, if anything.
+    pub(crate) fn forget(&self, id: &str) -> Option<Shown> {
         self.decisions.remove(id);
         self.recent.remove(id);
-        self.schedules.remove(id).is_some()
+        let series = match self.with_series.remove(id) {
+            Some((_, opted_in)) => {
+                if !opted_in {
+                    self.admitted.fetch_sub(1, Ordering::SeqCst);
+                }
+                true
+            }
+            None => false,
+        };
+        let (_, summary) = self.schedules.remove(id)?;
+        Some(Shown {
+            previous: Some(summary),
+            series,
+            zone_slots: None,
+        })
+    }
+
+    /// Schedules shown with series of their own.
+    pub(crate) fn with_series(&self) -> usize {
+        self.with_series.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use carbonflow_core::state::ScheduleState;
+    use carbonflow_schemas::testing::samples;
+
+    use super::*;
+
+    fn summary(zone: &str) -> ScheduleSummary {
+        let mut config = samples::schedule_config();
+        config.zone = zone.into();
+        let state = ScheduleState {
+            config: Some(config),
+            ..ScheduleState::default()
+        };
+        ScheduleSummary::of(0, &state).expect("a config")
+    }
+
+    #[test]
+    fn series_go_to_opted_in_schedules_and_the_first_within_the_limit() {
+        // Given a limit of one and schedule b/opted opted in
+        let view = ProcessorView::new(
+            "test",
+            ScheduleSeries {
+                limit: 1,
+                opted_in: ["b/opted".to_string()].into(),
+            },
+        );
+        // When three schedules are shown
+        let series = |id: &str| view.show(id, summary("DE"), None).series;
+        // Then the first and the opted-in one get series, the third does not
+        assert!(series("a/first"));
+        assert!(!series("c/third"));
+        assert!(series("b/opted"));
+        assert!(series("a/first"), "a schedule keeps its series");
+        assert_eq!(view.with_series(), 2);
+        // and once the first is forgotten, the next schedule shown takes its place
+        assert!(view.forget("a/first").expect("was shown").series);
+        assert!(series("c/third"));
+        assert!(!series("d/fourth"));
+    }
+
+    #[test]
+    fn zone_slots_are_reported_once_per_change_of_the_zone() {
+        let view = ProcessorView::new("test", ScheduleSeries::default());
+        let decision = samples::schedule_decision();
+        let slots = |id: &str| view.show(id, summary("DE"), Some(&decision)).zone_slots;
+        let first = slots("a/one");
+        assert_eq!(
+            first,
+            decision
+                .provenance
+                .forecast
+                .as_ref()
+                .map(|f| f.slots.clone())
+        );
+        assert_eq!(slots("a/two"), None, "the zone's slots are unchanged");
     }
 }

@@ -5,11 +5,14 @@
 //!    the processor's client settings reads and decodes them all, and the processor
 //!    applies them all (journal entry per input, decisions when windows close). Ratio =
 //!    processor rate / bare rate.
-//! 2. Decisions per second with 10,000 schedules: 10,000 configs, then one forecast for
-//!    their zone, which re-decides every schedule; and the processor's resident memory.
+//! 2. Decisions per second with 10,000 and 100,000 schedules (one partition): the configs,
+//!    then one forecast for their zone, which re-decides every schedule, against a bare
+//!    producer writing the same decision records with the processor's producer settings;
+//!    the processor's resident memory per schedule; the size of the partition's snapshot
+//!    and the time from SIGTERM until a restarted processor is ready again.
 //!
 //! Run (after `cargo build --release`, with the local broker up):
-//! `target/release/processor_throughput [--buckets 100000] [--schedules 10000] [--runs 3]`
+//! `target/release/processor_throughput [--buckets 100000] [--schedules 10000,100000] [--runs 3] [--no-telemetry]`
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,8 +24,8 @@ use carbonflow_benchmarks::pipeline::{metric_reaches, spawn_processor, wait_read
 use carbonflow_benchmarks::stats::Summary;
 use carbonflow_schemas::bus::admin::ensure_topics;
 use carbonflow_schemas::bus::{KafkaArgs, RecordProducer, Topic};
-use carbonflow_schemas::records::TelemetryBucket;
-use carbonflow_schemas::testing::Children;
+use carbonflow_schemas::records::{PartitionSnapshot, TelemetryBucket};
+use carbonflow_schemas::testing::{Children, read_all};
 use clap::Parser;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -42,9 +45,12 @@ struct Cli {
     /// Schedules the buckets are spread over.
     #[arg(long, default_value_t = 100)]
     telemetry_schedules: usize,
-    /// Schedules of the decisions measurement.
-    #[arg(long, default_value_t = 10_000)]
-    schedules: usize,
+    /// Schedule counts of the decisions measurement, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    schedules: Vec<usize>,
+    /// Skip the telemetry measurement (decisions only).
+    #[arg(long)]
+    no_telemetry: bool,
     /// Runs of each measurement (figures are medians).
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -179,12 +185,28 @@ async fn bare_pipe(
 }
 
 /// Read `n` more records from `consumer`; returns when the last one arrived.
-fn count_records(consumer: &BaseConsumer, n: usize, limit: Duration) -> anyhow::Result<Instant> {
+/// A record's key and payload.
+type KeyedRecord = (Vec<u8>, Vec<u8>);
+
+/// Read `n` records from `consumer`; returns when the last was read and, with `keep`, the
+/// records' keys and payloads.
+fn count_records(
+    consumer: &BaseConsumer,
+    n: usize,
+    limit: Duration,
+    keep: bool,
+) -> anyhow::Result<(Instant, Vec<KeyedRecord>)> {
     let deadline = Instant::now() + limit;
-    let mut seen = 0;
+    let (mut seen, mut kept) = (0, Vec::new());
     while seen < n {
         match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(_)) => seen += 1,
+            Some(Ok(m)) => {
+                seen += 1;
+                if keep {
+                    let key = m.key().unwrap_or_default().to_vec();
+                    kept.push((key, m.payload().unwrap_or_default().to_vec()));
+                }
+            }
             Some(Err(e)) => bail!("reading decisions: {e}"),
             None if Instant::now() > deadline => {
                 bail!("read {seen} of {n} decisions within {limit:?}")
@@ -192,22 +214,80 @@ fn count_records(consumer: &BaseConsumer, n: usize, limit: Duration) -> anyhow::
             None => {}
         }
     }
-    Ok(Instant::now())
+    Ok((Instant::now(), kept))
 }
 
-/// One decisions run: (configs → decisions /s, forecast → decisions /s, RSS MiB).
-async fn decisions_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64, f64)> {
-    let args = fresh(cli, &format!("decisions{run}")).await?;
+/// The fan-out's yardstick: a bare producer with the processor's journal-and-decisions
+/// producer settings (idempotent, gapless) writes `records` (the decisions the processor
+/// wrote) to an empty topic; records/s from the first queued to the last acknowledged.
+async fn bare_producer(args: &KafkaArgs, records: &[KeyedRecord]) -> anyhow::Result<f64> {
+    let producer = RecordProducer::gapless(args, "throughput-yardstick")?;
+    let topic = args.layout().name(Topic::DeadLetters);
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for (key, payload) in records {
+        pending.push_back(
+            producer
+                .enqueue(&topic, key, Some(0), Some(payload), None)
+                .await?,
+        );
+        while pending.len() > 10_000 {
+            if let Some(p) = pending.pop_front() {
+                p.await?;
+            }
+        }
+    }
+    for p in pending {
+        p.await?;
+    }
+    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Bytes of partition 0's latest snapshot (the state of its chunks, compressed).
+fn latest_snapshot_bytes(args: &KafkaArgs) -> usize {
+    let chunks: Vec<PartitionSnapshot> = read_all(args, Topic::Snapshots, 0)
+        .into_iter()
+        .filter_map(|(_, _, payload)| carbonflow_schemas::decode(&payload?).ok())
+        .collect();
+    let latest = chunks.iter().map(|c| c.journal_next_offset).max();
+    chunks
+        .iter()
+        .filter(|c| Some(c.journal_next_offset) == latest)
+        .map(|c| c.state.len())
+        .sum()
+}
+
+/// What one decisions run measured.
+struct DecisionsRun {
+    /// Configs → first decisions, decisions/s.
+    configs: f64,
+    /// One forecast → every schedule's decision, decisions/s.
+    fanout: f64,
+    /// The bare producer writing the same decision records, records/s.
+    bare: f64,
+    /// Processor RSS after the fan-out, MiB.
+    rss: f64,
+    /// RSS after the fan-out minus RSS once ready with no schedule, KiB per schedule.
+    per_schedule_kib: f64,
+    /// Size of the partition's last snapshot, MiB.
+    snapshot_mib: f64,
+    /// SIGTERM → a restarted processor is ready again, s.
+    restart_s: f64,
+}
+
+/// One decisions run with `n` schedules.
+async fn decisions_run(cli: &Cli, n: usize, run: usize) -> anyhow::Result<DecisionsRun> {
+    let args = fresh(cli, &format!("decisions{n}x{run}")).await?;
     let producer = RecordProducer::new(&args, "throughput-bench")?;
     let mut procs = Children::default();
     let (child, admin) = spawn_processor(&args, &cli.bin_dir, &[])?;
     let pid = child.id();
     procs.0.push(child);
     wait_ready(&admin, Duration::from_secs(60)).await?;
-    let n = cli.schedules as f64;
+    let idle_mib = rss_mib(pid).unwrap_or(f64::NAN);
     let publishing = tokio::spawn({
-        let (args, producer, count) = (args.clone(), producer.clone(), cli.schedules);
-        async move { publish_configs(&args, &producer, count).await }
+        let (args, producer) = (args.clone(), producer.clone());
+        async move { publish_configs(&args, &producer, n).await }
     });
     // Decisions are counted on their topic, not by polling /metrics: with 10,000 schedules
     // the exposition is large enough that rendering it often would slow the processor.
@@ -220,10 +300,9 @@ async fn decisions_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64, f64)>
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&args.layout().name(Topic::Decisions), 0, Offset::Beginning)?;
     decisions.assign(&tpl)?;
-    let first = count_records(&decisions, 1, Duration::from_secs(120))?;
-    let nth = count_records(&decisions, cli.schedules - 1, Duration::from_secs(600))?;
-    let took_configs = nth.duration_since(first);
-    let counted = n - 1.0;
+    let (first, _) = count_records(&decisions, 1, Duration::from_secs(120), false)?;
+    let (nth, _) = count_records(&decisions, n - 1, Duration::from_secs(600), false)?;
+    let configs = (n - 1) as f64 / nth.duration_since(first).as_secs_f64();
     publishing.await??;
     let forecast = carbonflow_schemas::testing::samples::forecast_from(
         ZONE,
@@ -236,102 +315,158 @@ async fn decisions_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64, f64)>
     producer
         .send(&args.layout().name(Topic::Forecasts), ZONE, None, &forecast)
         .await?;
-    let done = count_records(&decisions, cli.schedules, Duration::from_secs(600))?;
-    let forecast_s = done.duration_since(sent).as_secs_f64();
+    let (done, written) = count_records(&decisions, n, Duration::from_secs(600), true)?;
+    let fanout = n as f64 / done.duration_since(sent).as_secs_f64();
     let rss = rss_mib(pid).unwrap_or(f64::NAN);
+    let bare = bare_producer(&args, &written).await?;
+
+    // Restart: the stop writes a final snapshot; the new instance restores from it.
+    let stopped = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    if let Some(mut c) = procs.0.pop() {
+        c.wait()?;
+    }
+    let (child, admin) = spawn_processor(&args, &cli.bin_dir, &[])?;
+    procs.0.push(child);
+    wait_ready(&admin, Duration::from_secs(300)).await?;
+    let restart_s = stopped.elapsed().as_secs_f64();
+    let metrics = carbonflow_benchmarks::http::get_text(
+        &carbonflow_benchmarks::http::client(),
+        &format!("{admin}/metrics"),
+    )
+    .await;
+    let divergent =
+        carbonflow_benchmarks::prom::sum(&metrics, "carbonflow_restore_divergent_entries_total");
+    if divergent > 0.0 {
+        bail!("the restart found {divergent} divergent journal entries");
+    }
+    let snapshot_mib = latest_snapshot_bytes(&args) as f64 / 1_048_576.0;
+    let r = DecisionsRun {
+        configs,
+        fanout,
+        bare,
+        rss,
+        per_schedule_kib: (rss - idle_mib) * 1024.0 / n as f64,
+        snapshot_mib,
+        restart_s,
+    };
     eprintln!(
-        "decisions run {run}: configs {:.0}/s, forecast fan-out {:.0}/s, RSS {rss:.0} MiB",
-        counted / took_configs.as_secs_f64(),
-        n / forecast_s
+        "decisions run {run}, {n} schedules: configs {:.0}/s, forecast fan-out {:.0}/s, bare producer {:.0}/s, RSS {:.0} MiB ({:.1} KiB per schedule over {idle_mib:.0} MiB idle), snapshot {:.1} MiB, restart {:.2} s",
+        r.configs, r.fanout, r.bare, r.rss, r.per_schedule_kib, r.snapshot_mib, r.restart_s
     );
-    Ok((counted / took_configs.as_secs_f64(), n / forecast_s, rss))
+    Ok(r)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (mut bare, mut pipe, mut processor) = (vec![], vec![], vec![]);
-    for run in 0..cli.runs {
-        let (b, w, p) = telemetry_run(&cli, run).await?;
-        bare.push(b);
-        pipe.push(w);
-        processor.push(p);
-    }
-    let ratio: Vec<f64> = processor.iter().zip(&bare).map(|(p, b)| p / b).collect();
-    let ratio_pipe: Vec<f64> = processor.iter().zip(&pipe).map(|(p, w)| p / w).collect();
-    let (mut configs, mut fanout, mut rss) = (vec![], vec![], vec![]);
-    for run in 0..cli.runs {
-        let (c, f, r) = decisions_run(&cli, run).await?;
-        configs.push(c);
-        fanout.push(f);
-        rss.push(r);
-    }
     println!(
         "\n## Processor throughput ({} runs, medians; spread = max - min)\n",
         cli.runs
     );
     println!("| Measure | Median | Spread |");
     println!("|---|---|---|");
-    let rows: [(String, &[f64], &str, usize); 8] = [
-        (
-            format!("Bare consumer, read + decode ({} buckets)", cli.buckets),
+    if !cli.no_telemetry {
+        let (mut bare, mut pipe, mut processor) = (vec![], vec![], vec![]);
+        for run in 0..cli.runs {
+            let (b, w, p) = telemetry_run(&cli, run).await?;
+            bare.push(b);
+            pipe.push(w);
+            processor.push(p);
+        }
+        let ratio: Vec<f64> = processor.iter().zip(&bare).map(|(p, b)| p / b).collect();
+        let ratio_pipe: Vec<f64> = processor.iter().zip(&pipe).map(|(p, w)| p / w).collect();
+        row(
+            &format!("Bare consumer, read + decode ({} buckets)", cli.buckets),
             &bare,
             "buckets/s",
             0,
-        ),
-        (
-            "Bare consumer, read + decode + write one record each".into(),
+        );
+        row(
+            "Bare consumer, read + decode + write one record each",
             &pipe,
             "buckets/s",
             0,
-        ),
-        (
-            format!(
+        );
+        row(
+            &format!(
                 "Processor, applied + journaled ({} schedules)",
                 cli.telemetry_schedules
             ),
             &processor,
             "buckets/s",
             0,
-        ),
-        (
-            "Ratio processor / bare read (target ≥ 0.8)".into(),
+        );
+        row("Ratio processor / bare read (target ≥ 0.8)", &ratio, "", 2);
+        row("Ratio processor / bare read + write", &ratio_pipe, "", 2);
+    }
+    for &n in &cli.schedules {
+        let mut runs = vec![];
+        for run in 0..cli.runs {
+            runs.push(decisions_run(&cli, n, run).await?);
+        }
+        let of = |f: fn(&DecisionsRun) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
+        let ratio: Vec<f64> = runs.iter().map(|r| r.fanout / r.bare).collect();
+        row(
+            &format!("{n} configs → first decisions"),
+            &of(|r| r.configs),
+            "decisions/s",
+            0,
+        );
+        row(
+            &format!("One forecast → {n} decisions"),
+            &of(|r| r.fanout),
+            "decisions/s",
+            0,
+        );
+        row(
+            &format!("Bare producer, the same {n} decision records"),
+            &of(|r| r.bare),
+            "records/s",
+            0,
+        );
+        row(
+            "Ratio fan-out / bare producer (target ≥ 0.8)",
             &ratio,
             "",
             2,
-        ),
-        (
-            "Ratio processor / bare read + write".into(),
-            &ratio_pipe,
-            "",
-            2,
-        ),
-        (
-            format!("{} configs → first decisions", cli.schedules),
-            &configs,
-            "decisions/s",
-            0,
-        ),
-        (
-            format!("One forecast → {} decisions", cli.schedules),
-            &fanout,
-            "decisions/s",
-            0,
-        ),
-        (
-            format!("Processor RSS with {} schedules", cli.schedules),
-            &rss,
+        );
+        row(
+            &format!("Processor RSS with {n} schedules"),
+            &of(|r| r.rss),
             "MiB",
             0,
-        ),
-    ];
-    for (label, values, unit, decimals) in rows {
-        let s = Summary::of(values);
-        println!(
-            "| {label} | {:.decimals$} {unit} | {:.decimals$} |",
-            s.p50,
-            s.spread()
+        );
+        row(
+            "RSS per schedule, over the idle processor's (target ≤ 4 KiB)",
+            &of(|r| r.per_schedule_kib),
+            "KiB",
+            1,
+        );
+        row(
+            "Snapshot of the partition",
+            &of(|r| r.snapshot_mib),
+            "MiB",
+            1,
+        );
+        row(
+            "SIGTERM → restarted processor ready",
+            &of(|r| r.restart_s),
+            "s",
+            2,
         );
     }
     Ok(())
+}
+
+/// One row of the results table: the median and spread of `values`.
+fn row(label: &str, values: &[f64], unit: &str, decimals: usize) {
+    let s = Summary::of(values);
+    println!(
+        "| {label} | {:.decimals$} {unit} | {:.decimals$} |",
+        s.p50,
+        s.spread()
+    );
 }
