@@ -818,7 +818,7 @@ impl Shell {
         }
         for d in repairs.unsent {
             tracing::info!(schedule = %d.schedule, version = d.version, "re-sending a journaled decision that never reached the topic");
-            self.emit(p, vec![Output::Decision(Box::new(d))], None)
+            self.emit(p, vec![Output::Decision(Arc::new(d))], None)
                 .await?;
         }
         for schedule in repairs.removed {

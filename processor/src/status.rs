@@ -6,6 +6,8 @@
 //! compiled into the binary (no CDN, no external asset, works air-gapped); it polls once a
 //! second, so a new decision shows without a reload.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use carbonflow_schemas::bus::LagRow;
@@ -76,7 +78,8 @@ impl StatusDocument {
 
 /// `d` without where its flavours are served: the page is open to anyone who reaches the
 /// admin port, and upstream addresses are no business of theirs.
-fn without_upstreams(mut d: ScheduleDecision) -> ScheduleDecision {
+fn without_upstreams(d: Arc<ScheduleDecision>) -> ScheduleDecision {
+    let mut d = Arc::unwrap_or_clone(d);
     for f in &mut d.flavours {
         f.upstream_url.clear();
         f.upstream_header = None;

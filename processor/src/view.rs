@@ -3,12 +3,13 @@
 //! the methods here and never touch the partition state itself.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use carbonflow_core::state::{DeliveredWindow, EmissionsAccount, ScheduleState};
 use carbonflow_schemas::bus::LagMetrics;
 use carbonflow_schemas::records::ScheduleDecision;
+use carbonflow_schemas::vocabulary::DecisionCause;
 use dashmap::DashMap;
 use serde::Serialize;
 
@@ -75,34 +76,76 @@ impl ScheduleSummary {
     }
 }
 
-/// A past decision, briefly (what the view keeps per schedule: a few of these cost little
-/// even with 10,000 schedules, where whole decisions would not).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// A past decision, briefly (what the view keeps per schedule, [`RECENT_DECISIONS`] of
+/// them: at 100,000 schedules each byte here costs 800 kB).
+#[derive(Debug, Clone)]
 pub struct RecentDecision {
     /// Decision version.
     pub version: i64,
     /// Event time it was decided at, epoch ms.
     pub decided_at_ms: i64,
-    /// What caused it (`provenance.cause`).
-    pub cause: String,
-    /// Integer weight percentages per flavour.
-    pub weights: Vec<(String, i32)>,
+    /// What caused it (`provenance.cause`; `other` for a cause this version does not know).
+    pub cause: &'static str,
+    /// Flavour names, one allocation shared by consecutive decisions of the same flavours.
+    flavours: Arc<[String]>,
+    /// Integer weight percentage per flavour, in the order of `flavours`.
+    weights: Box<[i32]>,
 }
 
 impl RecentDecision {
-    fn of(d: &ScheduleDecision) -> Self {
+    /// `d`, briefly; `previous` is the schedule's recent decision before it, whose flavour
+    /// names are shared when they are the same.
+    fn of(d: &ScheduleDecision, previous: Option<&RecentDecision>) -> Self {
+        let same = previous.filter(|p| {
+            p.flavours.len() == d.flavours.len()
+                && p.flavours
+                    .iter()
+                    .zip(&d.flavours)
+                    .all(|(a, b)| *a == b.name)
+        });
         Self {
             version: d.version,
             decided_at_ms: d.decided_at_ms,
-            cause: d.provenance.cause.clone(),
-            weights: d
-                .flavours
-                .iter()
-                .map(|f| (f.name.clone(), f.weight_percent))
-                .collect(),
+            cause: DecisionCause::from_wire(&d.provenance.cause)
+                .map_or("other", DecisionCause::as_str),
+            flavours: same.map_or_else(
+                || d.flavours.iter().map(|f| f.name.clone()).collect(),
+                |p| p.flavours.clone(),
+            ),
+            weights: d.flavours.iter().map(|f| f.weight_percent).collect(),
         }
     }
+
+    /// `(flavour, integer weight percentage)` pairs.
+    pub fn weights(&self) -> impl Iterator<Item = (&str, i32)> {
+        self.flavours
+            .iter()
+            .map(String::as_str)
+            .zip(self.weights.iter().copied())
+    }
+}
+
+/// The status page's shape: `{version, decidedAtMs, cause, weights: [[flavour, percent]]}`.
+impl Serialize for RecentDecision {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("RecentDecision", 4)?;
+        s.serialize_field("version", &self.version)?;
+        s.serialize_field("decidedAtMs", &self.decided_at_ms)?;
+        s.serialize_field("cause", self.cause)?;
+        s.serialize_field("weights", &self.weights().collect::<Vec<_>>())?;
+        s.end()
+    }
+}
+
+/// What the view holds of one schedule.
+#[derive(Debug)]
+struct ScheduleView {
+    summary: ScheduleSummary,
+    /// Its latest decision, shared with the partition state.
+    decision: Option<Arc<ScheduleDecision>>,
+    /// The last [`RECENT_DECISIONS`] decisions, newest last.
+    recent: VecDeque<RecentDecision>,
 }
 
 /// Which schedules have series of their own in `/metrics`. Every per-schedule series
@@ -138,10 +181,9 @@ pub struct ProcessorView {
     ownership: String,
     /// The schedule partitions it owns now.
     partitions: Mutex<Vec<i32>>,
-    decisions: DashMap<String, ScheduleDecision>,
-    schedules: DashMap<String, ScheduleSummary>,
-    /// The last [`RECENT_DECISIONS`] decisions per schedule, newest last.
-    recent: DashMap<String, VecDeque<RecentDecision>>,
+    /// Every schedule shown, by id (one map: at 100,000 schedules, each further copy of
+    /// the ids and each further table costs megabytes).
+    schedules: DashMap<String, ScheduleView>,
     lag: LagMetrics,
     series: ScheduleSeries,
     /// Schedules with series of their own, and whether each was opted in.
@@ -162,9 +204,7 @@ impl ProcessorView {
             ready: AtomicBool::new(false),
             ownership: ownership.into(),
             partitions: Mutex::new(Vec::new()),
-            decisions: DashMap::new(),
             schedules: DashMap::new(),
-            recent: DashMap::new(),
             lag: LagMetrics::new(),
             series,
             with_series: DashMap::new(),
@@ -232,18 +272,22 @@ impl ProcessorView {
     }
 
     /// Latest decision of schedule `id`.
-    pub(crate) fn decision(&self, id: &str) -> Option<ScheduleDecision> {
-        self.decisions.get(id).map(|d| d.clone())
+    pub(crate) fn decision(&self, id: &str) -> Option<Arc<ScheduleDecision>> {
+        self.schedules.get(id).and_then(|s| s.decision.clone())
     }
 
     /// Summary of schedule `id`.
     pub(crate) fn summary(&self, id: &str) -> Option<ScheduleSummary> {
-        self.schedules.get(id).map(|s| s.clone())
+        self.schedules.get(id).map(|s| s.summary.clone())
     }
 
     /// Every latest decision, sorted by schedule id.
-    pub(crate) fn decisions(&self) -> Vec<ScheduleDecision> {
-        let mut all: Vec<ScheduleDecision> = self.decisions.iter().map(|e| e.clone()).collect();
+    pub(crate) fn decisions(&self) -> Vec<Arc<ScheduleDecision>> {
+        let mut all: Vec<Arc<ScheduleDecision>> = self
+            .schedules
+            .iter()
+            .filter_map(|e| e.decision.clone())
+            .collect();
         all.sort_by(|a, b| a.schedule.cmp(&b.schedule));
         all
     }
@@ -255,21 +299,20 @@ impl ProcessorView {
     ) -> Vec<(
         String,
         ScheduleSummary,
-        Option<ScheduleDecision>,
+        Option<Arc<ScheduleDecision>>,
         Vec<RecentDecision>,
     )> {
         let mut all: Vec<_> = self
             .schedules
             .iter()
             .map(|e| {
-                let id = e.key().clone();
-                let recent = self
-                    .recent
-                    .get(&id)
-                    .map(|r| r.iter().rev().cloned().collect())
-                    .unwrap_or_default();
-                let decision = self.decision(&id);
-                (id, e.value().clone(), decision, recent)
+                let recent = e.recent.iter().rev().cloned().collect();
+                (
+                    e.key().clone(),
+                    e.summary.clone(),
+                    e.decision.clone(),
+                    recent,
+                )
             })
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -281,18 +324,8 @@ impl ProcessorView {
         &self,
         id: &str,
         summary: ScheduleSummary,
-        decision: Option<&ScheduleDecision>,
+        decision: Option<&Arc<ScheduleDecision>>,
     ) -> Shown {
-        if let Some(d) = decision {
-            self.decisions.insert(id.to_string(), d.clone());
-            let mut recent = self.recent.entry(id.to_string()).or_default();
-            if recent.back().is_none_or(|last| last.version < d.version) {
-                if recent.len() == RECENT_DECISIONS {
-                    recent.pop_front();
-                }
-                recent.push_back(RecentDecision::of(d));
-            }
-        }
         let zone_slots = decision
             .and_then(|d| d.provenance.forecast.as_ref())
             .filter(|f| {
@@ -307,17 +340,41 @@ impl ProcessorView {
                     .insert(summary.zone.clone(), f.slots.clone());
                 f.slots.clone()
             });
+        let previous = match self.schedules.get_mut(id) {
+            Some(mut shown) => {
+                if let Some(d) = decision {
+                    shown.decision = Some(d.clone());
+                    let recent = &mut shown.recent;
+                    if recent.back().is_none_or(|last| last.version < d.version) {
+                        if recent.len() == RECENT_DECISIONS {
+                            recent.pop_front();
+                        }
+                        let brief = RecentDecision::of(d, recent.back());
+                        recent.push_back(brief);
+                    }
+                }
+                Some(std::mem::replace(&mut shown.summary, summary))
+            }
+            None => {
+                let recent = decision.map(|d| RecentDecision::of(d, None));
+                let shown = ScheduleView {
+                    summary,
+                    decision: decision.cloned(),
+                    recent: recent.into_iter().collect(),
+                };
+                self.schedules.insert(id.to_string(), shown);
+                None
+            }
+        };
         Shown {
             series: self.admit_series(id),
-            previous: self.schedules.insert(id.to_string(), summary),
+            previous,
             zone_slots,
         }
     }
 
     /// Stop showing schedule `id`; what was shown of it, if anything.
     pub(crate) fn forget(&self, id: &str) -> Option<Shown> {
-        self.decisions.remove(id);
-        self.recent.remove(id);
         let series = match self.with_series.remove(id) {
             Some((_, opted_in)) => {
                 if !opted_in {
@@ -327,9 +384,9 @@ impl ProcessorView {
             }
             None => false,
         };
-        let (_, summary) = self.schedules.remove(id)?;
+        let (_, shown) = self.schedules.remove(id)?;
         Some(Shown {
-            previous: Some(summary),
+            previous: Some(shown.summary),
             series,
             zone_slots: None,
         })
@@ -352,7 +409,7 @@ mod tests {
         let mut config = samples::schedule_config();
         config.zone = zone.into();
         let state = ScheduleState {
-            config: Some(config),
+            config: Some(Box::new(config)),
             ..ScheduleState::default()
         };
         ScheduleSummary::of(0, &state).expect("a config")
@@ -385,7 +442,7 @@ mod tests {
     #[test]
     fn zone_slots_are_reported_once_per_change_of_the_zone() {
         let view = ProcessorView::new("test", ScheduleSeries::default());
-        let decision = samples::schedule_decision();
+        let decision = Arc::new(samples::schedule_decision());
         let slots = |id: &str| view.show(id, summary("DE"), Some(&decision)).zone_slots;
         let first = slots("a/one");
         assert_eq!(
@@ -397,5 +454,128 @@ mod tests {
                 .map(|f| f.slots.clone())
         );
         assert_eq!(slots("a/two"), None, "the zone's slots are unchanged");
+    }
+}
+
+#[cfg(test)]
+mod scratch_memory {
+    use carbonflow_core::state::{Input, Output, PartitionState};
+    use carbonflow_schemas::records::{ConfigCommand, InputPosition};
+    use carbonflow_schemas::testing::samples;
+
+    use super::*;
+
+    fn rss_kib() -> i64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    #[ignore]
+    fn memory_per_schedule() {
+        let n = 50_000;
+        use std::mem::size_of;
+        eprintln!(
+            "sizes: ScheduleState {} config {} decision {} summary {} recent {} ledger {} openwindow {} delivered {}",
+            size_of::<carbonflow_core::state::ScheduleState>(),
+            size_of::<carbonflow_schemas::records::ScheduleConfig>(),
+            size_of::<ScheduleDecision>(),
+            size_of::<ScheduleSummary>(),
+            size_of::<RecentDecision>(),
+            size_of::<carbonflow_core::ledger::CreditLedger>(),
+            size_of::<carbonflow_core::state::OpenWindow>(),
+            size_of::<carbonflow_core::state::DeliveredWindow>()
+        );
+        let mut state = PartitionState::new(0);
+        let pos = |topic: &str, offset| InputPosition {
+            topic: topic.into(),
+            partition: 0,
+            offset,
+        };
+        let base = rss_kib();
+        for i in 0..n {
+            let mut c = carbonflow_core::spec::ScheduleSpec::default().to_config(
+                &format!("bench/s{i}"),
+                1,
+                1_700_000_000_000,
+            );
+            c.zone = "BENCH".into();
+            c.valid_for_seconds = 3600;
+            for f in &mut c.flavours {
+                f.upstream_url = "http://127.0.0.1:9".into();
+            }
+            let o = state.apply(
+                &Input::Config(ConfigCommand::Config(Box::new(c))),
+                &pos("schedule.config", i as i64),
+            );
+            if i == 0 {
+                eprintln!("{o:?}");
+            }
+        }
+        let configs = rss_kib();
+        let f = samples::forecast_from(
+            "BENCH",
+            "x",
+            1_700_000_000_000,
+            1_800_000,
+            &[300.0, 250.0, 200.0, 150.0],
+        );
+        let outs = state.apply(&Input::Forecast(f), &pos("carbon.forecasts", 0));
+        let decided = outs
+            .iter()
+            .filter(|o| matches!(o, Output::Decision(_)))
+            .count();
+        drop(outs);
+        let after_forecast = rss_kib();
+        let view = ProcessorView::new("x", ScheduleSeries::default());
+        for (id, s) in &state.schedules {
+            if let Some(sum) = ScheduleSummary::of(0, s) {
+                view.show(id, sum, s.last_decision.as_ref());
+            }
+        }
+        let viewed = rss_kib();
+        let d = state.schedules.values().next().unwrap();
+        let r0 = rss_kib();
+        let configs_only: Vec<_> = state.schedules.values().map(|s| s.config.clone()).collect();
+        let r1 = rss_kib();
+        let decisions_only: Vec<_> = state
+            .schedules
+            .values()
+            .map(|s| s.last_decision.clone())
+            .collect();
+        let r2 = rss_kib();
+        let rest: Vec<_> = state
+            .schedules
+            .values()
+            .map(|s| {
+                let mut c = s.clone();
+                c.config = None;
+                c.last_decision = None;
+                c
+            })
+            .collect();
+        let r3 = rss_kib();
+        eprintln!(
+            "config {} B, decision {} B, rest of state {} B",
+            (r1 - r0) * 1024 / n,
+            (r2 - r1) * 1024 / n,
+            (r3 - r2) * 1024 / n
+        );
+        drop((configs_only, decisions_only, rest));
+        eprintln!(
+            "decided {decided}; per schedule: configs {} B, forecast {} B, view {} B; json config {} decision {}",
+            (configs - base) * 1024 / n,
+            (after_forecast - configs) * 1024 / n,
+            (viewed - after_forecast) * 1024 / n,
+            serde_json::to_string(&d.config).unwrap().len(),
+            serde_json::to_string(&d.last_decision).unwrap().len()
+        );
     }
 }

@@ -282,7 +282,7 @@ fn simulate(world: &World, setting: Setting, policy: &str, seed: u64) -> Run {
         for o in outs {
             if let Output::Decision(d) = o {
                 decisions += 1;
-                *latest = Some(*d);
+                *latest = Some(std::sync::Arc::unwrap_or_clone(d));
             }
         }
     };

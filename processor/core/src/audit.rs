@@ -176,7 +176,7 @@ impl<'a> PartitionReplay<'a> {
                 .entry(d.schedule.clone())
                 .or_default()
                 .push(Derived {
-                    decision: *d,
+                    decision: std::sync::Arc::unwrap_or_clone(d),
                     delivered,
                     emissions,
                 });

@@ -25,6 +25,7 @@
 //! [`Reconciliation::conclude`]s. No Kafka: the shell reads, this decides.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use carbonflow_schemas::decode;
 use carbonflow_schemas::records::{InputPosition, JournalEntry, ScheduleDecision};
@@ -72,7 +73,7 @@ struct OpenInput {
 #[derive(Debug, Default)]
 pub struct Reconciliation {
     /// The newest decision the replayed tail produced per schedule (still existing).
-    last_decision: BTreeMap<String, ScheduleDecision>,
+    last_decision: BTreeMap<String, Arc<ScheduleDecision>>,
     removed: Vec<String>,
     on_topic: BTreeMap<String, OnTopic>,
     /// The highest precedence found on the topic per schedule.
@@ -128,7 +129,7 @@ impl Reconciliation {
             match o {
                 Output::Decision(d) => {
                     self.removed.retain(|s| s != &d.schedule);
-                    self.last_decision.insert(d.schedule.clone(), *d);
+                    self.last_decision.insert(d.schedule.clone(), d);
                 }
                 Output::Removed { schedule } => {
                     self.last_decision.remove(&schedule);
@@ -212,6 +213,7 @@ impl Reconciliation {
                     .get(&d.schedule)
                     .is_none_or(|seen| *seen < d.precedence())
             })
+            .map(Arc::unwrap_or_clone)
             .collect();
         Repairs {
             orphans,
@@ -266,7 +268,8 @@ mod tests {
         assert_eq!(reconciliation.replay(&mut state, &e), [], "replay agrees");
         let decision = state.schedules[&id]
             .last_decision
-            .clone()
+            .as_deref()
+            .cloned()
             .expect("a decision");
         (state, reconciliation, decision)
     }
@@ -319,7 +322,7 @@ mod tests {
             &[(config.schedule.clone(), 1)],
         );
         assert_eq!(reconciliation.replay(&mut state, &e), []);
-        let decision = reconciliation.last_decision[&config.schedule].clone();
+        let decision = (*reconciliation.last_decision[&config.schedule]).clone();
         assert_eq!(decision.precedence(), (5, 1));
         // when the topic holds only a superseded owner's version 9, of epoch 2,
         let mut superseded = decision.clone();

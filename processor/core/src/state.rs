@@ -12,6 +12,7 @@
 //! decision about to expire. Every decision is emitted on the input that caused it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use carbonflow_schemas::codec::{record_name, wrong_record};
 use carbonflow_schemas::records::{
@@ -121,7 +122,7 @@ impl Input {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// A new decision for `schedule.decisions`.
-    Decision(Box<ScheduleDecision>),
+    Decision(Arc<ScheduleDecision>),
     /// A refused config or override for `schedule.rejections`.
     Rejection(ConfigRejection),
     /// A deleted schedule: a tombstone for `schedule.decisions`.
@@ -187,8 +188,10 @@ pub struct OpenWindow {
 /// Everything the processor keeps about one schedule.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleState {
-    /// Validated config in force (`None` before the first or after a deletion).
-    pub config: Option<ScheduleConfig>,
+    /// Validated config in force (`None` before the first or after a deletion). Boxed,
+    /// as is the last decision: a partition's schedules are stored inline in its map, and
+    /// a small state per schedule keeps 100,000 of them in a few hundred megabytes.
+    pub config: Option<Box<ScheduleConfig>>,
     /// Manual override, while it lives.
     pub manual: Option<ManualOverride>,
     /// The credit ledger.
@@ -200,8 +203,8 @@ pub struct ScheduleState {
     pub memory: PolicyMemory,
     /// Last version issued (kept across deletions so versions never go backwards).
     pub version: i64,
-    /// Last decision issued.
-    pub last_decision: Option<ScheduleDecision>,
+    /// Last decision issued (shared with the outputs and the shell's read model).
+    pub last_decision: Option<Arc<ScheduleDecision>>,
     /// End of the forecast slot that was current at the last decision.
     pub slot_end_ms: Option<i64>,
     /// Telemetry window being filled.
@@ -481,7 +484,7 @@ impl PartitionState {
         if !same_promise {
             s.quality = QualityAccount::since(self.clock_ms);
         }
-        s.config = Some(valid);
+        s.config = Some(Box::new(valid));
         self.decide(&c.schedule, DecisionCause::Config, pos, None)
     }
 
@@ -695,8 +698,9 @@ impl PartitionState {
         };
         s.version = version;
         s.slot_end_ms = forecast.current_slot_end_ms;
+        let d = Arc::new(d);
         s.last_decision = Some(d.clone());
-        vec![Output::Decision(Box::new(d))]
+        vec![Output::Decision(d)]
     }
 }
 
@@ -1014,7 +1018,12 @@ mod tests {
         c.valid_for_seconds = 60;
         g.config(c);
         g.bucket(T0, &[("precision-100", Outcome::Success, 3)]);
-        let d = g.schedule().last_decision.clone().expect("config decision");
+        let d = g
+            .schedule()
+            .last_decision
+            .as_deref()
+            .cloned()
+            .expect("config decision");
         (g, d)
     }
 
