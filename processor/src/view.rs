@@ -569,6 +569,31 @@ mod scratch_memory {
             (r3 - r2) * 1024 / n
         );
         drop((configs_only, decisions_only, rest));
+        let dec: ScheduleDecision = (**d.last_decision.as_ref().unwrap()).clone();
+        let measure = |name: &str, f: &dyn Fn(&mut ScheduleDecision)| {
+            let mut x = dec.clone();
+            f(&mut x);
+            let a = rss_kib();
+            let v: Vec<Box<ScheduleDecision>> = (0..n).map(|_| Box::new(x.clone())).collect();
+            let b = rss_kib();
+            eprintln!("decision {name}: {} B", (b - a) * 1024 / n);
+            drop(v);
+        };
+        measure("whole", &|_| {});
+        measure("no diagnostics", &|x| x.diagnostics = vec![]);
+        measure("no flavours", &|x| x.flavours = vec![]);
+        measure("no provenance forecast", &|x| x.provenance.forecast = None);
+        measure("no fallbacks", &|x| x.fallbacks = vec![]);
+        measure("no ceilings", &|x| x.processing.ceilings = vec![]);
+        eprintln!("avro {} B", carbonflow_schemas::encode(&dec).unwrap().len());
+        let cfg = d.config.as_ref().unwrap();
+        eprintln!(
+            "config flavours {} fallbacks {} components {} annotations {}",
+            cfg.flavours.len(),
+            cfg.fallbacks.len(),
+            cfg.components.len(),
+            cfg.flavours[0].annotations.len()
+        );
         eprintln!(
             "decided {decided}; per schedule: configs {} B, forecast {} B, view {} B; json config {} decision {}",
             (configs - base) * 1024 / n,

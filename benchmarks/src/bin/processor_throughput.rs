@@ -227,13 +227,37 @@ fn count_records(
 
 /// The fan-out's yardstick: a bare producer with the processor's journal-and-decisions
 /// producer settings (idempotent, gapless) writes `records` (the decisions the processor
-/// wrote) to an empty topic; records/s from the first queued to the last acknowledged.
+/// wrote) to an empty topic, while a consumer reads them as the fan-out's were read;
+/// records/s from the first queued to the last read, as the fan-out is timed from the
+/// forecast sent to the last decision read.
 async fn bare_producer(args: &KafkaArgs, records: &[KeyedRecord]) -> anyhow::Result<f64> {
     let producer = RecordProducer::gapless(args, "throughput-yardstick")?;
     let topic = args.layout().name(Topic::DeadLetters);
+    let reader: BaseConsumer = args
+        .consumer_config(
+            "throughput-yardstick-reader",
+            &format!("throughput-yardstick-{}", now_ms()),
+        )?
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
+    reader.assign(&tpl)?;
+    // The first record warms the reader up (its fetch started, as the fan-out's reader
+    // was, having read the configs' decisions); the clock starts after it.
+    let Some(((key, payload), rest)) = records.split_first() else {
+        bail!("no decision records to write");
+    };
+    producer
+        .send_bytes(&topic, key, Some(0), payload, None)
+        .await?;
+    count_records(&reader, 1, Duration::from_secs(60), false)?;
+    let n = rest.len();
+    let reading = tokio::task::spawn_blocking(move || {
+        count_records(&reader, n, Duration::from_secs(600), true).map(|(done, _)| done)
+    });
     let started = Instant::now();
     let mut pending = std::collections::VecDeque::new();
-    for (key, payload) in records {
+    for (key, payload) in rest {
         pending.push_back(
             producer
                 .enqueue(&topic, key, Some(0), Some(payload), None)
@@ -248,7 +272,8 @@ async fn bare_producer(args: &KafkaArgs, records: &[KeyedRecord]) -> anyhow::Res
     for p in pending {
         p.await?;
     }
-    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+    let done = reading.await??;
+    Ok(n as f64 / done.duration_since(started).as_secs_f64())
 }
 
 /// Bytes of partition 0's latest snapshot (the state of its chunks, compressed).
