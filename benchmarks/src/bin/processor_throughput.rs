@@ -298,6 +298,8 @@ struct DecisionsRun {
     fanout: f64,
     /// The bare producer writing the same decision records, records/s.
     bare: f64,
+    /// Processor RSS once every schedule has its first decision, before the fan-out, MiB.
+    before_fanout: f64,
     /// Processor RSS right after the fan-out, MiB.
     rss: f64,
     /// Processor RSS 2 s later (the yardstick ran meanwhile), MiB.
@@ -348,6 +350,7 @@ async fn decisions_run(cli: &Cli, n: usize, run: usize) -> anyhow::Result<Decisi
         1_800_000,
         &[300.0, 250.0, 200.0, 150.0],
     );
+    let before_fanout = rss_mib(pid);
     let sent = Instant::now();
     producer
         .send(&args.layout().name(Topic::Forecasts), ZONE, None, &forecast)
@@ -388,6 +391,7 @@ async fn decisions_run(cli: &Cli, n: usize, run: usize) -> anyhow::Result<Decisi
         configs,
         fanout,
         bare,
+        before_fanout,
         rss,
         settled,
         peak,
@@ -396,10 +400,11 @@ async fn decisions_run(cli: &Cli, n: usize, run: usize) -> anyhow::Result<Decisi
         restart_s,
     };
     eprintln!(
-        "decisions run {run}, {n} schedules: configs {:.0}/s, forecast fan-out {:.0}/s, bare producer {:.0}/s, RSS {:.0} MiB after the fan-out, {:.0} MiB settled ({:.1} KiB per schedule over {idle_mib:.0} MiB idle), peak {:.0} MiB, snapshot {:.1} MiB, restart {:.2} s",
+        "decisions run {run}, {n} schedules: configs {:.0}/s, forecast fan-out {:.0}/s, bare producer {:.0}/s, RSS {:.0} MiB before the fan-out, {:.0} MiB after, {:.0} MiB settled ({:.1} KiB per schedule over {idle_mib:.0} MiB idle), peak {:.0} MiB, snapshot {:.1} MiB, restart {:.2} s",
         r.configs,
         r.fanout,
         r.bare,
+        r.before_fanout,
         r.rss,
         r.settled,
         r.per_schedule_kib,
@@ -491,6 +496,12 @@ async fn main() -> anyhow::Result<()> {
             0,
         );
         row("... 2 s later", &of(|r| r.settled), "MiB", 0);
+        row(
+            "... before the fan-out (first decisions only)",
+            &of(|r| r.before_fanout),
+            "MiB",
+            0,
+        );
         row("... at most (VmHWM)", &of(|r| r.peak), "MiB", 0);
         row(
             "RSS per schedule 2 s later, over the idle processor's (target ≤ 4 KiB)",
