@@ -278,8 +278,21 @@ pub fn describe() {
 }
 
 /// Start the counters that alerts watch at zero, so that their first increase is seen
-/// (a series that appears at 1 has no increase to alert on).
+/// (a series that appears at 1 has no increase to alert on), and the aggregates.
 pub(crate) fn start_at_zero() {
+    // The aggregates move by increments; each exists from the start (an instance owning
+    // no schedule, or none undecided, exports 0 rather than nothing).
+    for name in [
+        SCHEDULES,
+        SCHEDULES_UNDECIDED,
+        SCHEDULES_WITH_SERIES,
+        REQUESTS_SEEN_ALL,
+    ] {
+        gauge!(name).increment(0.0);
+    }
+    for basis in ["delivered", "full-precision"] {
+        gauge!(EMISSIONS_INDEX_ALL, "basis" => basis).increment(0.0);
+    }
     counter!(CONFIG_REJECTIONS).increment(0);
     counter!(FENCED).increment(0);
     for reason in Released::ALL {

@@ -138,6 +138,15 @@ impl Serialize for RecentDecision {
     }
 }
 
+/// One schedule as the status page gets it: id, summary, latest decision, recent
+/// decisions (newest first).
+pub(crate) type ScheduleShown = (
+    String,
+    ScheduleSummary,
+    Option<Arc<ScheduleDecision>>,
+    Vec<RecentDecision>,
+);
+
 /// What the view holds of one schedule.
 #[derive(Debug)]
 struct ScheduleView {
@@ -294,14 +303,7 @@ impl ProcessorView {
 
     /// Every schedule with its summary, latest decision and recent decisions (newest
     /// first), sorted by id.
-    pub(crate) fn schedules(
-        &self,
-    ) -> Vec<(
-        String,
-        ScheduleSummary,
-        Option<Arc<ScheduleDecision>>,
-        Vec<RecentDecision>,
-    )> {
+    pub(crate) fn schedules(&self) -> Vec<ScheduleShown> {
         let mut all: Vec<_> = self
             .schedules
             .iter()
@@ -454,153 +456,5 @@ mod tests {
                 .map(|f| f.slots.clone())
         );
         assert_eq!(slots("a/two"), None, "the zone's slots are unchanged");
-    }
-}
-
-#[cfg(test)]
-mod scratch_memory {
-    use carbonflow_core::state::{Input, Output, PartitionState};
-    use carbonflow_schemas::records::{ConfigCommand, InputPosition};
-    use carbonflow_schemas::testing::samples;
-
-    use super::*;
-
-    fn rss_kib() -> i64 {
-        let s = std::fs::read_to_string("/proc/self/status").unwrap();
-        s.lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
-    #[test]
-    #[ignore]
-    fn memory_per_schedule() {
-        let n = 50_000;
-        use std::mem::size_of;
-        eprintln!(
-            "sizes: ScheduleState {} config {} decision {} summary {} recent {} ledger {} openwindow {} delivered {}",
-            size_of::<carbonflow_core::state::ScheduleState>(),
-            size_of::<carbonflow_schemas::records::ScheduleConfig>(),
-            size_of::<ScheduleDecision>(),
-            size_of::<ScheduleSummary>(),
-            size_of::<RecentDecision>(),
-            size_of::<carbonflow_core::ledger::CreditLedger>(),
-            size_of::<carbonflow_core::state::OpenWindow>(),
-            size_of::<carbonflow_core::state::DeliveredWindow>()
-        );
-        let mut state = PartitionState::new(0);
-        let pos = |topic: &str, offset| InputPosition {
-            topic: topic.into(),
-            partition: 0,
-            offset,
-        };
-        let base = rss_kib();
-        for i in 0..n {
-            let mut c = carbonflow_core::spec::ScheduleSpec::default().to_config(
-                &format!("bench/s{i}"),
-                1,
-                1_700_000_000_000,
-            );
-            c.zone = "BENCH".into();
-            c.valid_for_seconds = 3600;
-            for f in &mut c.flavours {
-                f.upstream_url = "http://127.0.0.1:9".into();
-            }
-            let o = state.apply(
-                &Input::Config(ConfigCommand::Config(Box::new(c))),
-                &pos("schedule.config", i as i64),
-            );
-            if i == 0 {
-                eprintln!("{o:?}");
-            }
-        }
-        let configs = rss_kib();
-        let f = samples::forecast_from(
-            "BENCH",
-            "x",
-            1_700_000_000_000,
-            1_800_000,
-            &[300.0, 250.0, 200.0, 150.0],
-        );
-        let outs = state.apply(&Input::Forecast(f), &pos("carbon.forecasts", 0));
-        let decided = outs
-            .iter()
-            .filter(|o| matches!(o, Output::Decision(_)))
-            .count();
-        drop(outs);
-        let after_forecast = rss_kib();
-        let view = ProcessorView::new("x", ScheduleSeries::default());
-        for (id, s) in &state.schedules {
-            if let Some(sum) = ScheduleSummary::of(0, s) {
-                view.show(id, sum, s.last_decision.as_ref());
-            }
-        }
-        let viewed = rss_kib();
-        let d = state.schedules.values().next().unwrap();
-        let r0 = rss_kib();
-        let configs_only: Vec<_> = state.schedules.values().map(|s| s.config.clone()).collect();
-        let r1 = rss_kib();
-        let decisions_only: Vec<_> = state
-            .schedules
-            .values()
-            .map(|s| s.last_decision.clone())
-            .collect();
-        let r2 = rss_kib();
-        let rest: Vec<_> = state
-            .schedules
-            .values()
-            .map(|s| {
-                let mut c = s.clone();
-                c.config = None;
-                c.last_decision = None;
-                c
-            })
-            .collect();
-        let r3 = rss_kib();
-        eprintln!(
-            "config {} B, decision {} B, rest of state {} B",
-            (r1 - r0) * 1024 / n,
-            (r2 - r1) * 1024 / n,
-            (r3 - r2) * 1024 / n
-        );
-        drop((configs_only, decisions_only, rest));
-        let dec: ScheduleDecision = (**d.last_decision.as_ref().unwrap()).clone();
-        let measure = |name: &str, f: &dyn Fn(&mut ScheduleDecision)| {
-            let mut x = dec.clone();
-            f(&mut x);
-            let a = rss_kib();
-            let v: Vec<Box<ScheduleDecision>> = (0..n).map(|_| Box::new(x.clone())).collect();
-            let b = rss_kib();
-            eprintln!("decision {name}: {} B", (b - a) * 1024 / n);
-            drop(v);
-        };
-        measure("whole", &|_| {});
-        measure("no diagnostics", &|x| x.diagnostics = vec![]);
-        measure("no flavours", &|x| x.flavours = vec![]);
-        measure("no provenance forecast", &|x| x.provenance.forecast = None);
-        measure("no fallbacks", &|x| x.fallbacks = vec![]);
-        measure("no ceilings", &|x| x.processing.ceilings = vec![]);
-        eprintln!("avro {} B", carbonflow_schemas::encode(&dec).unwrap().len());
-        let cfg = d.config.as_ref().unwrap();
-        eprintln!(
-            "config flavours {} fallbacks {} components {} annotations {}",
-            cfg.flavours.len(),
-            cfg.fallbacks.len(),
-            cfg.components.len(),
-            cfg.flavours[0].annotations.len()
-        );
-        eprintln!(
-            "decided {decided}; per schedule: configs {} B, forecast {} B, view {} B; json config {} decision {}",
-            (configs - base) * 1024 / n,
-            (after_forecast - configs) * 1024 / n,
-            (viewed - after_forecast) * 1024 / n,
-            serde_json::to_string(&d.config).unwrap().len(),
-            serde_json::to_string(&d.last_decision).unwrap().len()
-        );
     }
 }

@@ -1089,3 +1089,60 @@ fn a_processor_listening_beyond_loopback_without_a_token_refuses_to_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_the_series_limit_schedules_are_counted_in_the_aggregates_only() {
+    // Given three schedules, a limit of one schedule with series, and shop/c opted in
+    let args = fresh_layout("series", 1).await;
+    let producer = RecordProducer::new(&args, "series-test").expect("producer");
+    for id in ["shop/a", "shop/b", "shop/c"] {
+        send(&producer, &args, Topic::Config, id, &config(id, 1)).await;
+    }
+    let processor = ProcessorProcess::start(
+        &args,
+        0,
+        1,
+        &[
+            "--schedule-series-limit",
+            "1",
+            "--schedule-series-for",
+            "shop/c",
+        ],
+    );
+    processor.wait_ready(Duration::from_secs(60)).await;
+    // When every schedule is decided
+    eventually(
+        "three schedules, all decided",
+        Duration::from_secs(30),
+        || async {
+            let shown = processor.metric("carbonflow_schedules").await;
+            let undecided = processor.metric("carbonflow_schedules_undecided").await;
+            (shown == Some(3.0) && undecided == Some(0.0)).then_some(())
+        },
+    )
+    .await;
+    // Then the first shown (shop/a, first on the topic) and the opted-in one have series,
+    // shop/b only counts in the aggregates
+    assert_eq!(
+        processor.metric("carbonflow_schedules_with_series").await,
+        Some(2.0)
+    );
+    let client = carbonflow_schemas::testing::http_client();
+    let url = format!("{}/metrics", processor.admin);
+    let reply = carbonflow_schemas::testing::send(&client, "GET", &url, &[], None)
+        .await
+        .expect("/metrics answers");
+    let text = String::from_utf8_lossy(&reply.body);
+    let mut with_version: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("carbonflow_schedule_version{"))
+        .filter_map(|l| l.split("schedule=\"").nth(1)?.split('"').next())
+        .collect();
+    with_version.sort_unstable();
+    assert_eq!(with_version, ["a", "c"]);
+    // and every schedule is still served by the admin API
+    for id in ["shop/a", "shop/b", "shop/c"] {
+        let (status, _) = http("GET", &format!("{}/schedule/{id}", processor.admin), None).await;
+        assert_eq!(status, 200, "{id}");
+    }
+}
