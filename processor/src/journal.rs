@@ -610,12 +610,18 @@ fn latest_snapshot(
         }
         Ok::<(), BusError>(())
     })?;
+    // Records from `examined` on were looked at by the first pass: the second reports
+    // and decodes only what lies before them.
+    let mut examined = high;
     for from in [high - 1 - last_chunk, high - SNAPSHOT_RECORDS_READ] {
         let from = low.max(from);
         let started = Instant::now();
-        let mut whole = whole_snapshots(reader, topic, partition, from, high)?;
+        let mut whole = whole_snapshots(reader, topic, partition, from, high, examined)?;
         let read = started.elapsed();
         while let Some((offset, head, bytes, space)) = whole.pop() {
+            if offset >= examined {
+                continue;
+            }
             match decode_state(&bytes) {
                 Some(state) => {
                     tracing::info!(
@@ -638,6 +644,7 @@ fn latest_snapshot(
                 }
             }
         }
+        examined = from;
         if from == low {
             break;
         }
@@ -650,13 +657,15 @@ fn latest_snapshot(
 type WholeSnapshot = (i64, PartitionSnapshot, Vec<u8>, Option<SnapshotSpace>);
 
 /// The whole snapshots among `partition`'s records from `from` to `high`, oldest first
-/// (not decoded: only the newest that decodes is wanted).
+/// (not decoded: only the newest that decodes is wanted). Unreadable records are reported
+/// only before offset `examined` (those after it were reported already).
 fn whole_snapshots(
     reader: &RangeReader,
     topic: &str,
     partition: i32,
     from: i64,
     high: i64,
+    examined: i64,
 ) -> Result<Vec<WholeSnapshot>, BusError> {
     let mut whole = Vec::new();
     let mut assembly = Assembly::default();
@@ -665,12 +674,14 @@ fn whole_snapshots(
             return Ok(());
         };
         let Ok(snap) = decode::<PartitionSnapshot>(payload) else {
-            tracing::warn!(
-                partition,
-                offset = r.offset,
-                "unreadable snapshot record passed over"
-            );
-            crate::metrics::snapshot_unreadable();
+            if r.offset < examined {
+                tracing::warn!(
+                    partition,
+                    offset = r.offset,
+                    "unreadable snapshot record passed over"
+                );
+                crate::metrics::snapshot_unreadable();
+            }
             return Ok(());
         };
         if snap.state_format != STATE_FORMAT || snap.partition != partition {

@@ -8,6 +8,7 @@
 //! read them. Labels are bounded: schedule, flavour, component, zone, cause, topic, error
 //! kind, reason; never offsets, versions or error strings.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use carbonflow_core::gate::RefusalKind;
@@ -17,7 +18,8 @@ use carbonflow_schemas::bus::Topic;
 use carbonflow_schemas::records::ScheduleDecision;
 use carbonflow_schemas::vocabulary::{DecisionCause, ScheduleId};
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Gauge, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
 };
 
 use crate::view::{ScheduleSummary, Shown};
@@ -330,12 +332,27 @@ fn labels(id: &str) -> (String, String) {
     }
 }
 
+/// `carbonflow_decisions_total` per cause (`None`: one this version does not know), looked
+/// up once: it counts every decision.
+static DECISIONS_BY_CAUSE: LazyLock<Vec<(Option<DecisionCause>, Counter)>> = LazyLock::new(|| {
+    DecisionCause::ALL
+        .into_iter()
+        .map(Some)
+        .chain([None])
+        .map(|c| {
+            let label = c.map_or("other", DecisionCause::as_str);
+            (c, counter!(DECISIONS, "cause" => label))
+        })
+        .collect()
+});
+
 /// A decision was queued for the decisions topic; `series`: its schedule has series of
 /// its own.
 pub(crate) fn decision_emitted(d: &ScheduleDecision, series: bool) {
-    let cause =
-        DecisionCause::from_wire(&d.provenance.cause).map_or("other", DecisionCause::as_str);
-    counter!(DECISIONS, "cause" => cause).increment(1);
+    let cause = DecisionCause::from_wire(&d.provenance.cause);
+    if let Some((_, counter)) = DECISIONS_BY_CAUSE.iter().find(|(c, _)| *c == cause) {
+        counter.increment(1);
+    }
     if !series {
         return;
     }
@@ -385,29 +402,69 @@ pub(crate) fn decision_refused(error: &PolicyError) {
     counter!(DECISIONS_REFUSED, "reason" => error.kind()).increment(1);
 }
 
-/// The aggregates' share of one schedule's summary.
-fn add_to_aggregates(s: &ScheduleSummary, sign: f64) {
-    gauge!(SCHEDULES).increment(sign);
-    if s.version == 0 {
-        gauge!(SCHEDULES_UNDECIDED).increment(sign);
+/// The aggregates' gauges, looked up once: they move for every schedule shown (100,000
+/// per forecast at scale), and a registry lookup per move cost more than the move. The
+/// recorder is installed before the pipeline starts, so the handles are the real ones.
+struct Aggregates {
+    schedules: Gauge,
+    undecided: Gauge,
+    with_series: Gauge,
+    requests_seen: Gauge,
+    delivered: Gauge,
+    full_precision: Gauge,
+}
+
+static AGGREGATES: LazyLock<Aggregates> = LazyLock::new(|| Aggregates {
+    schedules: gauge!(SCHEDULES),
+    undecided: gauge!(SCHEDULES_UNDECIDED),
+    with_series: gauge!(SCHEDULES_WITH_SERIES),
+    requests_seen: gauge!(REQUESTS_SEEN_ALL),
+    delivered: gauge!(EMISSIONS_INDEX_ALL, "basis" => "delivered"),
+    full_precision: gauge!(EMISSIONS_INDEX_ALL, "basis" => "full-precision"),
+});
+
+/// Move the aggregates from one schedule's `previous` summary to `now` (`None`: not
+/// shown), and set the count of schedules with series to `with_series`.
+fn move_aggregates(
+    previous: Option<&ScheduleSummary>,
+    now: Option<&ScheduleSummary>,
+    with_series: usize,
+) {
+    let figures = |s: Option<&ScheduleSummary>| {
+        s.map_or([0.0; 5], |s| {
+            [
+                1.0,
+                if s.version == 0 { 1.0 } else { 0.0 },
+                s.requests_seen as f64,
+                s.emissions.delivered,
+                s.emissions.full_precision,
+            ]
+        })
+    };
+    let a = &*AGGREGATES;
+    let gauges = [
+        &a.schedules,
+        &a.undecided,
+        &a.requests_seen,
+        &a.delivered,
+        &a.full_precision,
+    ];
+    for (gauge, (before, after)) in gauges
+        .into_iter()
+        .zip(figures(previous).into_iter().zip(figures(now)))
+    {
+        if after != before {
+            gauge.increment(after - before);
+        }
     }
-    gauge!(REQUESTS_SEEN_ALL).increment(sign * s.requests_seen as f64);
-    for (basis, value) in [
-        ("delivered", s.emissions.delivered),
-        ("full-precision", s.emissions.full_precision),
-    ] {
-        gauge!(EMISSIONS_INDEX_ALL, "basis" => basis).increment(sign * value);
-    }
+    a.with_series.set(with_series as f64);
 }
 
 /// Schedule `id` is no longer shown (deleted, or its partition released): `shown` is what
 /// was. Its series cannot be removed from the exporter, so the ones that alerts compare
 /// against time are set to NaN, which no comparison matches.
 pub(crate) fn schedule_removed(id: &str, shown: &Shown, with_series: usize) {
-    if let Some(s) = &shown.previous {
-        add_to_aggregates(s, -1.0);
-    }
-    gauge!(SCHEDULES_WITH_SERIES).set(with_series as f64);
+    move_aggregates(shown.previous.as_ref(), None, with_series);
     if !shown.series {
         return;
     }
@@ -422,11 +479,7 @@ pub(crate) fn schedule_removed(id: &str, shown: &Shown, with_series: usize) {
 /// always, as series of its own when `shown.series`. `with_series` counts the schedules
 /// that have them.
 pub(crate) fn schedule_shown(id: &str, s: &ScheduleSummary, shown: &Shown, with_series: usize) {
-    if let Some(p) = &shown.previous {
-        add_to_aggregates(p, -1.0);
-    }
-    add_to_aggregates(s, 1.0);
-    gauge!(SCHEDULES_WITH_SERIES).set(with_series as f64);
+    move_aggregates(shown.previous.as_ref(), Some(s), with_series);
     // The forecast ahead per zone, not per schedule: thousands of schedules share a few
     // zones. Slot 0 is the current one; a fixed number of slots keeps the label bounded
     // (the reference made one series per hour offset, never removed). Slots the forecast
