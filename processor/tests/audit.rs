@@ -128,12 +128,18 @@ async fn audit_verifies_explains_exports_and_replays_what_if() {
         "{out}"
     );
 
-    // explain: every item.
+    // explain: every item, of a decision that closed a window and saw a forecast (inputs
+    // of different topics are not ordered: the first window may close before the first
+    // forecast is read).
     let window_version = emitted
         .iter()
         .map(|(_, _, d)| d)
-        .find(|d| d.schedule == SCHEDULE && d.provenance.telemetry_window.is_some())
-        .expect("a decision that closed a window")
+        .find(|d| {
+            d.schedule == SCHEDULE
+                && d.provenance.telemetry_window.is_some()
+                && d.provenance.forecast.is_some()
+        })
+        .expect("a decision that closed a window and saw a forecast")
         .version;
     let (code, out) = audit(
         &args,
