@@ -89,6 +89,18 @@ fn rss_mib(pid: u32) -> f64 {
     status_mib(pid, "VmRSS").unwrap_or(f64::NAN)
 }
 
+/// A consumer with the processor's client settings, named `name`, reading partition 0 of
+/// `topic` from its start.
+fn reader_from_start(args: &KafkaArgs, name: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
+    let consumer: BaseConsumer = args
+        .consumer_config(name, &format!("{name}-{}", now_ms()))?
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
 /// One telemetry run: (bare read, bare read+write, processor) in buckets/s.
 async fn telemetry_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64, f64)> {
     let args = fresh(cli, &format!("telemetry{run}")).await?;
@@ -98,12 +110,7 @@ async fn telemetry_run(cli: &Cli, run: usize) -> anyhow::Result<(f64, f64, f64)>
     let topic = args.layout().name(Topic::Telemetry);
 
     // The yardstick: a bare consumer, same client settings, reading and decoding.
-    let bare: BaseConsumer = args
-        .consumer_config("throughput-bare", &format!("throughput-bare-{}", now_ms()))?
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
-    bare.assign(&tpl)?;
+    let bare = reader_from_start(&args, "throughput-bare", &topic)?;
     let (mut seen, mut first) = (0usize, None);
     let deadline = Instant::now() + Duration::from_secs(300);
     while seen < cli.buckets {
@@ -152,12 +159,7 @@ async fn bare_pipe(
     topic: &str,
     n: usize,
 ) -> anyhow::Result<f64> {
-    let consumer: BaseConsumer = args
-        .consumer_config("throughput-pipe", &format!("throughput-pipe-{}", now_ms()))?
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
-    consumer.assign(&tpl)?;
+    let consumer = reader_from_start(args, "throughput-pipe", topic)?;
     let out = args.layout().name(Topic::DeadLetters);
     let (mut seen, mut first) = (0usize, None);
     let mut pending = std::collections::VecDeque::new();
@@ -233,15 +235,7 @@ fn count_records(
 async fn bare_producer(args: &KafkaArgs, records: &[KeyedRecord]) -> anyhow::Result<f64> {
     let producer = RecordProducer::gapless(args, "throughput-yardstick")?;
     let topic = args.layout().name(Topic::DeadLetters);
-    let reader: BaseConsumer = args
-        .consumer_config(
-            "throughput-yardstick-reader",
-            &format!("throughput-yardstick-{}", now_ms()),
-        )?
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&topic, 0, Offset::Beginning)?;
-    reader.assign(&tpl)?;
+    let reader = reader_from_start(args, "throughput-yardstick", &topic)?;
     // The first record warms the reader up (its fetch started, as the fan-out's reader
     // was, having read the configs' decisions); the clock starts after it.
     let Some(((key, payload), rest)) = records.split_first() else {
@@ -330,15 +324,11 @@ async fn decisions_run(cli: &Cli, n: usize, run: usize) -> anyhow::Result<Decisi
     });
     // Decisions are counted on their topic, not by polling /metrics: with 10,000 schedules
     // the exposition is large enough that rendering it often would slow the processor.
-    let decisions: BaseConsumer = args
-        .consumer_config(
-            "throughput-decisions",
-            &format!("throughput-decisions-{}", now_ms()),
-        )?
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&args.layout().name(Topic::Decisions), 0, Offset::Beginning)?;
-    decisions.assign(&tpl)?;
+    let decisions = reader_from_start(
+        &args,
+        "throughput-decisions",
+        &args.layout().name(Topic::Decisions),
+    )?;
     let (first, _) = count_records(&decisions, 1, Duration::from_secs(120), false)?;
     let (nth, _) = count_records(&decisions, n - 1, Duration::from_secs(600), false)?;
     let configs = (n - 1) as f64 / nth.duration_since(first).as_secs_f64();
