@@ -120,7 +120,7 @@ pub async fn watch_expiry(table: Arc<DecisionTable>, grace_ms: i64, shutdown: Ca
         for r in table.all() {
             let d = &r.decision;
             let expired = r.expired(now, grace_ms);
-            crate::metrics::decision_status(&d.schedule, expired, now - d.decided_at_ms);
+            r.gauges.status(expired, now - d.decided_at_ms);
             if expired && logged.get(&d.schedule) != Some(&d.version) {
                 tracing::warn!(schedule = %d.schedule, version = d.version, valid_until_ms = d.valid_until_ms, behaviour = ?d.on_expiry, "decision expired without a newer one; applying the expiry behaviour");
                 logged.insert(d.schedule.clone(), d.version);

@@ -179,12 +179,6 @@ fn apply(
     ts: Option<i64>,
 ) {
     let (schedule, version) = (d.schedule.clone(), d.version);
-    let fallback_rules = d.fallbacks.len();
-    let weights: Vec<(String, i32)> = d
-        .flavours
-        .iter()
-        .map(|f| (f.name.clone(), f.weight_percent))
-        .collect();
     match table.apply(d, now) {
         Applied::Applied { previous } => {
             // Propagation is measured for live decisions only, not for history replayed
@@ -192,7 +186,6 @@ fn apply(
             if let (false, Some(ts)) = (bootstrapping, ts) {
                 crate::metrics::decision_propagated(now - ts);
             }
-            crate::metrics::decision_applied(&schedule, version, fallback_rules, weights);
             tracing::debug!(%schedule, version, ?previous, "decision applied");
         }
         Applied::Ignored { held } => {

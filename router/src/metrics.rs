@@ -14,9 +14,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use carbonflow_schemas::records::{DecisionFlavour, ScheduleDecision};
 use metrics::{
-    Counter, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
-    histogram,
+    Counter, Gauge, Histogram, Unit, counter, describe_counter, describe_gauge, describe_histogram,
+    gauge, histogram,
 };
 
 // Metric names; `describe` says what each measures.
@@ -166,22 +167,67 @@ fn fallbacks(schedule: &str, rule: usize) -> Counter {
     counter!(FALLBACKS, "schedule" => schedule.to_owned(), "rule" => rule.to_string())
 }
 
-/// A decision is now in force: export its version and weights, and start a fallback
-/// series at zero for each of its `fallback_rules` rules, so that an alert on their
-/// increase sees the first fallback.
-pub(crate) fn decision_applied(
-    schedule: &str,
-    version: i64,
+/// One schedule's decision series, registered when a decision with new flavours (or more
+/// fallback rules) is applied and carried over by the next decisions: applying a decision
+/// and the expiry watch, which visits every schedule twice a second, then cost no label
+/// allocation or registry lookup (at 10,000 schedules they were 40,000 lookups a second).
+#[derive(Debug)]
+pub(crate) struct ScheduleGauges {
+    version: Gauge,
+    expired: Gauge,
+    age: Gauge,
+    /// Per flavour, in the decision's order: its name and its commanded weight.
+    weights: Vec<(String, Gauge)>,
+    /// Fallback rules whose series exist (started at zero).
     fallback_rules: usize,
-    weights: impl IntoIterator<Item = (String, i32)>,
-) {
-    gauge!(DECISION_VERSION, "schedule" => schedule.to_owned()).set(version as f64);
-    for rule in 0..fallback_rules {
-        fallbacks(schedule, rule).increment(0);
+}
+
+impl ScheduleGauges {
+    /// The series of `schedule` for a decision of `flavours` with `fallback_rules` rules;
+    /// each rule's fallback series starts at zero, so that an alert on its increase sees
+    /// the first fallback.
+    pub(crate) fn of(schedule: &str, flavours: &[DecisionFlavour], fallback_rules: usize) -> Self {
+        for rule in 0..fallback_rules {
+            fallbacks(schedule, rule).increment(0);
+        }
+        Self {
+            version: gauge!(DECISION_VERSION, "schedule" => schedule.to_owned()),
+            expired: gauge!(DECISION_EXPIRED, "schedule" => schedule.to_owned()),
+            age: gauge!(DECISION_AGE, "schedule" => schedule.to_owned()),
+            weights: flavours
+                .iter()
+                .map(|f| {
+                    let g = gauge!(COMMANDED_WEIGHT, "schedule" => schedule.to_owned(), "flavour" => f.name.clone());
+                    (f.name.clone(), g)
+                })
+                .collect(),
+            fallback_rules,
+        }
     }
-    for (flavour, weight_percent) in weights {
-        gauge!(COMMANDED_WEIGHT, "schedule" => schedule.to_owned(), "flavour" => flavour)
-            .set(f64::from(weight_percent));
+
+    /// Whether these series serve a decision of `flavours` with `fallback_rules` rules.
+    pub(crate) fn fit(&self, flavours: &[DecisionFlavour], fallback_rules: usize) -> bool {
+        fallback_rules <= self.fallback_rules
+            && self.weights.len() == flavours.len()
+            && self
+                .weights
+                .iter()
+                .zip(flavours)
+                .all(|((n, _), f)| *n == f.name)
+    }
+
+    /// Decision `d` is now in force: export its version and weights.
+    pub(crate) fn applied(&self, d: &ScheduleDecision) {
+        self.version.set(d.version as f64);
+        for ((_, gauge), f) in self.weights.iter().zip(&d.flavours) {
+            gauge.set(f64::from(f.weight_percent));
+        }
+    }
+
+    /// The decision in force is `age_ms` old and has `expired` or not.
+    pub(crate) fn status(&self, expired: bool, age_ms: i64) {
+        self.expired.set(if expired { 1.0 } else { 0.0 });
+        self.age.set(age_ms.max(0) as f64 / 1000.0);
     }
 }
 
@@ -224,16 +270,6 @@ pub(crate) fn undecodable_decision(kind: &'static str) {
 /// A decision not newer than the one held was ignored.
 pub(crate) fn decision_ignored() {
     counter!(DECISIONS_IGNORED).increment(1);
-}
-
-/// The held decision of `schedule` is `age_ms` old (clamped at 0) and `expired` or not.
-pub(crate) fn decision_status(schedule: &str, expired: bool, age_ms: i64) {
-    gauge!(DECISION_EXPIRED, "schedule" => schedule.to_owned()).set(if expired {
-        1.0
-    } else {
-        0.0
-    });
-    gauge!(DECISION_AGE, "schedule" => schedule.to_owned()).set(age_ms.max(0) as f64 / 1000.0);
 }
 
 /// Why a telemetry bucket was lost (the `reason` label).
@@ -306,11 +342,18 @@ mod tests {
                 StatusCode::OK,
                 Duration::from_millis(5),
             );
-            decision_applied("a/b", 7, 2, [("full".to_string(), 60)]);
+            let mut d = carbonflow_schemas::testing::samples::schedule_decision();
+            d.schedule = "a/b".into();
+            d.version = 7;
+            d.flavours.truncate(1);
+            d.flavours[0].name = "full".into();
+            d.flavours[0].weight_percent = 60;
+            let gauges = ScheduleGauges::of("a/b", &d.flavours, 2);
+            gauges.applied(&d);
             fallback_taken("a/b", 1);
             decision_propagated(-5);
             decision_ignored();
-            decision_status("a/b", true, 1500);
+            gauges.status(true, 1500);
             telemetry_drops_start();
             telemetry_dropped(DropReason::Delivery);
         });

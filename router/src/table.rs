@@ -10,7 +10,7 @@ use carbonflow_schemas::upstream::AllowList;
 use carbonflow_schemas::vocabulary::{AttemptResult, FallbackCondition};
 use dashmap::DashMap;
 
-use crate::metrics::ServedMetrics;
+use crate::metrics::{ScheduleGauges, ServedMetrics};
 use crate::select::Picker;
 
 /// One schedule's routing state, built once per decision.
@@ -31,6 +31,9 @@ pub(crate) struct Route {
     pub(crate) upstreams: Vec<Upstream>,
     /// Wall-clock time it was applied, epoch ms.
     pub(crate) applied_at_ms: i64,
+    /// The schedule's decision series, carried over from the previous decision when its
+    /// flavours are the same.
+    pub(crate) gauges: Arc<ScheduleGauges>,
 }
 
 /// One flavour's upstream as the proxy uses it on every request.
@@ -115,7 +118,22 @@ struct Fallback {
 }
 
 impl Route {
-    fn new(decision: ScheduleDecision, applied_at_ms: i64, upstreams: &AllowList) -> Self {
+    fn new(
+        decision: ScheduleDecision,
+        applied_at_ms: i64,
+        upstreams: &AllowList,
+        previous: Option<&Route>,
+    ) -> Self {
+        let gauges = match previous {
+            Some(p) if p.gauges.fit(&decision.flavours, decision.fallbacks.len()) => {
+                p.gauges.clone()
+            }
+            _ => Arc::new(ScheduleGauges::of(
+                &decision.schedule,
+                &decision.flavours,
+                decision.fallbacks.len(),
+            )),
+        };
         let refused_upstreams = decision
             .flavours
             .iter()
@@ -162,6 +180,7 @@ impl Route {
             refused_upstreams,
             upstreams,
             applied_at_ms,
+            gauges,
         }
     }
 
@@ -260,7 +279,7 @@ impl DecisionTable {
         }
     }
 
-    /// Apply `d` if it supersedes the decision held.
+    /// Apply `d` if it supersedes the decision held, and export its version and weights.
     pub(crate) fn apply(&self, d: ScheduleDecision, now_ms: i64) -> Applied {
         let held = self
             .routes
@@ -270,12 +289,17 @@ impl DecisionTable {
         if let Some(held) = held.filter(|h| d.precedence() <= *h) {
             return Applied::Ignored { held };
         }
-        let previous = self.routes.get(&d.schedule).map(|r| r.decision.version);
+        let held_route = self.get(&d.schedule);
+        let previous = held_route.as_ref().map(|r| r.decision.version);
         self.deleted.remove(&d.schedule);
-        self.routes.insert(
-            d.schedule.clone(),
-            Arc::new(Route::new(d, now_ms, &self.upstreams)),
-        );
+        let route = Arc::new(Route::new(
+            d,
+            now_ms,
+            &self.upstreams,
+            held_route.as_deref(),
+        ));
+        route.gauges.applied(&route.decision);
+        self.routes.insert(route.decision.schedule.clone(), route);
         Applied::Applied { previous }
     }
 
