@@ -18,10 +18,10 @@ use carbonflow_schemas::records::{DecisionRef, JournalBatch, JournalEntry};
 use carbonflow_schemas::{AvroRecord, encode};
 
 /// A partition's journal batch is written once it holds this many entries, or
-/// [`JOURNAL_BATCH_BYTES`] of input records, if inputs keep arriving; otherwise as soon as
-/// none is waiting.
+/// [`JOURNAL_BATCH_BYTES`] of input records and decision refs, if inputs keep arriving;
+/// otherwise as soon as none is waiting.
 const JOURNAL_BATCH_ENTRIES: usize = 1000;
-/// Input bytes that fill a batch: well under the broker's default 1 MB record limit.
+/// Bytes that fill a batch: well under the broker's default 1 MB record limit.
 const JOURNAL_BATCH_BYTES: usize = 256 * 1024;
 /// Decision refs one journal entry holds at most, in bytes; more continue in further
 /// entries of the same input.

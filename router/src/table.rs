@@ -334,6 +334,26 @@ mod tests {
     }
 
     #[test]
+    fn a_schedules_series_are_registered_once_for_decisions_of_the_same_flavours() {
+        let t = DecisionTable::default();
+        let gauges = |t: &DecisionTable| t.get(&decision(1).schedule).expect("held").gauges.clone();
+        t.apply(decision(1), 0);
+        let first = gauges(&t);
+        t.apply(decision(2), 0);
+        assert!(
+            Arc::ptr_eq(&first, &gauges(&t)),
+            "same flavours: carried over"
+        );
+        let mut renamed = decision(3);
+        renamed.flavours[0].name = "another".into();
+        t.apply(renamed, 0);
+        assert!(
+            !Arc::ptr_eq(&first, &gauges(&t)),
+            "other flavours: registered anew"
+        );
+    }
+
+    #[test]
     fn only_newer_versions_apply() {
         let t = DecisionTable::default();
         assert_eq!(t.apply(decision(3), 0), Applied::Applied { previous: None });

@@ -189,8 +189,9 @@ pub struct OpenWindow {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleState {
     /// Validated config in force (`None` before the first or after a deletion). Boxed,
-    /// as is the last decision: a partition's schedules are stored inline in its map, and
-    /// a small state per schedule keeps 100,000 of them in a few hundred megabytes.
+    /// and the last decision behind an `Arc`: a partition's map stores its schedules
+    /// inline, and a small state per schedule keeps 100,000 of them in a few hundred
+    /// megabytes.
     pub config: Option<Box<ScheduleConfig>>,
     /// Manual override, while it lives.
     pub manual: Option<ManualOverride>,
