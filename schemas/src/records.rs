@@ -4,6 +4,8 @@
 //! (names in snake_case, times as epoch milliseconds UTC in `*_ms` fields). Maps are
 //! written as arrays of named pairs so that encoding is deterministic and order-preserving.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::codec::AvroRecord;
@@ -351,8 +353,9 @@ pub struct Credits {
 /// A named diagnostic value (null when unknown).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Diagnostic {
-    /// Diagnostic name, set by the policy (e.g. `allowance`, `num_flavours`).
-    pub name: String,
+    /// Diagnostic name, set by the policy (e.g. `allowance`, `num_flavours`). Most are
+    /// the policies' static names, borrowed rather than allocated for each decision.
+    pub name: Cow<'static, str>,
     /// Its value; `None` when the policy does not know it.
     pub value: Option<f64>,
 }

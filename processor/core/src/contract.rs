@@ -26,7 +26,7 @@ pub fn reference_contract(d: &ScheduleDecision) -> Value {
     let diagnostics: BTreeMap<&str, Option<f64>> = d
         .diagnostics
         .iter()
-        .map(|x| (x.name.as_str(), x.value))
+        .map(|x| (x.name.as_ref(), x.value))
         .collect();
     let ceilings: BTreeMap<&str, i32> = d
         .processing

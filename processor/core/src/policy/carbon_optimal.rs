@@ -23,6 +23,8 @@
 //! last telemetry window; with neither, every second counts one request (only the ratios
 //! between slots matter then, and the account is read against that rate).
 
+use std::borrow::Cow;
+
 use carbonflow_schemas::records::Diagnostic;
 
 use super::*;
@@ -498,7 +500,7 @@ fn summary(
     slots: &[PlanSlot],
     plan: &Plan,
     target: f64,
-) -> Vec<(String, Option<f64>)> {
+) -> Vec<(Cow<'static, str>, Option<f64>)> {
     let quality = input.plan.quality;
     let total: f64 = slots.iter().map(|s| s.requests).sum();
     let per_request = |v: f64| (total > 0.0).then(|| 100.0 * v / total);
@@ -551,8 +553,8 @@ pub struct PlannedSlot {
 }
 
 /// Name of the diagnostic carrying one value of slot `slot`'s plan.
-fn plan_diagnostic(slot: usize, key: &str) -> String {
-    format!("plan.{slot}.{key}")
+fn plan_diagnostic(slot: usize, key: &str) -> Cow<'static, str> {
+    format!("plan.{slot}.{key}").into()
 }
 
 /// The plan a carbon-optimal decision published (`plan.<slot>.<key>` diagnostics), slot by

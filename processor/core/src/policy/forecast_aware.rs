@@ -68,9 +68,9 @@ impl Policy for ForecastAware {
             .find(|(n, _)| *n == baseline)
             .map(|(_, w)| *w);
         result.diagnostics.extend([
-            ("trend".to_string(), Some(trend)),
-            ("adjustment".to_string(), Some(adjustment)),
-            ("baseline_weight".to_string(), baseline_weight),
+            ("trend".into(), Some(trend)),
+            ("adjustment".into(), Some(adjustment)),
+            ("baseline_weight".into(), baseline_weight),
         ]);
         Ok(result)
     }

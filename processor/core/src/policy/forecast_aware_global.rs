@@ -221,19 +221,19 @@ impl Policy for ForecastAwareGlobal {
         }
         result.avg_precision = avg_precision(&result.weights, input.flavours);
         result.diagnostics.extend([
-            ("carbon_adjustment".to_string(), Some(c)),
-            ("lookahead_adjustment".to_string(), Some(l)),
-            ("credit_pressure".to_string(), Some(cr)),
-            ("demand_adjustment".to_string(), Some(d)),
-            ("emissions_adjustment".to_string(), Some(e)),
-            ("zone_adjustment".to_string(), Some(z)),
-            ("total_adjustment".to_string(), Some(total)),
+            ("carbon_adjustment".into(), Some(c)),
+            ("lookahead_adjustment".into(), Some(l)),
+            ("credit_pressure".into(), Some(cr)),
+            ("demand_adjustment".into(), Some(d)),
+            ("emissions_adjustment".into(), Some(e)),
+            ("zone_adjustment".into(), Some(z)),
+            ("total_adjustment".into(), Some(total)),
             (
-                "cumulative_carbon_gco2".to_string(),
+                "cumulative_carbon_gco2".into(),
                 Some(memory.cumulative_carbon),
             ),
             (
-                "evaluation_count".to_string(),
+                "evaluation_count".into(),
                 Some(memory.evaluation_count as f64),
             ),
         ]);

@@ -14,6 +14,8 @@ mod precision_tier;
 mod random;
 mod round_robin;
 
+use std::borrow::Cow;
+
 use carbonflow_schemas::records::Flavour;
 use serde::{Deserialize, Serialize};
 
@@ -128,7 +130,7 @@ pub struct PolicyResult {
     pub avg_precision: f64,
     /// Named diagnostics (None = unknown), with the reference's meanings: its
     /// `avg_precision` is the base policy's, before any forecast adjustment.
-    pub diagnostics: Vec<(String, Option<f64>)>,
+    pub diagnostics: Vec<(Cow<'static, str>, Option<f64>)>,
 }
 
 impl PolicyResult {
