@@ -82,7 +82,9 @@ struct Cli {
     /// connections, milliseconds: time for load balancers to notice.
     #[arg(long, env = "CARBONFLOW_DRAIN_DELAY_MS", default_value_t = 0)]
     drain_delay_ms: u64,
-    /// Time a client has to send a request's body, milliseconds (408 beyond).
+    /// Time a client has to send a request's body that is buffered (a fallback rule
+    /// could resend it), milliseconds (408 beyond). A streamed body is bounded by
+    /// --request-timeout-ms instead.
     #[arg(
         long,
         env = "CARBONFLOW_BODY_READ_TIMEOUT_MS",
@@ -119,8 +121,9 @@ struct Cli {
     /// Time allowed for an upstream's response headers, milliseconds.
     #[arg(long, env = "CARBONFLOW_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     request_timeout_ms: u64,
-    /// Largest request body accepted, bytes (bodies are buffered so that a fallback can
-    /// resend them); larger requests get 413.
+    /// Largest request body accepted, bytes; larger requests get 413. A body is
+    /// buffered when a fallback rule could resend the request, and streamed to the
+    /// upstream as it arrives otherwise.
     #[arg(long, env = "CARBONFLOW_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     max_body_bytes: usize,
     /// Milliseconds past a decision's validUntil before the expiry behaviour applies

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use carbonflow_schemas::records::Outcome;
 use carbonflow_schemas::upstream::AllowList;
 use carbonflow_schemas::vocabulary::AttemptResult;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Body as _;
 use hyper::body::{Bytes, Incoming};
 use hyper_tls::HttpsConnector;
@@ -56,21 +56,26 @@ pub struct ProxySettings {
     pub upstreams: AllowList,
     /// Time allowed for an upstream's response headers.
     pub request_timeout: Duration,
-    /// Largest request body accepted (bodies are buffered so a fallback can resend them).
+    /// Largest request body accepted (buffered when a fallback rule could resend it,
+    /// streamed to the upstream otherwise).
     pub max_body_bytes: usize,
     /// Time past `valid_until` before the expiry behaviour applies, ms.
     pub expiry_grace_ms: i64,
     /// Retry non-idempotent methods (POST, PATCH) on a fallback flavour too.
     pub retry_non_idempotent: bool,
-    /// Time a client has to send a request's body.
+    /// Time a client has to send a request's body, when it is buffered.
     pub body_read_timeout: Duration,
 }
+
+/// A request body as sent upstream: buffered whole (a fallback may resend it), or
+/// streamed from the client as it arrives, within the size limit.
+type UpstreamBody = Either<Full<Bytes>, Limited<Body>>;
 
 /// Shared state of the proxy handler.
 pub struct Proxy {
     table: Arc<DecisionTable>,
     telemetry: Arc<Telemetry>,
-    client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, UpstreamBody>,
     settings: ProxySettings,
     /// Seeded from the router id or `--seed` and the worker: routers and workers draw
     /// different sequences, and a run can be repeated. One proxy per worker thread, so
@@ -134,6 +139,8 @@ enum Failure {
     Connect(String),
     /// The upstream is outside the router's `--allow-upstream` list.
     NotAllowed(String),
+    /// A streamed request body went over `--max-body-bytes`.
+    BodyTooLarge,
     Other(String),
 }
 
@@ -143,6 +150,7 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::Connect(_) => "connect_error",
             Failure::NotAllowed(_) => "not_allowed",
+            Failure::BodyTooLarge => "body_too_large",
             Failure::Other(_) => "error",
         }
     }
@@ -154,7 +162,9 @@ fn attempt_result(result: &Result<hyper::Response<Incoming>, Failure>) -> Attemp
         Ok(r) => AttemptResult::Answered(r.status().as_u16()),
         Err(Failure::Timeout) => AttemptResult::TimedOut,
         Err(Failure::Connect(_)) => AttemptResult::Unreachable,
-        Err(Failure::NotAllowed(_) | Failure::Other(_)) => AttemptResult::Failed,
+        Err(Failure::NotAllowed(_) | Failure::BodyTooLarge | Failure::Other(_)) => {
+            AttemptResult::Failed
+        }
     }
 }
 
@@ -171,6 +181,7 @@ fn outcome_of(result: &Result<hyper::Response<Incoming>, Failure>) -> Outcome {
         Ok(r) if r.status().is_client_error() => Outcome::ClientError,
         Ok(_) => Outcome::Success,
         Err(Failure::Timeout) => Outcome::Timeout,
+        Err(Failure::BodyTooLarge) => Outcome::ClientError,
         Err(_) => Outcome::ServerError,
     }
 }
@@ -208,7 +219,19 @@ struct Outgoing {
     method: Method,
     path_and_query: String,
     headers: HeaderMap,
-    body: Bytes,
+    body: UpstreamBody,
+}
+
+/// Whether `e`, or an error it was caused by, is a body over its size limit.
+fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 async fn attempt(
@@ -229,7 +252,7 @@ async fn attempt(
         .map_err(|e| Failure::Other(e.clone()))?
         .uri(&out.path_and_query)
         .map_err(Failure::Other)?;
-    let mut req = hyper::Request::new(Full::new(out.body));
+    let mut req = hyper::Request::new(out.body);
     *req.method_mut() = out.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = out.headers;
@@ -241,8 +264,26 @@ async fn attempt(
         Err(_) => Err(Failure::Timeout),
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(e.to_string())),
+        Ok(Err(e)) if body_too_large(&e) => Err(Failure::BodyTooLarge),
         Ok(Err(e)) => Err(Failure::Other(e.to_string())),
     }
+}
+
+/// A request's body as the handler holds it.
+enum RequestBody {
+    /// Read whole: a fallback may resend it.
+    Buffered(Bytes),
+    /// Passed through as it arrives.
+    Streamed(Limited<Body>),
+}
+
+/// 413 for a body over `--max-body-bytes`.
+fn body_too_large_response(proxy: &Proxy) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        json!({"error": "body_too_large", "limit_bytes": proxy.settings.max_body_bytes,
+               "detail": format!("request bodies are limited to {} bytes (--max-body-bytes)", proxy.settings.max_body_bytes)}),
+    )
 }
 
 /// The handler of every proxied request.
@@ -313,31 +354,35 @@ async fn handle(proxy: Arc<Proxy>, peer: SocketAddr, req: Request) -> Response {
             }
         },
     };
-    // Most proxied requests (GET, HEAD) have no body: nothing to wait for or buffer.
-    let collected = if body.is_end_stream() {
-        Ok(Ok(Bytes::new()))
+    let retry_allowed = parts.method.is_idempotent() || proxy.settings.retry_non_idempotent;
+    // The body is buffered only when a fallback rule could resend it; otherwise it is
+    // streamed to the upstream as it arrives. Most proxied requests (GET, HEAD) have
+    // none: nothing to wait for.
+    let resendable = retry_allowed && route.has_fallbacks();
+    let declared = body.size_hint().upper();
+    if declared.is_some_and(|n| n > proxy.settings.max_body_bytes as u64) {
+        return body_too_large_response(&proxy);
+    }
+    let body: RequestBody = if body.is_end_stream() {
+        RequestBody::Buffered(Bytes::new())
+    } else if !resendable {
+        RequestBody::Streamed(Limited::new(body, proxy.settings.max_body_bytes))
     } else {
-        tokio::time::timeout(
+        match tokio::time::timeout(
             proxy.settings.body_read_timeout,
             Limited::new(body, proxy.settings.max_body_bytes).collect(),
         )
         .await
-        .map(|r| r.map(|b| b.to_bytes()))
-    };
-    let body = match collected {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": "body_too_large", "limit_bytes": proxy.settings.max_body_bytes, "detail": e.to_string()}),
-            );
-        }
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                json!({"error": "body_timeout", "timeout_ms": proxy.settings.body_read_timeout.as_millis() as u64,
-                       "detail": "the request body did not arrive in time"}),
-            );
+        {
+            Ok(Ok(b)) => RequestBody::Buffered(b.to_bytes()),
+            Ok(Err(_)) => return body_too_large_response(&proxy),
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    json!({"error": "body_timeout", "timeout_ms": proxy.settings.body_read_timeout.as_millis() as u64,
+                           "detail": "the request body did not arrive in time"}),
+                );
+            }
         }
     };
     // From here on the schedule's name is the route's, so the request's headers can be
@@ -371,19 +416,25 @@ async fn handle(proxy: Arc<Proxy>, peer: SocketAddr, req: Request) -> Response {
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    let retry_allowed = parts.method.is_idempotent() || proxy.settings.retry_non_idempotent;
     let path_and_query = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    // The request is kept for a second attempt only when a fallback rule could make one.
-    let kept = (retry_allowed && route.has_fallbacks()).then(|| Outgoing {
-        method: parts.method.clone(),
-        path_and_query: path_and_query.clone(),
-        headers: headers.clone(),
-        body: body.clone(),
-    });
+    // The request is kept for a second attempt only when a fallback rule could make one
+    // (its body was buffered for that).
+    let (body, kept) = match body {
+        RequestBody::Buffered(b) => {
+            let kept = resendable.then(|| Outgoing {
+                method: parts.method.clone(),
+                path_and_query: path_and_query.clone(),
+                headers: headers.clone(),
+                body: Either::Left(Full::new(b.clone())),
+            });
+            (Either::Left(Full::new(b)), kept)
+        }
+        RequestBody::Streamed(s) => (Either::Right(s), None),
+    };
     let out = Outgoing {
         method: parts.method.clone(),
         path_and_query,
@@ -448,6 +499,7 @@ async fn handle(proxy: Arc<Proxy>, peer: SocketAddr, req: Request) -> Response {
             json!({"error": "upstream_not_allowed", "flavour": flavour, "detail": e,
                    "rule": "the router's --allow-upstream list; link-local and metadata addresses are always refused"}),
         ),
+        Err(Failure::BodyTooLarge) => body_too_large_response(&proxy),
         Err(Failure::Other(e)) => error(
             StatusCode::BAD_GATEWAY,
             json!({"error": "upstream_error", "flavour": flavour, "detail": e}),

@@ -45,6 +45,12 @@ fn backend_app() -> axum::Router {
             }),
         )
         .route(
+            "/echo/{*rest}",
+            axum::routing::any(
+                |body: axum::body::Bytes| async move { format!("{} bytes", body.len()) },
+            ),
+        )
+        .route(
             "/{flavour}/{*rest}",
             axum::routing::any(|Path((flavour, _)): Path<(String, String)>| async move {
                 if flavour == "slow" {
@@ -849,4 +855,55 @@ async fn slow_clients_and_connections_over_the_cap_are_cut_off() {
             .await
             .is_some_and(|v| v >= 1.0)
     );
+}
+
+/// Send `POST /api/x` for `schedule` with a chunked body of `chunks` chunks of `size`
+/// bytes (no Content-Length, so its size is known only as it arrives) over a raw
+/// connection; the response's status and body.
+async fn post_chunked(proxy: &str, schedule: &str, chunks: usize, size: usize) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = proxy.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /api/x HTTP/1.1\r\nhost: {addr}\r\nx-carbonflow-schedule: {schedule}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.expect("head");
+    let chunk = format!("{size:x}\r\n{}\r\n", "a".repeat(size));
+    for _ in 0..chunks {
+        // The router may answer (413) and close before the whole body is sent.
+        if conn.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = conn.write_all(b"0\r\n\r\n").await;
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply).await;
+    let reply = String::from_utf8_lossy(&reply).to_string();
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_no_fallback_can_resend_are_streamed_within_the_limit() {
+    // Given a router limiting bodies to 64 KiB, in front of an upstream that counts the
+    // bytes it receives
+    let mut t = Routing::start_with("stream", &["--max-body-bytes", "65536"]).await;
+    let mut d = t.decision([100.0, 0.0, 0.0]);
+    d.flavours[0].upstream_url = format!("{}/echo", t.backend);
+    t.publish(d).await;
+    let proxy = t.router.proxy.clone();
+    // When a POST (no fallback may resend it) streams 60 KiB in chunks
+    let (status, body) = post_chunked(&proxy, SCHEDULE, 60, 1024).await;
+    // Then the upstream receives every byte
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("61440 bytes"), "{body}");
+    // and one that streams past the limit gets 413 naming it
+    let (status, body) = post_chunked(&proxy, SCHEDULE, 100, 1024).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("body_too_large"), "{body}");
 }
