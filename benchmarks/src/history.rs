@@ -25,7 +25,7 @@ pub async fn publish_configs(
     let mut pending = Vec::with_capacity(n);
     for i in 0..n {
         let id = schedule_id(i);
-        let bytes = config_record(&id, 1)?;
+        let bytes = config_command(&id, 1).encode()?;
         pending.push(
             producer
                 .enqueue(&topic, id.as_bytes(), None, Some(&bytes), None)
@@ -45,29 +45,22 @@ pub async fn publish_config(
     id: &str,
     version: i64,
 ) -> anyhow::Result<()> {
-    let bytes = config_record(id, version)?;
     producer
-        .send_bytes(
-            &args.layout().name(Topic::Config),
-            id.as_bytes(),
-            None,
-            &bytes,
-            None,
-        )
+        .publish_config(&args.layout(), &config_command(id, version))
         .await?;
     Ok(())
 }
 
-/// The encoded config command of synthetic schedule `id` at `version` (default spec,
-/// zone [`ZONE`], long validity, an upstream nothing listens on).
-fn config_record(id: &str, version: i64) -> anyhow::Result<Vec<u8>> {
+/// The config command of synthetic schedule `id` at `version` (default spec, zone
+/// [`ZONE`], long validity, an upstream nothing listens on).
+fn config_command(id: &str, version: i64) -> ConfigCommand {
     let mut c = carbonflow_core::spec::ScheduleSpec::default().to_config(id, version, now_ms());
     c.zone = ZONE.into();
     c.valid_for_seconds = 3600;
     for f in &mut c.flavours {
         f.upstream_url = "http://127.0.0.1:9".into();
     }
-    Ok(ConfigCommand::Config(Box::new(c)).encode()?)
+    ConfigCommand::Config(Box::new(c))
 }
 
 /// Write `n` telemetry buckets spread round-robin over `schedules` schedules, one bucket per

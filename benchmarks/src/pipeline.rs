@@ -97,15 +97,8 @@ impl Pipeline {
         config: ScheduleConfig,
     ) -> anyhow::Result<i64> {
         let schedule = config.schedule.clone();
-        let bytes = ConfigCommand::Config(Box::new(config)).encode()?;
         producer
-            .send_bytes(
-                &args.layout().name(Topic::Config),
-                schedule.as_bytes(),
-                None,
-                &bytes,
-                None,
-            )
+            .publish_config(&args.layout(), &ConfigCommand::Config(Box::new(config)))
             .await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut version = 0;

@@ -45,6 +45,11 @@ fn backend_app() -> axum::Router {
             }),
         )
         .route(
+            "/early/{*rest}",
+            // Answers from the request's head alone, before its body has arrived.
+            axum::routing::any(|| async { "answered early" }),
+        )
+        .route(
             "/echo/{*rest}",
             axum::routing::any(
                 |body: axum::body::Bytes| async move { format!("{} bytes", body.len()) },
@@ -906,4 +911,33 @@ async fn bodies_no_fallback_can_resend_are_streamed_within_the_limit() {
     let (status, body) = post_chunked(&proxy, SCHEDULE, 100, 1024).await;
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("body_too_large"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_reaches_the_upstream_before_the_client_has_sent_it_all() {
+    // Given an upstream that answers from the request's head, and a router that would
+    // wait 60 s for a body it buffers
+    let mut t = Routing::start_with("early", &["--body-read-timeout-ms", "60000"]).await;
+    let mut d = t.decision([100.0, 0.0, 0.0]);
+    d.flavours[0].upstream_url = format!("{}/early", t.backend);
+    t.publish(d).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = t.router.proxy.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    // When a POST sends its head and one chunk of its body, and no more
+    let head = format!(
+        "POST /api/x HTTP/1.1\r\nhost: {addr}\r\nx-carbonflow-schedule: {SCHEDULE}\r\ntransfer-encoding: chunked\r\n\r\n4\r\nabcd\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.expect("head");
+    // Then the upstream's answer comes back while the body is still open: the router
+    // forwarded the request as it arrived instead of waiting to buffer the body.
+    let mut reply = vec![0; 512];
+    let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut reply))
+        .await
+        .expect("an answer before the body ended (a buffered body would still be awaited)")
+        .expect("read");
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 }
