@@ -64,7 +64,9 @@ fn config_command(id: &str, version: i64) -> ConfigCommand {
 }
 
 /// Write `n` telemetry buckets spread round-robin over `schedules` schedules, one bucket per
-/// schedule and second starting now (so a 5 s window closes every 5 buckets of a schedule).
+/// schedule and second (so a 5 s window closes every 5 buckets of a schedule), the last
+/// ones ending now. They lie in the past because the processor's plausibility gate refuses
+/// buckets more than a few minutes ahead of its partition clock, which ticks keep near now.
 pub async fn write_buckets(
     args: &KafkaArgs,
     producer: &RecordProducer,
@@ -72,7 +74,8 @@ pub async fn write_buckets(
     schedules: usize,
 ) -> anyhow::Result<()> {
     let topic = args.layout().name(Topic::Telemetry);
-    let base = now_ms() - now_ms().rem_euclid(1000);
+    let seconds = n.div_ceil(schedules.max(1)) as i64;
+    let base = now_ms() - now_ms().rem_euclid(1000) - seconds * 1000;
     let mut pending = Vec::with_capacity(10_000);
     for i in 0..n {
         let mut b = samples::telemetry_bucket();

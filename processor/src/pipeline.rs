@@ -64,6 +64,7 @@ use tokio_util::sync::CancellationToken;
 use crate::journal::{
     Replica, RestoreError, RestoreOptions, Restored, SnapshotSpace, restore, snapshot_of,
 };
+use crate::log_budget::LogBudget;
 use crate::membership::{Change, Membership, MembershipError};
 use crate::metrics::{self, Released, SnapshotSkipped};
 use crate::outbox::{Delivery, Outbox, UnwrittenBatch, WriteFailed, Written};
@@ -375,6 +376,8 @@ struct Shell {
     group: bool,
     /// The stop signal: once given, the instance never turns ready again.
     shutdown: CancellationToken,
+    /// Rate limits of the log lines about refused and dead-lettered records.
+    log_budget: LogBudget,
 }
 
 /// Restore the owned partitions, then process inputs until `shutdown`.
@@ -432,6 +435,7 @@ pub async fn run(
         },
         group,
         shutdown: shutdown.clone(),
+        log_budget: LogBudget::default(),
     };
     let mut inputs = Inputs::new(
         &args,
@@ -1404,13 +1408,21 @@ impl Shell {
     ) -> Result<(), WriteFailed> {
         // A forecast is gated by each owned partition against its own clock: this one was
         // refused by at least one of them, and those journaled it without applying it.
-        tracing::warn!(topic = %pos.topic, partition = pos.partition, offset = pos.offset, kind = r.kind.as_str(), refusal = %r, "input refused by the plausibility gate");
-        metrics::input_refused(self.layout.topic_of(&pos.topic), r.kind);
+        let topic = self.layout.topic_of(&pos.topic);
+        metrics::input_refused(topic, r.kind);
         let Input::Config(command) = input else {
+            // The dead letter's log line names the refusal.
             return self
                 .dead_letter(m, pos, r.to_string(), r.kind.as_str())
                 .await;
         };
+        let label = topic.map_or("unknown", Topic::base_name);
+        if let Some(left_out) = self
+            .log_budget
+            .allow(label, r.kind.as_str(), Instant::now())
+        {
+            tracing::warn!(topic = %pos.topic, partition = pos.partition, offset = pos.offset, kind = r.kind.as_str(), refusal = %r, similar_not_logged = left_out, "input refused by the plausibility gate");
+        }
         let clock = self
             .owned
             .get(&pos.partition)
@@ -1446,8 +1458,12 @@ impl Shell {
         reason: String,
         kind: &'static str,
     ) -> Result<(), WriteFailed> {
-        tracing::warn!(topic = %pos.topic, partition = pos.partition, offset = pos.offset, %reason, "record sent to the dead-letter topic");
-        metrics::dead_lettered(self.layout.topic_of(&pos.topic), kind);
+        let topic = self.layout.topic_of(&pos.topic);
+        let label = topic.map_or("unknown", Topic::base_name);
+        if let Some(left_out) = self.log_budget.allow(label, kind, Instant::now()) {
+            tracing::warn!(topic = %pos.topic, partition = pos.partition, offset = pos.offset, %reason, similar_not_logged = left_out, "record sent to the dead-letter topic");
+        }
+        metrics::dead_lettered(topic, kind);
         // Copies are bounded so that a dead letter always fits in a record.
         let copy = |b: &[u8]| b[..b.len().min(DEAD_LETTER_COPY_BYTES)].to_vec();
         let payload = m.payload().unwrap_or_default();
