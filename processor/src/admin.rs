@@ -16,6 +16,7 @@ use axum::http::request::Parts;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use carbonflow_schemas::CodecError;
 use carbonflow_schemas::bus::{RecordProducer, TopicLayout};
 use carbonflow_schemas::records::{
     ConfigCommand, FieldProblem, FlavourWeight, ManualOverride, OverrideCancellation,
@@ -30,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use carbonflow_core::contract::reference_contract;
+use carbonflow_core::issued::IssuedDecision;
 use carbonflow_core::spec::ScheduleSpec;
 use carbonflow_core::validate::{validate, validate_override};
 
@@ -146,22 +148,37 @@ fn unknown(state: &AdminState, id: &ScheduleId) -> Response {
 }
 
 async fn list_schedules(State(state): State<AdminState>) -> Response {
-    let all: Vec<Value> = state
-        .view
-        .decisions()
-        .iter()
-        .map(|d| {
-            let mut v = reference_contract(d);
-            v["schedule"] = json!(d.schedule);
-            v
-        })
-        .collect();
+    let mut all = Vec::new();
+    for issued in state.view.decisions() {
+        let d = match issued.decode() {
+            Ok(d) => d,
+            Err(e) => return undecodable(&issued, &e),
+        };
+        let mut v = reference_contract(&d);
+        v["schedule"] = json!(d.schedule);
+        all.push(v);
+    }
     reply(StatusCode::OK, json!({ "schedules": all }))
+}
+
+/// The answer when a kept decision's record does not decode. The processor wrote the
+/// record itself, so this is its own fault: 500, naming the decision.
+fn undecodable(issued: &IssuedDecision, e: &CodecError) -> Response {
+    reply(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({
+            "error": "undecodable_decision",
+            "message": format!("the latest decision (version {}) kept for this schedule does not decode: {e}; expected a ScheduleDecision record", issued.version()),
+        }),
+    )
 }
 
 async fn get_schedule(State(state): State<AdminState>, SchedulePath(id): SchedulePath) -> Response {
     match state.view.decision(id.as_str()) {
-        Some(d) => reply(StatusCode::OK, reference_contract(&d)),
+        Some(issued) => match issued.decode() {
+            Ok(d) => reply(StatusCode::OK, reference_contract(&d)),
+            Err(e) => undecodable(&issued, &e),
+        },
         None if state.view.summary(id.as_str()).is_some() => {
             reply(StatusCode::ACCEPTED, json!({"status": "pending"}))
         }

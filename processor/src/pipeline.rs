@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carbonflow_core::gate::{self, Limits, Placement, Refusal};
+use carbonflow_core::issued::IssuedDecision;
 use carbonflow_core::state::{Input, Output, PartitionState};
 use carbonflow_schemas::bus::admin::check_partition_counts;
 use carbonflow_schemas::bus::{
@@ -48,7 +49,7 @@ use carbonflow_schemas::bus::{
 use carbonflow_schemas::codec::record_name;
 use carbonflow_schemas::records::{
     ConfigRejection, DeadLetter, DecisionRef, FieldProblem, InputPosition, JournalEntry,
-    OwnershipClaim, Tick,
+    OwnershipClaim, ScheduleDecision, Tick,
 };
 use carbonflow_schemas::service::now_ms;
 use carbonflow_schemas::topics::partition_of;
@@ -804,7 +805,7 @@ impl Shell {
         let repairs = std::mem::take(&mut r.repairs);
         self.owned.insert(p, Owned::restored(r));
         for id in &ids {
-            self.show(p, id);
+            self.show(p, id, None);
         }
         for (pos, bytes) in &repairs.orphans {
             let input = Input::decode(Topic::Decisions, bytes).ok();
@@ -822,7 +823,10 @@ impl Shell {
         }
         for d in repairs.unsent {
             tracing::info!(schedule = %d.schedule, version = d.version, "re-sending a journaled decision that never reached the topic");
-            self.emit(p, vec![Output::Decision(Arc::new(d))], None)
+            let issued = IssuedDecision::encode(&d)
+                .map_err(|e| WriteFailed::new("a decision", p, e.into()))?;
+            let decision = Arc::new(d);
+            self.emit(p, vec![Output::Decision { decision, issued }], None)
                 .await?;
         }
         for schedule in repairs.removed {
@@ -1114,14 +1118,15 @@ impl Shell {
             })
             .collect();
         for (p, id) in behind {
-            self.show(p, &id);
+            self.show(p, &id, None);
         }
         Ok(())
     }
 
     /// Show schedule `id` of partition `p` as its state holds it, or forget it if the
-    /// state holds no config for it.
-    fn show(&self, p: i32, id: &str) {
+    /// state holds no config for it. `decided` is its decision just made, if any: the
+    /// state holds it only as its record.
+    fn show(&self, p: i32, id: &str, decided: Option<&ScheduleDecision>) {
         let Some(o) = self.owned.get(&p) else {
             return;
         };
@@ -1132,7 +1137,7 @@ impl Shell {
             .and_then(|s| Some((ScheduleSummary::of(p, s)?, s.last_decision.as_ref())));
         match shown {
             Some((summary, decision)) => {
-                let shown = self.view.show(id, summary.clone(), decision);
+                let shown = self.view.show(id, summary.clone(), decision, decided);
                 metrics::schedule_shown(id, &summary, &shown, self.view.with_series());
             }
             None => self.forget_schedule(id),
@@ -1199,14 +1204,14 @@ impl Shell {
     ) -> Result<(), WriteFailed> {
         for o in outputs {
             match o {
-                Output::Decision(d) => {
-                    metrics::decision_emitted(&d, self.view.has_series(&d.schedule));
+                Output::Decision { decision, issued } => {
+                    metrics::decision_emitted(&decision, self.view.has_series(&decision.schedule));
                     self.outbox
-                        .queue_record(
+                        .queue(
                             Topic::Decisions,
                             partition,
-                            &d.schedule,
-                            d.as_ref(),
+                            decision.schedule.as_bytes(),
+                            Some(issued.record()),
                             Written::Decision,
                             input_ts_ms,
                         )
@@ -1299,9 +1304,9 @@ impl Shell {
             decisions: outputs
                 .iter()
                 .filter_map(|out| match out {
-                    Output::Decision(d) => Some(DecisionRef {
-                        schedule: d.schedule.clone(),
-                        version: d.version,
+                    Output::Decision { decision, .. } => Some(DecisionRef {
+                        schedule: decision.schedule.clone(),
+                        version: decision.version,
                     }),
                     _ => None,
                 })
@@ -1319,8 +1324,12 @@ impl Shell {
             o.view_behind.remove(id);
         }
         let full = o.unwritten.push(entry);
-        for id in &touched {
-            self.show(p, id);
+        for out in &outputs {
+            let decided = match out {
+                Output::Decision { decision, .. } => Some(decision.as_ref()),
+                _ => None,
+            };
+            self.show(p, out.schedule(), decided);
         }
         self.emit(p, outputs, input_ts_ms).await?;
         if full {

@@ -6,8 +6,6 @@
 //! compiled into the binary (no CDN, no external asset, works air-gapped); it polls once a
 //! second, so a new decision shows without a reload.
 
-use std::sync::Arc;
-
 use serde::Serialize;
 
 use carbonflow_schemas::bus::LagRow;
@@ -61,7 +59,9 @@ impl StatusDocument {
             .map(|(id, summary, decision, recent)| ScheduleStatus {
                 id,
                 summary,
-                decision: decision.map(without_upstreams),
+                decision: decision
+                    .and_then(|d| d.decode().ok())
+                    .map(without_upstreams),
                 recent,
             })
             .collect();
@@ -78,8 +78,7 @@ impl StatusDocument {
 
 /// `d` without where its flavours are served: the page is open to anyone who reaches the
 /// admin port, and upstream addresses are no business of theirs.
-fn without_upstreams(d: Arc<ScheduleDecision>) -> ScheduleDecision {
-    let mut d = Arc::unwrap_or_clone(d);
+fn without_upstreams(mut d: ScheduleDecision) -> ScheduleDecision {
     for f in &mut d.flavours {
         f.upstream_url.clear();
         f.upstream_header = None;

@@ -280,7 +280,7 @@ fn simulate(world: &World, setting: Setting, policy: &str, seed: u64) -> Run {
     let mut decisions = 0;
     let mut take = |outs: Vec<Output>, latest: &mut Option<ScheduleDecision>| {
         for o in outs {
-            if let Output::Decision(d) = o {
+            if let Output::Decision { decision: d, .. } = o {
                 decisions += 1;
                 *latest = Some(std::sync::Arc::unwrap_or_clone(d));
             }

@@ -156,7 +156,9 @@ impl<'a> PartitionReplay<'a> {
             })
             .collect();
         for o in self.state.apply(&input, &entry.input) {
-            let Output::Decision(d) = o else { continue };
+            let Output::Decision { decision: d, .. } = o else {
+                continue;
+            };
             if self.opts.schedule.is_some_and(|s| s != d.schedule) {
                 continue;
             }

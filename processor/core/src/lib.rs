@@ -18,6 +18,7 @@
 //! * [`validate`] — the rules a config and a manual override must keep;
 //! * [`gate`] — the plausibility every decoded input must have before the fold sees it;
 //! * [`decide`] — all of the above composed into one decision;
+//! * [`issued`] — a schedule's latest decision as the state keeps it: its record;
 //! * [`state`] — a partition's state and the fold `apply(input) -> outputs`;
 //! * [`reconcile`] — after a restore, what the journal and the decisions topic disagree on;
 //! * [`contract`] — the reference engine's JSON contract of a decision;
@@ -31,6 +32,7 @@ pub mod decide;
 pub mod dry_run;
 pub mod forecast;
 pub mod gate;
+pub mod issued;
 pub mod ledger;
 pub mod policy;
 pub mod reconcile;

@@ -121,13 +121,13 @@ impl Reconciliation {
         let mut produced: Vec<(String, i64)> = outputs
             .iter()
             .filter_map(|o| match o {
-                Output::Decision(d) => Some((d.schedule.clone(), d.version)),
+                Output::Decision { decision: d, .. } => Some((d.schedule.clone(), d.version)),
                 _ => None,
             })
             .collect();
         for o in outputs {
             match o {
-                Output::Decision(d) => {
+                Output::Decision { decision: d, .. } => {
                     self.removed.retain(|s| s != &d.schedule);
                     self.last_decision.insert(d.schedule.clone(), d);
                 }
@@ -268,9 +268,10 @@ mod tests {
         assert_eq!(reconciliation.replay(&mut state, &e), [], "replay agrees");
         let decision = state.schedules[&id]
             .last_decision
-            .as_deref()
-            .cloned()
-            .expect("a decision");
+            .as_ref()
+            .expect("a decision")
+            .decode()
+            .expect("decodes");
         (state, reconciliation, decision)
     }
 

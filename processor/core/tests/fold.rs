@@ -128,7 +128,7 @@ proptest! {
         let mut state = PartitionState::new(0);
         let mut last = std::collections::BTreeMap::<String, i64>::new();
         for o in fold(&mut state, &inputs(&steps)) {
-            if let Output::Decision(d) = o {
+            if let Output::Decision { decision: d, .. } = o {
                 let held = last.insert(d.schedule.clone(), d.version);
                 prop_assert!(held.is_none_or(|v| v < d.version), "{} after {:?}", d.version, held);
             }

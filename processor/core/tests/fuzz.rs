@@ -141,7 +141,7 @@ fn through_the_fold(topic: Topic, bytes: &[u8]) -> Result<(), TestCaseError> {
         offset: 9,
     };
     for out in state.apply(&input, &pos) {
-        if let Output::Decision(d) = out {
+        if let Output::Decision { decision: d, .. } = out {
             prop_assert!(
                 d.flavours
                     .iter()

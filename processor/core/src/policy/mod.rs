@@ -200,6 +200,17 @@ pub enum PolicyError {
         /// Schedule id.
         schedule: String,
     },
+    /// The decision does not encode as a `ScheduleDecision` record (not seen: the
+    /// fields a decision is made of always fit its schema).
+    #[error(
+        "schedule {schedule}: the decision does not encode as a ScheduleDecision record ({detail}); expected every field to fit the schema"
+    )]
+    Unencodable {
+        /// Schedule id.
+        schedule: String,
+        /// The codec's error.
+        detail: String,
+    },
 }
 
 impl PolicyError {
@@ -211,15 +222,18 @@ impl PolicyError {
             Self::NonFinite { .. } => "non_finite",
             Self::NotEnabled { .. } => "not_enabled",
             Self::NoWeight { .. } => "no_weight",
+            Self::Unencodable { .. } => "unencodable",
         }
     }
 
     /// Every [`kind`](Self::kind), for metrics that start at zero.
-    pub const KINDS: [&'static str; 4] = [
+    pub const KINDS: [&'static str; 6] = [
         "unknown_policy",
         "no_enabled_flavour",
         "non_finite",
+        "not_enabled",
         "no_weight",
+        "unencodable",
     ];
 }
 

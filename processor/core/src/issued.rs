@@ -1,0 +1,110 @@
+//! A schedule's latest decision as the state and the read model keep it between
+//! decisions: the record written to `schedule.decisions` (Avro, single-object encoding),
+//! with the few fields the fold reads kept decoded.
+//!
+//! Why encoded: at 100,000 schedules the decoded decision (strings, vectors, diagnostics,
+//! provenance: about 1.5 KB) was the largest part of a schedule's memory, and its record
+//! is about a third of that. It is decoded only when asked for: the admin API, snapshots,
+//! a restore rebuilding the read model. The same bytes are what the shell writes, so a
+//! decision is encoded once.
+
+use std::sync::Arc;
+
+use carbonflow_schemas::records::ScheduleDecision;
+use carbonflow_schemas::{CodecError, decode, encode};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An issued decision: its record and the fields the fold reads. Cloning shares the
+/// record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedDecision {
+    version: i64,
+    decided_at_ms: i64,
+    valid_until_ms: i64,
+    record: Arc<[u8]>,
+}
+
+impl IssuedDecision {
+    /// `decision` encoded as its record.
+    pub fn encode(decision: &ScheduleDecision) -> Result<Self, CodecError> {
+        Ok(Self {
+            version: decision.version,
+            decided_at_ms: decision.decided_at_ms,
+            valid_until_ms: decision.valid_until_ms,
+            record: encode(decision)?.into(),
+        })
+    }
+
+    /// The decision, decoded from its record.
+    pub fn decode(&self) -> Result<ScheduleDecision, CodecError> {
+        decode(&self.record)
+    }
+
+    /// The record as written to `schedule.decisions`.
+    pub fn record(&self) -> &[u8] {
+        &self.record
+    }
+
+    /// Its per-schedule version.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// Event time it was decided at, epoch ms.
+    pub fn decided_at_ms(&self) -> i64 {
+        self.decided_at_ms
+    }
+
+    /// End of its validity, epoch ms.
+    pub fn valid_until_ms(&self) -> i64 {
+        self.valid_until_ms
+    }
+}
+
+/// Serialized as the decision itself, so snapshots hold the same JSON as when the state
+/// kept the decision decoded.
+impl Serialize for IssuedDecision {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let decision = self.decode().map_err(serde::ser::Error::custom)?;
+        decision.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for IssuedDecision {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let decision = ScheduleDecision::deserialize(deserializer)?;
+        Self::encode(&decision).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use carbonflow_schemas::testing::samples;
+
+    #[test]
+    fn the_record_decodes_to_the_decision_it_was_made_of() {
+        let d = samples::schedule_decision();
+        let issued = IssuedDecision::encode(&d).expect("encodes");
+        assert_eq!(issued.decode().expect("decodes"), d);
+        assert_eq!(issued.record(), encode(&d).expect("encodes").as_slice());
+        assert_eq!(
+            (
+                issued.version(),
+                issued.decided_at_ms(),
+                issued.valid_until_ms()
+            ),
+            (d.version, d.decided_at_ms, d.valid_until_ms)
+        );
+    }
+
+    #[test]
+    fn it_serializes_as_the_decision_and_back_to_the_same_record() {
+        let d = samples::schedule_decision();
+        let issued = IssuedDecision::encode(&d).expect("encodes");
+        let json = serde_json::to_value(&issued).expect("serializes");
+        assert_eq!(json, serde_json::to_value(&d).expect("serializes"));
+        let back: IssuedDecision = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(back, issued);
+    }
+}
