@@ -468,6 +468,42 @@ mod tests {
     }
 
     #[test]
+    fn a_decision_kept_only_as_its_record_is_shown_with_its_brief_once() {
+        let view = ProcessorView::new("test", ScheduleSeries::default());
+        let recent = |id: &str| {
+            view.schedules()
+                .into_iter()
+                .find(|s| s.0 == id)
+                .map(|s| s.3.iter().map(|r| r.version).collect::<Vec<_>>())
+        };
+        // Given a decision the view gets as its record only (as after a restore)
+        let mut first = samples::schedule_decision();
+        first.version = 1;
+        let issued = IssuedDecision::encode(&first).expect("encodes");
+        view.show("a/one", summary("DE"), Some(&issued), None);
+        // Then its brief is decoded from the record, and its record is served
+        assert_eq!(recent("a/one"), Some(vec![1]));
+        assert_eq!(
+            view.decision("a/one")
+                .expect("a decision")
+                .decode()
+                .expect("decodes"),
+            first
+        );
+        // When it is shown again, nothing is added
+        view.show("a/one", summary("DE"), Some(&issued), None);
+        assert_eq!(recent("a/one"), Some(vec![1]));
+        // When a newer decision is shown with the decision at hand
+        let mut second = first.clone();
+        second.version = 2;
+        let newer = IssuedDecision::encode(&second).expect("encodes");
+        view.show("a/one", summary("DE"), Some(&newer), Some(&second));
+        // Then it is the latest, newest first in the briefs
+        assert_eq!(recent("a/one"), Some(vec![2, 1]));
+        assert_eq!(view.decision("a/one"), Some(newer));
+    }
+
+    #[test]
     fn zone_slots_are_reported_once_per_change_of_the_zone() {
         let view = ProcessorView::new("test", ScheduleSeries::default());
         let decision = samples::schedule_decision();
