@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use carbonflow_core::gate::{self, Limits, Placement, Refusal};
 use carbonflow_core::issued::IssuedDecision;
-use carbonflow_core::state::{Input, Output, PartitionState};
+use carbonflow_core::state::{Fanout, Input, Output, PartitionState};
 use carbonflow_schemas::bus::admin::check_partition_counts;
 use carbonflow_schemas::bus::{
     BusError, GroupMember, KafkaArgs, LagContext, LagMetrics, RangeReader, RecordProducer, Topic,
@@ -75,6 +75,10 @@ use crate::view::{ProcessorView, ScheduleSummary};
 /// Largest input record applied, bytes: a journal batch holding one must stay well under
 /// the broker's default 1 MB record limit.
 const MAX_INPUT_BYTES: usize = 256 * 1024;
+/// Decisions of a fan-out made before they are queued and the next are made: small
+/// enough that the first reach the broker within milliseconds, large enough that the
+/// queueing is not per decision.
+const FANOUT_BATCH: usize = 256;
 /// How much of a dead-lettered record's key and payload its dead letter copies, bytes.
 const DEAD_LETTER_COPY_BYTES: usize = 64 * 1024;
 
@@ -1284,58 +1288,81 @@ impl Shell {
             wall_clock_ms: now_ms(),
         };
         let refusal = input.and_then(|i| gate::check(i, at, &self.limits).err());
-        let (outputs, record) = match (input, &refusal) {
-            (Some(i), None) => (o.state.apply(i, pos), raw.to_vec()),
+        let (outputs, mut fanout, record) = match (input, &refusal) {
+            (Some(i), None) => {
+                let (outputs, fanout) = o.state.apply_staged(i, pos);
+                (outputs, fanout, raw.to_vec())
+            }
             (Some(_), Some(_)) => {
                 o.state.skip(pos);
-                (vec![], Vec::new())
+                (vec![], Fanout::default(), Vec::new())
             }
             // Undecodable: journaled as read; replay fails to decode it and skips it too.
             (None, _) => {
                 o.state.skip(pos);
-                (vec![], raw.to_vec())
+                (vec![], Fanout::default(), raw.to_vec())
             }
         };
         o.since_snapshot += 1;
-        let entry = JournalEntry {
-            partition: p,
-            input: pos.clone(),
-            record,
-            decisions: outputs
-                .iter()
-                .filter_map(|out| match out {
-                    Output::Decision { decision, .. } => Some(DecisionRef {
-                        schedule: decision.schedule.clone(),
-                        version: decision.version,
-                    }),
-                    _ => None,
-                })
-                .collect(),
-        };
-        let touched: Vec<String> = outputs.iter().map(|o| o.schedule().to_string()).collect();
         if let (Some(Input::Telemetry(b)), None) = (input, &refusal)
-            && !touched.contains(&b.schedule)
+            && !outputs.iter().any(|out| out.schedule() == b.schedule)
         {
             // A bucket that closes no window changes only counters the view shows: they
             // are refreshed once no input is waiting, not for every bucket.
             o.view_behind.insert(b.schedule.clone());
         }
-        for id in &touched {
-            o.view_behind.remove(id);
+        // The input's own outputs, then its fan-out batch by batch: each batch is queued
+        // before the next is decided, so the broker has the first decisions while the
+        // rest are made, and one batch of decoded decisions is alive at a time.
+        let mut decisions = Vec::new();
+        let mut batch = outputs;
+        loop {
+            decisions.extend(batch.iter().filter_map(|out| match out {
+                Output::Decision { decision, .. } => Some(DecisionRef {
+                    schedule: decision.schedule.clone(),
+                    version: decision.version,
+                }),
+                _ => None,
+            }));
+            self.show_and_emit(p, batch, input_ts_ms).await?;
+            let Some(o) = self.owned.get_mut(&p) else {
+                return Ok(refusal);
+            };
+            if fanout.is_done() {
+                let entry = JournalEntry {
+                    partition: p,
+                    input: pos.clone(),
+                    record,
+                    decisions,
+                };
+                if o.unwritten.push(entry) {
+                    self.write_journal(p).await?;
+                }
+                break;
+            }
+            batch = fanout.decide(&mut o.state, FANOUT_BATCH);
         }
-        let full = o.unwritten.push(entry);
+        Ok(refusal)
+    }
+
+    /// Show the schedules `outputs` concern, then write the outputs.
+    async fn show_and_emit(
+        &mut self,
+        p: i32,
+        outputs: Vec<Output>,
+        input_ts_ms: Option<i64>,
+    ) -> Result<(), WriteFailed> {
         for out in &outputs {
+            if let Some(o) = self.owned.get_mut(&p) {
+                o.view_behind.remove(out.schedule());
+            }
             let decided = match out {
                 Output::Decision { decision, .. } => Some(decision.as_ref()),
                 _ => None,
             };
             self.show(p, out.schedule(), decided);
         }
-        self.emit(p, outputs, input_ts_ms).await?;
-        if full {
-            self.write_journal(p).await?;
-        }
-        Ok(refusal)
+        self.emit(p, outputs, input_ts_ms).await
     }
 
     async fn on_message(&mut self, m: &BorrowedMessage<'_>) -> Result<(), PipelineError> {

@@ -335,6 +335,40 @@ fn position_key(topic: &str, partition: i32) -> String {
     format!("{topic}:{partition}")
 }
 
+/// Decisions an input made due for many schedules at once, not made yet: drawn in
+/// batches with [`Fanout::decide`], in order, before the next input is applied.
+#[derive(Debug, Default)]
+pub struct Fanout {
+    due: std::collections::VecDeque<(String, DecisionCause, Option<TelemetryWindow>)>,
+    pos: Option<InputPosition>,
+}
+
+impl Fanout {
+    fn of(due: Vec<(String, DecisionCause, Option<TelemetryWindow>)>, pos: &InputPosition) -> Self {
+        Self {
+            due: due.into(),
+            pos: Some(pos.clone()),
+        }
+    }
+
+    /// Whether every decision due has been made.
+    pub fn is_done(&self) -> bool {
+        self.due.is_empty()
+    }
+
+    /// Make the next `most` decisions due in `state` (the state the fan-out came from).
+    pub fn decide(&mut self, state: &mut PartitionState, most: usize) -> Vec<Output> {
+        let Some(pos) = &self.pos else {
+            return vec![];
+        };
+        let n = most.min(self.due.len());
+        self.due
+            .drain(..n)
+            .flat_map(|(id, cause, window)| state.decide(&id, cause, pos, window))
+            .collect()
+    }
+}
+
 impl PartitionState {
     /// Empty state of `partition`.
     pub fn new(partition: i32) -> Self {
@@ -408,6 +442,18 @@ impl PartitionState {
     /// Apply one input read at `pos`; returns what to write. Callers skip inputs for
     /// which [`already_applied`](Self::already_applied) holds.
     pub fn apply(&mut self, input: &Input, pos: &InputPosition) -> Vec<Output> {
+        let (mut outputs, mut fanout) = self.apply_staged(input, pos);
+        outputs.extend(fanout.decide(self, usize::MAX));
+        outputs
+    }
+
+    /// [`apply`](Self::apply) in stages: the outputs of the input itself, and the
+    /// decisions it made due for many schedules at once (a forecast for their zone, a
+    /// tick) as a [`Fanout`] to be drawn in batches, so that the first can be written
+    /// while the rest are made. Drawing the whole fan-out before applying another input
+    /// gives exactly `apply`'s outputs, in its order.
+    pub fn apply_staged(&mut self, input: &Input, pos: &InputPosition) -> (Vec<Output>, Fanout) {
+        let none = Fanout::default();
         self.skip(pos);
         // Only ticks move the clock: the processor writes them, and an input's own event
         // time (any writer's clock) must not be able to move every schedule's time.
@@ -415,20 +461,21 @@ impl PartitionState {
             self.clock_ms = self.clock_ms.max(t.at_ms);
         }
         match input {
-            Input::Config(ConfigCommand::Config(c)) => self.apply_config(c, pos),
-            Input::Config(ConfigCommand::Override(o)) => self.apply_override(o, pos),
+            Input::Config(ConfigCommand::Config(c)) => (self.apply_config(c, pos), none),
+            Input::Config(ConfigCommand::Override(o)) => (self.apply_override(o, pos), none),
             Input::Config(ConfigCommand::Delete(d)) => {
                 let Some(s) = self.schedules.get_mut(&d.schedule) else {
-                    return vec![];
+                    return (vec![], none);
                 };
                 // Keep the version: a re-created schedule continues after it.
                 **s = ScheduleState {
                     version: s.version,
                     ..ScheduleState::default()
                 };
-                vec![Output::Removed {
+                let removed = Output::Removed {
                     schedule: d.schedule.clone(),
-                }]
+                };
+                (vec![removed], none)
             }
             Input::Config(ConfigCommand::CancelOverride(c)) => {
                 // Ending an override that is not in force changes nothing.
@@ -437,18 +484,19 @@ impl PartitionState {
                     .get_mut(&c.schedule)
                     .filter(|s| s.manual.is_some())
                 else {
-                    return vec![];
+                    return (vec![], none);
                 };
                 s.manual = None;
-                self.decide(&c.schedule, DecisionCause::OverrideEnd, pos, None)
+                let outputs = self.decide(&c.schedule, DecisionCause::OverrideEnd, pos, None);
+                (outputs, none)
             }
-            Input::Forecast(f) => self.apply_forecast(f, pos),
-            Input::Telemetry(b) => self.apply_telemetry(b, pos),
-            Input::Tick(_) => self.apply_tick(pos),
+            Input::Forecast(f) => (vec![], self.apply_forecast(f, pos)),
+            Input::Telemetry(b) => (self.apply_telemetry(b, pos), none),
+            Input::Tick(_) => (vec![], self.apply_tick(pos)),
             Input::Adopted(d) => {
                 let s = self.schedules.entry(d.schedule.clone()).or_default();
                 s.version = s.version.max(d.version);
-                vec![]
+                (vec![], none)
             }
         }
     }
@@ -533,24 +581,22 @@ impl PartitionState {
         outputs
     }
 
-    fn apply_forecast(&mut self, f: &Forecast, pos: &InputPosition) -> Vec<Output> {
+    fn apply_forecast(&mut self, f: &Forecast, pos: &InputPosition) -> Fanout {
         if self
             .forecasts
             .get(&f.zone)
             .is_some_and(|held| held.issued_at_ms > f.issued_at_ms)
         {
-            return vec![]; // an older forecast arriving late changes nothing
+            return Fanout::default(); // an older forecast arriving late changes nothing
         }
         self.forecasts.insert(f.zone.clone(), f.clone());
-        let ids: Vec<String> = self
+        let due = self
             .schedules
             .iter()
             .filter(|(_, s)| s.config.as_ref().is_some_and(|c| c.zone == f.zone))
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| (id.clone(), DecisionCause::Forecast, None))
             .collect();
-        ids.iter()
-            .flat_map(|id| self.decide(id, DecisionCause::Forecast, pos, None))
-            .collect()
+        Fanout::of(due, pos)
     }
 
     fn apply_telemetry(&mut self, b: &TelemetryBucket, pos: &InputPosition) -> Vec<Output> {
@@ -593,7 +639,7 @@ impl PartitionState {
         }
     }
 
-    fn apply_tick(&mut self, pos: &InputPosition) -> Vec<Output> {
+    fn apply_tick(&mut self, pos: &InputPosition) -> Fanout {
         let clock = self.clock_ms;
         let mut due = Vec::new();
         for (id, s) in &mut self.schedules {
@@ -635,9 +681,7 @@ impl PartitionState {
                 due.push((id.clone(), cause, window));
             }
         }
-        due.into_iter()
-            .flat_map(|(id, cause, window)| self.decide(&id, cause, pos, window))
-            .collect()
+        Fanout::of(due, pos)
     }
 
     /// Decide `id` now; the version advances only when a decision is made.
@@ -902,6 +946,40 @@ mod tests {
             [Output::Decision { decision, .. }] => decision,
             other => panic!("expected one decision, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_fan_out_drawn_in_batches_gives_what_apply_gives() {
+        // Given five schedules of the forecast's zone
+        let mut g = given();
+        for i in 0..5 {
+            let mut c = config(1, T0);
+            c.schedule = format!("default/s{i}");
+            g.config(c);
+        }
+        let mut staged = g.state.clone();
+        let mut f = samples::forecast();
+        f.issued_at_ms = T0 + 1000;
+        let input = Input::Forecast(f);
+        // When one copy applies the forecast whole and the other draws its fan-out two
+        // decisions at a time
+        let whole = g.when("carbon.forecasts", input.clone());
+        let pos = InputPosition {
+            topic: "carbon.forecasts".into(),
+            partition: 0,
+            offset: g.offset,
+        };
+        let (mut drawn, mut fanout) = staged.apply_staged(&input, &pos);
+        let mut batches = 0;
+        while !fanout.is_done() {
+            drawn.extend(fanout.decide(&mut staged, 2));
+            batches += 1;
+        }
+        // Then the decisions and the states are the same
+        assert_eq!(batches, 3);
+        assert_eq!(whole.len(), 5);
+        assert_eq!(drawn, whole);
+        assert_eq!(staged, g.state);
     }
 
     #[test]
