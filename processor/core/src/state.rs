@@ -11,7 +11,7 @@
 //! a forecast for its zone, a telemetry window closing, a forecast slot boundary, and a
 //! decision about to expire. Every decision is emitted on the input that caused it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use carbonflow_schemas::codec::{record_name, wrong_record};
@@ -339,12 +339,15 @@ fn position_key(topic: &str, partition: i32) -> String {
 /// batches with [`Fanout::decide`], in order, before the next input is applied.
 #[derive(Debug, Default)]
 pub struct Fanout {
-    due: std::collections::VecDeque<(String, DecisionCause, Option<TelemetryWindow>)>,
+    due: VecDeque<Due>,
     pos: Option<InputPosition>,
 }
 
+/// A decision due: the schedule, why, and the telemetry window it closed, if any.
+type Due = (String, DecisionCause, Option<TelemetryWindow>);
+
 impl Fanout {
-    fn of(due: Vec<(String, DecisionCause, Option<TelemetryWindow>)>, pos: &InputPosition) -> Self {
+    fn of(due: Vec<Due>, pos: &InputPosition) -> Self {
         Self {
             due: due.into(),
             pos: Some(pos.clone()),
