@@ -200,6 +200,19 @@ http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path
     )
 }
 
+/// nginx's master process, stopped on drop with SIGTERM, which stops its workers too: a
+/// SIGKILLed master (what `Children` does) leaves them running after the benchmark.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 fn spawn(cmd: &mut Command, what: &str) -> anyhow::Result<Child> {
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -273,7 +286,7 @@ async fn main() -> anyhow::Result<()> {
         "nginx",
     )?;
     let nginx_pid = nginx.id();
-    procs.0.push(nginx);
+    let _nginx = Nginx(nginx);
     let router = spawn(
         Command::new(cli.bin_dir.join("router"))
             .args(["--worker-threads", &cli.workers.to_string()])
