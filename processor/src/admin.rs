@@ -168,7 +168,7 @@ fn undecodable(issued: &IssuedDecision, e: &CodecError) -> Response {
         StatusCode::INTERNAL_SERVER_ERROR,
         json!({
             "error": "undecodable_decision",
-            "message": format!("the latest decision (version {}) kept for this schedule does not decode: {e}; expected a ScheduleDecision record", issued.version()),
+            "detail": format!("the latest decision (version {}) kept for this schedule does not decode: {e}; expected a ScheduleDecision record", issued.version()),
         }),
     )
 }
