@@ -610,23 +610,20 @@ fn latest_snapshot(
         }
         Ok::<(), BusError>(())
     })?;
-    // Records from `examined` on were looked at by the first pass: the second reports
-    // and decodes only what lies before them.
-    let mut examined = high;
+    // The second pass reads only what lies before the first's records: a snapshot there
+    // ends before them, since the first pass starts where the newest snapshot does.
+    let mut upto = high;
     for from in [high - 1 - last_chunk, high - SNAPSHOT_RECORDS_READ] {
         let from = low.max(from);
         let started = Instant::now();
-        let mut whole = whole_snapshots(reader, topic, partition, from, high, examined)?;
+        let mut whole = whole_snapshots(reader, topic, partition, from, upto)?;
         let read = started.elapsed();
         while let Some((offset, head, bytes, space)) = whole.pop() {
-            if offset >= examined {
-                continue;
-            }
             match decode_state(&bytes) {
                 Some(state) => {
                     tracing::info!(
                         partition,
-                        records = high - from,
+                        records = upto - from,
                         bytes = bytes.len(),
                         read_ms = read.as_millis() as u64,
                         decode_ms = (started.elapsed() - read).as_millis() as u64,
@@ -644,7 +641,7 @@ fn latest_snapshot(
                 }
             }
         }
-        examined = from;
+        upto = from;
         if from == low {
             break;
         }
@@ -657,15 +654,13 @@ fn latest_snapshot(
 type WholeSnapshot = (i64, PartitionSnapshot, Vec<u8>, Option<SnapshotSpace>);
 
 /// The whole snapshots among `partition`'s records from `from` to `high`, oldest first
-/// (not decoded: only the newest that decodes is wanted). Unreadable records are reported
-/// only before offset `examined` (those after it were reported already).
+/// (not decoded: only the newest that decodes is wanted).
 fn whole_snapshots(
     reader: &RangeReader,
     topic: &str,
     partition: i32,
     from: i64,
     high: i64,
-    examined: i64,
 ) -> Result<Vec<WholeSnapshot>, BusError> {
     let mut whole = Vec::new();
     let mut assembly = Assembly::default();
@@ -674,14 +669,12 @@ fn whole_snapshots(
             return Ok(());
         };
         let Ok(snap) = decode::<PartitionSnapshot>(payload) else {
-            if r.offset < examined {
-                tracing::warn!(
-                    partition,
-                    offset = r.offset,
-                    "unreadable snapshot record passed over"
-                );
-                crate::metrics::snapshot_unreadable();
-            }
+            tracing::warn!(
+                partition,
+                offset = r.offset,
+                "unreadable snapshot record passed over"
+            );
+            crate::metrics::snapshot_unreadable();
             return Ok(());
         };
         if snap.state_format != STATE_FORMAT || snap.partition != partition {

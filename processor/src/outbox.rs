@@ -37,7 +37,7 @@ pub(crate) enum Written {
 }
 
 impl Written {
-    fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Written::Journal => "a journal entry",
             Written::Decision => "a decision",

@@ -828,7 +828,7 @@ impl Shell {
         for d in repairs.unsent {
             tracing::info!(schedule = %d.schedule, version = d.version, "re-sending a journaled decision that never reached the topic");
             let issued = IssuedDecision::encode(&d)
-                .map_err(|e| WriteFailed::new("a decision", p, e.into()))?;
+                .map_err(|e| WriteFailed::new(Written::Decision.describe(), p, e.into()))?;
             let decision = Arc::new(d);
             self.emit(p, vec![Output::Decision { decision, issued }], None)
                 .await?;
