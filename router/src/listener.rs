@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::proxy::Proxy;
+use crate::proxy::{Peer, Proxy};
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -124,7 +124,7 @@ async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer_addr) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -143,9 +143,10 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let peer = Arc::new(Peer::new(peer_addr));
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.serve(peer, req.map(Body::new)).await) }
+            let (proxy, peer) = (proxy.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(proxy.serve(&peer, req.map(Body::new)).await) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -155,7 +156,7 @@ async fn serve(
         crate::metrics::connection_opened();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
             }
             crate::metrics::connection_closed();
             drop(slot);

@@ -33,14 +33,19 @@ use crate::served::Served;
 use crate::table::{DecisionTable, Route};
 use crate::telemetry::Telemetry;
 
+// Header names are built once: a name given as a string is parsed on every use.
 /// Header naming the schedule a request belongs to (when the router serves several).
-const SCHEDULE_HEADER: &str = "x-carbonflow-schedule";
+static SCHEDULE_HEADER: HeaderName = HeaderName::from_static("x-carbonflow-schedule");
 /// Header forcing a flavour by name (the reference's `x-carbonrouter`).
-const FORCE_HEADER: &str = "x-carbonrouter";
+static FORCE_HEADER: HeaderName = HeaderName::from_static("x-carbonrouter");
 /// Response header naming the flavour that served the request.
-const SERVED_BY_HEADER: &str = "x-carbonflow-flavour";
+static SERVED_BY_HEADER: HeaderName = HeaderName::from_static("x-carbonflow-flavour");
 /// Response header carrying the decision version used.
-const VERSION_HEADER: &str = "x-carbonflow-decision-version";
+static VERSION_HEADER: HeaderName = HeaderName::from_static("x-carbonflow-decision-version");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// How the proxy behaves.
 #[derive(Debug, Clone)]
@@ -123,8 +128,25 @@ impl Proxy {
 impl Proxy {
     /// Handle one request from `peer`: every path and method is proxied, so the listener
     /// calls this directly, with no router in between.
-    pub async fn serve(self: Arc<Self>, peer: SocketAddr, req: Request) -> Response {
+    pub async fn serve(self: Arc<Self>, peer: &Peer, req: Request) -> Response {
         handle(self, peer, req).await
+    }
+}
+
+/// The client end of a connection, as its requests are forwarded.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    addr: SocketAddr,
+    /// The address as an `x-forwarded-for` value, formatted once per connection.
+    ip: HeaderValue,
+}
+
+impl Peer {
+    /// The peer at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self { addr, ip }
     }
 }
 
@@ -186,31 +208,38 @@ fn outcome_of(result: &Result<hyper::Response<Incoming>, Failure>) -> Outcome {
     }
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Whether `name` is a hop-by-hop header (RFC 9110 §7.6.1), not forwarded by a proxy.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ]
+    .contains(&name)
+}
 
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    // Most messages carry none: one pass over their few names finds that out, where a
+    // removal per hop-by-hop name would hash and probe the map eight times.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
+    named.extend(headers.keys().filter(|n| is_hop_by_hop(n)).cloned());
     for n in named {
         headers.remove(n);
-    }
-    for h in HOP_BY_HOP {
-        headers.remove(h);
     }
 }
 
@@ -246,16 +275,16 @@ async fn attempt(
         return Err(Failure::NotAllowed(refusal.to_string()));
     }
     let upstream = &route.upstreams[flavour];
-    let uri = upstream
+    let target = upstream
         .target
         .as_ref()
-        .map_err(|e| Failure::Other(e.clone()))?
-        .uri(&out.path_and_query)
-        .map_err(Failure::Other)?;
+        .map_err(|e| Failure::Other(e.clone()))?;
+    let uri = target.uri(&out.path_and_query).map_err(Failure::Other)?;
     let mut req = hyper::Request::new(out.body);
     *req.method_mut() = out.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = out.headers;
+    req.headers_mut().insert(header::HOST, target.host.clone());
     if let Some((name, value)) = &upstream.mesh_header {
         // Service-mesh mode: one upstream, the flavour named by its precision percent.
         req.headers_mut().insert(name.clone(), value.clone());
@@ -287,12 +316,12 @@ fn body_too_large_response(proxy: &Proxy) -> Response {
 }
 
 /// The handler of every proxied request.
-async fn handle(proxy: Arc<Proxy>, peer: SocketAddr, req: Request) -> Response {
+async fn handle(proxy: Arc<Proxy>, peer: &Peer, req: Request) -> Response {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let schedule = match parts
         .headers
-        .get(SCHEDULE_HEADER)
+        .get(&SCHEDULE_HEADER)
         .and_then(|v| v.to_str().ok())
         .or_else(|| proxy.settings.served.single())
     {
@@ -320,7 +349,7 @@ async fn handle(proxy: Arc<Proxy>, peer: SocketAddr, req: Request) -> Response {
     let now = crate::now_ms();
     let forced = parts
         .headers
-        .get(FORCE_HEADER)
+        .get(&FORCE_HEADER)
         .map(|v| v.to_str().unwrap_or(""));
     if forced.is_some() && !proxy.settings.allow_forced_flavour {
         return error(
@@ -393,7 +422,7 @@ async fn handle(proxy: Arc<Proxy>, peer: SocketAddr, req: Request) -> Response {
     // The router's own request headers are for the router, not for the upstream.
     let own: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| n.as_str().starts_with("x-carbonflow-") || n.as_str() == FORCE_HEADER)
+        .filter(|n| n.as_str().starts_with("x-carbonflow-") || *n == FORCE_HEADER)
         .cloned()
         .collect();
     for n in own {
@@ -406,16 +435,16 @@ async fn handle(proxy: Arc<Proxy>, peer: SocketAddr, req: Request) -> Response {
         headers.remove(header::COOKIE);
     }
     if let Some(host) = headers.remove(header::HOST) {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(&X_FORWARDED_HOST, host);
     }
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.addr.ip())).ok(),
+        None => Some(peer.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Some(v) = forwarded_for {
+        headers.insert(&X_FORWARDED_FOR, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -480,10 +509,10 @@ async fn handle(proxy: Arc<Proxy>, peer: SocketAddr, req: Request) -> Response {
             strip_hop_by_hop(&mut parts.headers);
             let mut resp = Response::from_parts(parts, Body::new(incoming));
             if let Some(v) = &route.upstreams[served_by].served_by {
-                resp.headers_mut().insert(SERVED_BY_HEADER, v.clone());
+                resp.headers_mut().insert(&SERVED_BY_HEADER, v.clone());
             }
             resp.headers_mut()
-                .insert(VERSION_HEADER, HeaderValue::from(route.decision.version));
+                .insert(&VERSION_HEADER, route.version_header.clone());
             resp
         }
         Err(Failure::Timeout) => error(
@@ -513,4 +542,55 @@ async fn handle(proxy: Arc<Proxy>, peer: SocketAddr, req: Request) -> Response {
         latency,
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_is_stripped_even_without_a_connection_header() {
+        for name in [
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let mut h = headers(&[(name, "x"), ("accept", "*/*")]);
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(name), "{name} was forwarded");
+            assert!(h.contains_key("accept"), "stripping {name} took accept too");
+        }
+    }
+
+    #[test]
+    fn headers_named_in_connection_are_stripped_with_it() {
+        let mut h = headers(&[
+            ("connection", "x-secret, X-Other"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("x-kept", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_as_it_is() {
+        let mut h = headers(&[("accept", "*/*"), ("x-request-id", "7")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
 }

@@ -29,6 +29,8 @@ pub(crate) struct Route {
     refused_upstreams: Vec<Option<String>>,
     /// Per flavour, what forwarding to it needs, prepared once per decision.
     pub(crate) upstreams: Vec<Upstream>,
+    /// The `x-carbonflow-decision-version` response header's value.
+    pub(crate) version_header: HeaderValue,
     /// Wall-clock time it was applied, epoch ms.
     pub(crate) applied_at_ms: i64,
     /// The schedule's decision series, carried over from the previous decision when its
@@ -57,6 +59,9 @@ pub(crate) struct Target {
     authority: Authority,
     /// The upstream URL's path without its trailing `/` (`""` for the root).
     prefix: String,
+    /// The `Host` header for the upstream: its host, and its port unless the scheme's
+    /// default (what the HTTP client would otherwise format on every request).
+    pub(crate) host: HeaderValue,
 }
 
 impl Target {
@@ -73,19 +78,29 @@ impl Target {
             .map_or("", |p| p.as_str())
             .trim_end_matches('/')
             .to_string();
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_string(),
+        };
+        let host = HeaderValue::from_str(&host).map_err(|e| bad(&e))?;
         Ok(Self {
             scheme,
             authority,
             prefix,
+            host,
         })
     }
 
     /// The upstream URI for a request to `path_and_query`.
     pub(crate) fn uri(&self, path_and_query: &str) -> Result<Uri, String> {
+        let mut path = String::with_capacity(self.prefix.len() + path_and_query.len());
+        path.push_str(&self.prefix);
+        path.push_str(path_and_query);
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(format!("{}{path_and_query}", self.prefix))
+            .path_and_query(path)
             .build()
             .map_err(|e| format!("bad upstream URI {}{path_and_query}: {e}", self.prefix))
     }
@@ -173,6 +188,7 @@ impl Route {
             })
             .collect();
         Self {
+            version_header: HeaderValue::from(decision.version),
             decision,
             picker,
             expired_picker,
@@ -331,6 +347,22 @@ mod tests {
         let mut d = samples::schedule_decision();
         d.version = version;
         d
+    }
+
+    #[test]
+    fn an_upstreams_host_header_names_its_port_only_when_not_the_schemes_default() {
+        let host = |url: &str| Target::parse(url).expect("a valid URL").host;
+        assert_eq!(host("http://flavour-a:8080/x"), "flavour-a:8080");
+        assert_eq!(host("http://flavour-a:80/x"), "flavour-a");
+        assert_eq!(host("https://flavour-a:443"), "flavour-a");
+        assert_eq!(host("https://flavour-a:80"), "flavour-a:80");
+        assert_eq!(host("http://[::1]:9000/"), "[::1]:9000");
+        assert_eq!(host("http://user:pw@flavour-a/"), "flavour-a");
+        let target = Target::parse("http://flavour-a:8080/light/").expect("a valid URL");
+        assert_eq!(
+            target.uri("/v1/items?id=3").expect("a valid path"),
+            "http://flavour-a:8080/light/v1/items?id=3"
+        );
     }
 
     #[test]

@@ -69,11 +69,10 @@ impl Telemetry {
             .position(|b| latency_ms <= *b)
             .unwrap_or(LATENCY_BOUNDS_MS.len());
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if !pending.contains_key(schedule) {
-            pending.insert(schedule.to_string(), BTreeMap::new());
-        }
-        let Some(seconds) = pending.get_mut(schedule) else {
-            return;
+        // One lookup for a schedule already pending: its name is copied only when new.
+        let seconds = match pending.get_mut(schedule) {
+            Some(seconds) => seconds,
+            None => pending.entry(schedule.to_string()).or_default(),
         };
         let p = seconds.entry(start).or_default();
         p.version.get_or_insert(version);

@@ -476,6 +476,11 @@ async fn forwarding_drops_hop_by_hop_headers_and_sets_the_mesh_header() {
     assert!(body.contains("x-carbonrouter: 50"), "{body}");
     assert!(body.contains("x-forwarded-for: 127.0.0.1"), "{body}");
     assert!(body.contains("x-forwarded-proto: http"), "{body}");
+    let upstream = t.backend.trim_start_matches("http://");
+    assert!(
+        body.contains(&format!("host: {upstream}")),
+        "the upstream is asked for by its own name: {body}"
+    );
     assert!(
         !body.contains("x-secret") && !body.contains("keep-alive"),
         "{body}"
