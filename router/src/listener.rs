@@ -5,7 +5,7 @@
 //! queueing behind the ones in use.
 //!
 //! The proxy runs one thread per worker, each with a single-threaded runtime accepting on
-//! the one listening socket, and its own proxy and upstream pool: a request and its
+//! the one listening socket, and its own proxy and upstream connections: a request and its
 //! upstream call are served on one thread, with no wake-up crossing threads (what a
 //! multi-threaded runtime cost the proxy: a fifth of its CPU went to the scheduler).
 
@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::proxy::{Peer, Proxy};
+use crate::proxy::{Peer, Proxy, UPSTREAM_IDLE_TIMEOUT};
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -123,6 +123,7 @@ async fn serve(
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
+    tokio::spawn(close_idle_upstreams(proxy.clone(), shutdown.clone()));
     loop {
         let (stream, peer_addr) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -167,4 +168,16 @@ async fn serve(
     // queued and reset later.
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Close `proxy`'s idle upstream connections once they are past the idle timeout,
+/// checking twice per timeout, until `shutdown`.
+async fn close_idle_upstreams(proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(UPSTREAM_IDLE_TIMEOUT / 2);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = every.tick() => proxy.close_idle_upstreams(),
+        }
+    }
 }

@@ -107,8 +107,8 @@ struct Cli {
     /// Router id written into telemetry (default: router-<pid>).
     #[arg(long, env = "CARBONFLOW_ROUTER_ID")]
     router_id: Option<String>,
-    /// Threads serving requests, each with its own listening socket and upstream pool
-    /// (default: one per CPU core).
+    /// Threads serving requests, each with its own upstream connections (default: one
+    /// per CPU core).
     #[arg(long, env = "CARBONFLOW_WORKER_THREADS")]
     worker_threads: Option<usize>,
     /// PEM file of CA certificates trusted for `https://` upstreams besides the system's
@@ -274,9 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_connections: cli.max_connections,
         header_read_timeout: Duration::from_millis(cli.header_read_timeout_ms.max(1)),
     };
-    // Each worker has a proxy of its own (its upstream pool lives on its thread); the
-    // decisions and the telemetry are shared.
-    // Each worker has a proxy of its own (its upstream pool lives on its thread, its
+    // Each worker has a proxy of its own (its upstream connections live on its thread, its
     // generator is seeded from `seed` and the worker index); decisions and telemetry are
     // shared.
     let make_proxy = move |worker: usize| {

@@ -18,9 +18,8 @@ use carbonflow_schemas::upstream::AllowList;
 use carbonflow_schemas::vocabulary::AttemptResult;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Body as _;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper_tls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -32,6 +31,10 @@ use crate::select::Mode;
 use crate::served::Served;
 use crate::table::{DecisionTable, Route};
 use crate::telemetry::Telemetry;
+use crate::upstream::{ResponseBody, SendError, UpstreamBody, Upstreams};
+
+/// Time an upstream connection is kept unused before it is closed.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 // Header names are built once: a name given as a string is parsed on every use.
 /// Header naming the schedule a request belongs to (when the router serves several).
@@ -72,15 +75,11 @@ pub struct ProxySettings {
     pub body_read_timeout: Duration,
 }
 
-/// A request body as sent upstream: buffered whole (a fallback may resend it), or
-/// streamed from the client as it arrives, within the size limit.
-type UpstreamBody = Either<Full<Bytes>, Limited<Body>>;
-
 /// Shared state of the proxy handler.
 pub struct Proxy {
     table: Arc<DecisionTable>,
     telemetry: Arc<Telemetry>,
-    client: Client<HttpsConnector<HttpConnector<CheckedResolver>>, UpstreamBody>,
+    upstreams: Upstreams,
     settings: ProxySettings,
     /// Seeded from the router id or `--seed` and the worker: routers and workers draw
     /// different sequences, and a run can be repeated. One proxy per worker thread, so
@@ -89,8 +88,8 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy with a pooled client (`connect_timeout` per connection attempt) that
-    /// speaks plain HTTP or, to `https://` upstreams, TLS through `tls`.
+    /// A proxy whose upstream connections (`connect_timeout` per attempt) speak plain
+    /// HTTP or, to `https://` upstreams, TLS through `tls`.
     pub fn new(
         table: Arc<DecisionTable>,
         telemetry: Arc<Telemetry>,
@@ -105,16 +104,21 @@ impl Proxy {
         connector.set_nodelay(true);
         // The TLS layer needs the https:// URIs passed through to it.
         connector.enforce_http(false);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(HttpsConnector::from((connector, tls)));
         Self {
             table,
             telemetry,
-            client,
+            upstreams: Upstreams::new(
+                HttpsConnector::from((connector, tls)),
+                UPSTREAM_IDLE_TIMEOUT,
+            ),
             settings,
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
         }
+    }
+
+    /// Close the upstream connections left idle for longer than the idle timeout.
+    pub fn close_idle_upstreams(&self) {
+        self.upstreams.close_expired();
     }
 
     fn draw(&self) -> f64 {
@@ -179,7 +183,7 @@ impl Failure {
 }
 
 /// How `result` ended, as fallback conditions see it.
-fn attempt_result(result: &Result<hyper::Response<Incoming>, Failure>) -> AttemptResult {
+fn attempt_result(result: &Result<hyper::Response<ResponseBody>, Failure>) -> AttemptResult {
     match result {
         Ok(r) => AttemptResult::Answered(r.status().as_u16()),
         Err(Failure::Timeout) => AttemptResult::TimedOut,
@@ -190,14 +194,14 @@ fn attempt_result(result: &Result<hyper::Response<Incoming>, Failure>) -> Attemp
     }
 }
 
-fn failed(result: &Result<hyper::Response<Incoming>, Failure>) -> bool {
+fn failed(result: &Result<hyper::Response<ResponseBody>, Failure>) -> bool {
     match result {
         Ok(r) => r.status().is_client_error() || r.status().is_server_error(),
         Err(_) => true,
     }
 }
 
-fn outcome_of(result: &Result<hyper::Response<Incoming>, Failure>) -> Outcome {
+fn outcome_of(result: &Result<hyper::Response<ResponseBody>, Failure>) -> Outcome {
     match result {
         Ok(r) if r.status().is_server_error() => Outcome::ServerError,
         Ok(r) if r.status().is_client_error() => Outcome::ClientError,
@@ -268,7 +272,7 @@ async fn attempt(
     route: &Route,
     flavour: usize,
     out: Outgoing,
-) -> Result<hyper::Response<Incoming>, Failure> {
+) -> Result<hyper::Response<ResponseBody>, Failure> {
     // Defence in depth: the processor checks configs, but a decision written to the
     // topic by anyone else must not send traffic anywhere either.
     if let Some(refusal) = route.upstream_refusal(flavour) {
@@ -279,7 +283,9 @@ async fn attempt(
         .target
         .as_ref()
         .map_err(|e| Failure::Other(e.clone()))?;
-    let uri = target.uri(&out.path_and_query).map_err(Failure::Other)?;
+    let uri = target
+        .request_uri(&out.path_and_query)
+        .map_err(Failure::Other)?;
     let mut req = hyper::Request::new(out.body);
     *req.method_mut() = out.method;
     *req.uri_mut() = uri;
@@ -289,12 +295,13 @@ async fn attempt(
         // Service-mesh mode: one upstream, the flavour named by its precision percent.
         req.headers_mut().insert(name.clone(), value.clone());
     }
-    match tokio::time::timeout(proxy.settings.request_timeout, proxy.client.request(req)).await {
+    let sent = proxy.upstreams.send(target, req);
+    match tokio::time::timeout(proxy.settings.request_timeout, sent).await {
         Err(_) => Err(Failure::Timeout),
         Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) if e.is_connect() => Err(Failure::Connect(e.to_string())),
-        Ok(Err(e)) if body_too_large(&e) => Err(Failure::BodyTooLarge),
-        Ok(Err(e)) => Err(Failure::Other(e.to_string())),
+        Ok(Err(SendError::Connect(e))) => Err(Failure::Connect(e)),
+        Ok(Err(SendError::Exchange(e))) if body_too_large(&e) => Err(Failure::BodyTooLarge),
+        Ok(Err(SendError::Exchange(e))) => Err(Failure::Other(format!("{}: {e}", target.origin))),
     }
 }
 
@@ -505,9 +512,9 @@ async fn handle(proxy: Arc<Proxy>, peer: &Peer, req: Request) -> Response {
     );
     let response = match result {
         Ok(upstream) => {
-            let (mut parts, incoming) = upstream.into_parts();
+            let (mut parts, body) = upstream.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            let mut resp = Response::from_parts(parts, Body::new(incoming));
+            let mut resp = Response::from_parts(parts, Body::new(body));
             if let Some(v) = &route.upstreams[served_by].served_by {
                 resp.headers_mut().insert(&SERVED_BY_HEADER, v.clone());
             }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::http::uri::{Authority, Scheme};
+use axum::http::uri::Scheme;
 use axum::http::{HeaderName, HeaderValue, Uri};
 use carbonflow_schemas::records::{DecisionFlavour, ExpiryBehaviour, ScheduleDecision};
 use carbonflow_schemas::upstream::AllowList;
@@ -55,17 +55,19 @@ pub(crate) struct Upstream {
 /// Where requests for one flavour go: `scheme://authority` + `prefix` + the request path.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
-    scheme: Scheme,
-    authority: Authority,
+    /// `scheme://authority`: connections are kept and reused per origin.
+    pub(crate) origin: Arc<str>,
+    /// The origin as a URI, which is what connecting needs.
+    pub(crate) origin_uri: Uri,
     /// The upstream URL's path without its trailing `/` (`""` for the root).
     prefix: String,
     /// The `Host` header for the upstream: its host, and its port unless the scheme's
-    /// default (what the HTTP client would otherwise format on every request).
+    /// default.
     pub(crate) host: HeaderValue,
 }
 
 impl Target {
-    fn parse(url: &str) -> Result<Self, String> {
+    pub(crate) fn parse(url: &str) -> Result<Self, String> {
         let bad = |e: &dyn std::fmt::Display| format!("bad upstream URL {url:?}: {e}");
         let uri: Uri = url.parse().map_err(|e| bad(&e))?;
         let parts = uri.into_parts();
@@ -84,25 +86,28 @@ impl Target {
             _ => authority.host().to_string(),
         };
         let host = HeaderValue::from_str(&host).map_err(|e| bad(&e))?;
+        let origin = format!("{scheme}://{authority}");
+        let origin_uri = origin.parse().map_err(|e| bad(&e))?;
         Ok(Self {
-            scheme,
-            authority,
+            origin: origin.into(),
+            origin_uri,
             prefix,
             host,
         })
     }
 
-    /// The upstream URI for a request to `path_and_query`.
-    pub(crate) fn uri(&self, path_and_query: &str) -> Result<Uri, String> {
+    /// The upstream request's URI (origin-form: its path and query) for a request to
+    /// `path_and_query`.
+    pub(crate) fn request_uri(&self, path_and_query: &str) -> Result<Uri, String> {
         let mut path = String::with_capacity(self.prefix.len() + path_and_query.len());
         path.push_str(&self.prefix);
         path.push_str(path_and_query);
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|e| format!("bad upstream URI {}{path_and_query}: {e}", self.prefix))
+        Uri::try_from(path).map_err(|e| {
+            format!(
+                "bad upstream path {}{path_and_query} for {}: {e}",
+                self.prefix, self.origin
+            )
+        })
     }
 }
 
@@ -359,9 +364,10 @@ mod tests {
         assert_eq!(host("http://[::1]:9000/"), "[::1]:9000");
         assert_eq!(host("http://user:pw@flavour-a/"), "flavour-a");
         let target = Target::parse("http://flavour-a:8080/light/").expect("a valid URL");
+        assert_eq!(&*target.origin, "http://flavour-a:8080");
         assert_eq!(
-            target.uri("/v1/items?id=3").expect("a valid path"),
-            "http://flavour-a:8080/light/v1/items?id=3"
+            target.request_uri("/v1/items?id=3").expect("a valid path"),
+            "/light/v1/items?id=3"
         );
     }
 
