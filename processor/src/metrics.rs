@@ -64,6 +64,7 @@ const JOURNAL_BYTES: &str = "carbonflow_journal_bytes_total";
 const SNAPSHOTS: &str = "carbonflow_snapshots_total";
 const SNAPSHOTS_SKIPPED: &str = "carbonflow_snapshots_skipped_total";
 const SNAPSHOT_BYTES: &str = "carbonflow_snapshot_bytes";
+const SNAPSHOT_PAUSE: &str = "carbonflow_snapshot_pause_seconds";
 const SNAPSHOTS_UNREADABLE: &str = "carbonflow_snapshots_unreadable_total";
 const RESTORE_DURATION: &str = "carbonflow_restore_duration_seconds";
 const RESTORE_REPLAYED: &str = "carbonflow_restore_replayed_entries_total";
@@ -230,6 +231,11 @@ pub fn describe() {
         SNAPSHOT_BYTES,
         Unit::Bytes,
         "Size of the partition's latest snapshot state."
+    );
+    describe_histogram!(
+        SNAPSHOT_PAUSE,
+        Unit::Seconds,
+        "Time a partition's pipeline waited for one of its snapshots: pending writes drained, the journal read back, the state encoded and written."
     );
     describe_histogram!(
         RESTORE_DURATION,
@@ -555,9 +561,10 @@ pub(crate) fn journal_written(entries: usize, bytes: usize) {
 }
 
 /// A snapshot of `bytes` bytes of state was written for `partition`.
-pub(crate) fn snapshot_written(partition: i32, bytes: usize) {
+pub(crate) fn snapshot_written(partition: i32, bytes: usize, pause: Duration) {
     gauge!(SNAPSHOT_BYTES, "partition" => partition.to_string()).set(bytes as f64);
     counter!(SNAPSHOTS).increment(1);
+    histogram!(SNAPSHOT_PAUSE).record(pause.as_secs_f64());
 }
 
 /// Why a snapshot was not written.

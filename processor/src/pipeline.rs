@@ -49,7 +49,7 @@ use carbonflow_schemas::bus::{
 use carbonflow_schemas::codec::record_name;
 use carbonflow_schemas::records::{
     ConfigRejection, DeadLetter, DecisionRef, FieldProblem, InputPosition, JournalEntry,
-    OwnershipClaim, ScheduleDecision, Tick,
+    OwnershipClaim, PartitionSnapshot, ScheduleDecision, Tick,
 };
 use carbonflow_schemas::service::now_ms;
 use carbonflow_schemas::topics::partition_of;
@@ -1535,9 +1535,12 @@ impl Shell {
     }
 
     /// Snapshot partition `p`, after draining every pending write (so offsets are exact)
-    /// and reading the journal it covers back (so no newer claim lies inside it).
+    /// and reading the journal it covers back (so no newer claim lies inside it). The
+    /// pipeline waits for it: how long is logged and exported.
     async fn snapshot(&mut self, inputs: &Inputs, p: i32) -> Result<(), PipelineError> {
+        let started = Instant::now();
         self.drain().await?;
+        let drained = started.elapsed();
         if !self.journal_read_back(inputs, p).await? {
             tracing::warn!(
                 partition = p,
@@ -1549,41 +1552,75 @@ impl Shell {
         let Some(o) = self.owned.get_mut(&p) else {
             return Ok(());
         };
+        let caught_up = started.elapsed();
         let chunks = snapshot_of(&o.state, o.journal_next, o.decisions_next)?;
+        let encoded = started.elapsed();
         o.since_snapshot = 0;
         o.last_snapshot = Instant::now();
         let size: usize = chunks.iter().map(|c| c.state.len()).sum();
-        let topic = self.layout.name(Topic::Snapshots);
         let space = o.snapshot_space;
-        for chunk in &chunks {
-            let key = space.key(p, chunk.chunk);
-            let result = self.snapshots.send(&topic, &key, Some(p), chunk).await;
+        if let Err((chunk, e)) = self.write_snapshot(p, space, &chunks).await {
             // A snapshot only shortens restores, so a failed one must not stop the
             // processor (one refused for its size would fail again on every restart): the
             // state and the journal are intact, restore uses the previous whole snapshot,
             // and the next one is due after the interval.
-            if let Err(e) = result {
-                // A producer whose broker lost its state fails every later write: the
-                // next snapshot gets a new one.
-                if let Ok(fresh) =
-                    RecordProducer::new(&self.kafka, &format!("{}-snapshots", self.client_id))
-                {
-                    self.snapshots = fresh;
-                }
-                let reason = if e.is_message_too_large() {
-                    SnapshotSkipped::TooLarge
-                } else {
-                    SnapshotSkipped::WriteFailed
-                };
-                tracing::warn!(partition = p, chunk = chunk.chunk, chunks = chunk.chunks, error = %e, "snapshot could not be written; skipped");
-                metrics::snapshot_skipped(reason);
-                return Ok(());
+            // A producer whose broker lost its state fails every later write: the next
+            // snapshot gets a new one.
+            if let Ok(fresh) =
+                RecordProducer::new(&self.kafka, &format!("{}-snapshots", self.client_id))
+            {
+                self.snapshots = fresh;
             }
+            let reason = if e.is_message_too_large() {
+                SnapshotSkipped::TooLarge
+            } else {
+                SnapshotSkipped::WriteFailed
+            };
+            tracing::warn!(partition = p, chunk, chunks = chunks.len(), error = %e, "snapshot could not be written; skipped");
+            metrics::snapshot_skipped(reason);
+            return Ok(());
         }
         if let Some(o) = self.owned.get_mut(&p) {
             o.snapshot_space = space.other();
         }
-        metrics::snapshot_written(p, size);
+        let took = started.elapsed();
+        tracing::info!(
+            partition = p,
+            bytes = size,
+            chunks = chunks.len(),
+            drain_ms = drained.as_millis() as u64,
+            read_back_ms = (caught_up - drained).as_millis() as u64,
+            encode_ms = (encoded - caught_up).as_millis() as u64,
+            write_ms = (took - encoded).as_millis() as u64,
+            "snapshot written"
+        );
+        metrics::snapshot_written(p, size, took);
+        Ok(())
+    }
+
+    /// Write a snapshot's chunks under `space`'s keys: all queued at once, then every
+    /// acknowledgement awaited. On failure, the chunk that failed and why.
+    async fn write_snapshot(
+        &self,
+        p: i32,
+        space: SnapshotSpace,
+        chunks: &[PartitionSnapshot],
+    ) -> Result<(), (i32, BusError)> {
+        let topic = self.layout.name(Topic::Snapshots);
+        let mut acknowledged = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let key = space.key(p, chunk.chunk);
+            let payload = encode(chunk).map_err(|e| (chunk.chunk, BusError::from(e)))?;
+            let queued = self
+                .snapshots
+                .enqueue(&topic, key.as_bytes(), Some(p), Some(&payload), None)
+                .await
+                .map_err(|e| (chunk.chunk, e))?;
+            acknowledged.push((chunk.chunk, queued));
+        }
+        for (chunk, ack) in acknowledged {
+            ack.await.map_err(|e| (chunk, e))?;
+        }
         Ok(())
     }
 

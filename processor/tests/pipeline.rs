@@ -382,6 +382,25 @@ async fn a_second_owner_of_the_same_partitions_fences_the_first_and_nothing_is_l
             }
             tokio::time::sleep(Duration::from_millis(40)).await;
         }
+        if round == 0 {
+            // Every 50 entries a snapshot, and the time the pipeline waited for it.
+            let paused = eventually(
+                "a snapshot's pause to be recorded",
+                Duration::from_secs(30),
+                || async {
+                    owner
+                        .metric("carbonflow_snapshot_pause_seconds_count")
+                        .await
+                        .filter(|n| *n >= 1.0)
+                },
+            )
+            .await;
+            let written = owner.metric("carbonflow_snapshots_total").await;
+            assert!(
+                written.is_some_and(|w| w >= paused),
+                "{paused} pauses recorded, {written:?} snapshots written"
+            );
+        }
         if let Some(next) = newcomer {
             // The first owner saw the newer claim and stopped, loudly.
             let status = eventually(
