@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proxy::{Peer, Proxy, UPSTREAM_IDLE_TIMEOUT};
-use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -147,7 +146,7 @@ async fn serve(
         let peer = Arc::new(Peer::new(peer_addr));
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let (proxy, peer) = (proxy.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(proxy.serve(&peer, req.map(Body::new)).await) }
+            async move { Ok::<_, Infallible>(proxy.serve(&peer, req).await) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())

@@ -9,16 +9,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use carbonflow_schemas::records::Outcome;
 use carbonflow_schemas::upstream::AllowList;
 use carbonflow_schemas::vocabulary::AttemptResult;
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
-use hyper::body::Body as _;
 use hyper::body::Bytes;
+use hyper::body::{Body as _, Incoming};
 use hyper_tls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use rand::rngs::SmallRng;
@@ -132,7 +129,7 @@ impl Proxy {
 impl Proxy {
     /// Handle one request from `peer`: every path and method is proxied, so the listener
     /// calls this directly, with no router in between.
-    pub async fn serve(self: Arc<Self>, peer: &Peer, req: Request) -> Response {
+    pub(crate) async fn serve(self: Arc<Self>, peer: &Peer, req: Request<Incoming>) -> Response {
         handle(self, peer, req).await
     }
 }
@@ -154,8 +151,23 @@ impl Peer {
     }
 }
 
+/// A request as the proxy receives it.
+type Request<B> = hyper::Request<B>;
+
+/// A response as the proxy sends it: the upstream's body passed through as it arrives,
+/// or the router's own JSON.
+pub(crate) type Response = hyper::Response<Either<ResponseBody, Full<Bytes>>>;
+
+/// The router's own answer: `status` with the JSON `body`.
 fn error(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, axum::Json(body)).into_response()
+    let mut response =
+        hyper::Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Why an attempt produced no upstream response.
@@ -310,7 +322,7 @@ enum RequestBody {
     /// Read whole: a fallback may resend it.
     Buffered(Bytes),
     /// Passed through as it arrives.
-    Streamed(Limited<Body>),
+    Streamed(Limited<Incoming>),
 }
 
 /// 413 for a body over `--max-body-bytes`.
@@ -323,7 +335,7 @@ fn body_too_large_response(proxy: &Proxy) -> Response {
 }
 
 /// The handler of every proxied request.
-async fn handle(proxy: Arc<Proxy>, peer: &Peer, req: Request) -> Response {
+async fn handle(proxy: Arc<Proxy>, peer: &Peer, req: Request<Incoming>) -> Response {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let schedule = match parts
@@ -514,7 +526,7 @@ async fn handle(proxy: Arc<Proxy>, peer: &Peer, req: Request) -> Response {
         Ok(upstream) => {
             let (mut parts, body) = upstream.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            let mut resp = Response::from_parts(parts, Body::new(body));
+            let mut resp = hyper::Response::from_parts(parts, Either::Left(body));
             if let Some(v) = &route.upstreams[served_by].served_by {
                 resp.headers_mut().insert(&SERVED_BY_HEADER, v.clone());
             }

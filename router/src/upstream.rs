@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body as _, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -31,7 +30,7 @@ use crate::table::Target;
 
 /// A request body as sent upstream: buffered whole (a fallback may resend it), or
 /// streamed from the client as it arrives, within the size limit.
-pub(crate) type UpstreamBody = Either<Full<Bytes>, Limited<Body>>;
+pub(crate) type UpstreamBody = Either<Full<Bytes>, Limited<Incoming>>;
 
 /// Opens TCP connections (to resolved addresses the allow-list accepts) and, for
 /// `https://` upstreams, TLS over them.
