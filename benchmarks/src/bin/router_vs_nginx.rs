@@ -71,6 +71,11 @@ struct Cli {
     /// nginx binary.
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
+    /// Have nginx set the forwarding headers the router always sets (X-Forwarded-For,
+    /// -Proto and -Host), so that both proxies do the same work per request. Off: the
+    /// minimal reverse-proxy config.
+    #[arg(long)]
+    nginx_forwarded_headers: bool,
 }
 
 /// The two proxies under test.
@@ -181,12 +186,28 @@ fn wrk(cli: &Cli, script: &Path, url: &str) -> anyhow::Result<(f64, f64, f64, f6
     ))
 }
 
-fn nginx_config(dir: &Path, listen: u16, ports: &[u16], weights: &[u32], workers: usize) -> String {
+/// nginx's config: the backend ports as one weighted upstream with keepalive, `workers`
+/// worker processes, and with `forwarded_headers` the X-Forwarded-* headers the router sets.
+fn nginx_config(
+    dir: &Path,
+    listen: u16,
+    ports: &[u16],
+    weights: &[u32],
+    workers: usize,
+    forwarded_headers: bool,
+) -> String {
     let servers: String = ports
         .iter()
         .zip(weights)
         .map(|(p, w)| format!("    server 127.0.0.1:{p} weight={w};\n"))
         .collect();
+    let forwarded = if forwarded_headers {
+        "      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+      proxy_set_header X-Forwarded-Proto $scheme;\n\
+      proxy_set_header X-Forwarded-Host $host;\n"
+    } else {
+        ""
+    };
     let d = dir.display();
     format!(
         "worker_processes {workers};\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
@@ -196,7 +217,7 @@ http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path
   upstream flavours {{\n{servers}    keepalive 64;\n  }}\n\
   server {{\n    listen 127.0.0.1:{listen};\n    location / {{\n\
       proxy_pass http://flavours/precision-100/;\n      proxy_http_version 1.1;\n\
-      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n"
+      proxy_set_header Connection \"\";\n{forwarded}    }}\n  }}\n}}\n"
     )
 }
 
@@ -273,7 +294,14 @@ async fn main() -> anyhow::Result<()> {
     )?);
     std::fs::write(
         dir.join("nginx.conf"),
-        nginx_config(&dir, nginx_port, &ports, &cli.weights, cli.workers),
+        nginx_config(
+            &dir,
+            nginx_port,
+            &ports,
+            &cli.weights,
+            cli.workers,
+            cli.nginx_forwarded_headers,
+        ),
     )?;
     let nginx = spawn(
         Command::new(&cli.nginx)
@@ -339,7 +367,7 @@ async fn main() -> anyhow::Result<()> {
     answering(&url(Proxy::Router)).await?;
     let ticks = clock_ticks();
     println!(
-        "router vs nginx: {} rounds × {} s, wrk {} threads {} connections; {} router worker threads = {} nginx worker processes; weights {:?} over {} backend ports (carbonstat, 1000 points)",
+        "router vs nginx: {} rounds × {} s, wrk {} threads {} connections; {} router worker threads = {} nginx worker processes; weights {:?} over {} backend ports (carbonstat, 1000 points); nginx {} X-Forwarded-* headers",
         cli.rounds,
         cli.seconds,
         cli.wrk_threads,
@@ -347,7 +375,8 @@ async fn main() -> anyhow::Result<()> {
         cli.workers,
         cli.workers,
         cli.weights,
-        ports.len()
+        ports.len(),
+        if cli.nginx_forwarded_headers { "sets" } else { "does not set" }
     );
 
     // 1. Saturation, wrk.
