@@ -22,7 +22,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use carbonflow_core::reconcile::{Divergence, Reconciliation, Repairs};
-use carbonflow_core::state::{Admission, PartitionState, STATE_FORMAT};
+use carbonflow_core::state::{Admission, PartitionState, STATE_FORMAT, STATE_FORMATS_READ};
 use carbonflow_schemas::bus::{BusError, KafkaArgs, RangeReader, Topic, TopicLayout};
 use carbonflow_schemas::records::{PartitionSnapshot, journal_record};
 use carbonflow_schemas::{CodecError, decode};
@@ -677,7 +677,7 @@ fn whole_snapshots(
             crate::metrics::snapshot_unreadable();
             return Ok(());
         };
-        if snap.state_format != STATE_FORMAT || snap.partition != partition {
+        if !STATE_FORMATS_READ.contains(&snap.state_format) || snap.partition != partition {
             return Ok(());
         }
         if let Some((head, bytes)) = assembly.push(snap) {

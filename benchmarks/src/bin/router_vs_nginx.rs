@@ -376,7 +376,11 @@ async fn main() -> anyhow::Result<()> {
         cli.workers,
         cli.weights,
         ports.len(),
-        if cli.nginx_forwarded_headers { "sets" } else { "does not set" }
+        if cli.nginx_forwarded_headers {
+            "sets"
+        } else {
+            "does not set"
+        }
     );
 
     // 1. Saturation, wrk.

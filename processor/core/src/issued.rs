@@ -4,12 +4,14 @@
 //!
 //! Why encoded: at 100,000 schedules the decoded decision (strings, vectors, diagnostics,
 //! provenance: about 1.5 KB) was the largest part of a schedule's memory, and its record
-//! is about a third of that. It is decoded only when asked for: the admin API, snapshots,
-//! a restore rebuilding the read model. The same bytes are what the shell writes, so a
+//! is about a third of that. It is decoded only when asked for: the admin API, a restore
+//! checking a snapshot's records and rebuilding the read model. Snapshots hold the record. The same bytes are what the shell writes, so a
 //! decision is encoded once.
 
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
 use carbonflow_schemas::records::ScheduleDecision;
 use carbonflow_schemas::{CodecError, decode, encode};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -61,19 +63,46 @@ impl IssuedDecision {
     }
 }
 
-/// Serialized as the decision itself, so snapshots hold the same JSON as when the state
-/// kept the decision decoded.
+/// Serialized as its record, base64: a snapshot holds each schedule's decision as the
+/// bytes the state keeps. (Serializing it as the decision meant decoding every record
+/// and writing about 2 KB of JSON per schedule: most of a snapshot's encoding time.)
 impl Serialize for IssuedDecision {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let decision = self.decode().map_err(serde::ser::Error::custom)?;
-        decision.serialize(serializer)
+        serializer.serialize_str(&BASE64_STANDARD.encode(&self.record))
     }
 }
 
+/// The two forms a snapshot may hold: the record (state format 5 on), or the decision
+/// itself (format 4).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stored {
+    Record(String),
+    Decision(Box<ScheduleDecision>),
+}
+
+/// Reads either form. A record is decoded to check it and to take the fields the fold
+/// reads from it: snapshots are records on a topic, and what a writer put there is not
+/// trusted to be a decision.
 impl<'de> Deserialize<'de> for IssuedDecision {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let decision = ScheduleDecision::deserialize(deserializer)?;
-        Self::encode(&decision).map_err(serde::de::Error::custom)
+        match Stored::deserialize(deserializer)? {
+            Stored::Record(text) => {
+                let record = BASE64_STANDARD.decode(text).map_err(|e| {
+                    serde::de::Error::custom(format!("a decision record that is not base64: {e}"))
+                })?;
+                let decision: ScheduleDecision = decode(&record).map_err(|e| {
+                    serde::de::Error::custom(format!("a decision record that does not decode: {e}"))
+                })?;
+                Ok(Self {
+                    version: decision.version,
+                    decided_at_ms: decision.decided_at_ms,
+                    valid_until_ms: decision.valid_until_ms,
+                    record: record.into(),
+                })
+            }
+            Stored::Decision(decision) => Self::encode(&decision).map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -99,12 +128,31 @@ mod tests {
     }
 
     #[test]
-    fn it_serializes_as_the_decision_and_back_to_the_same_record() {
+    fn it_serializes_as_its_record_and_back() {
         let d = samples::schedule_decision();
         let issued = IssuedDecision::encode(&d).expect("encodes");
         let json = serde_json::to_value(&issued).expect("serializes");
-        assert_eq!(json, serde_json::to_value(&d).expect("serializes"));
+        assert_eq!(
+            json,
+            serde_json::Value::String(BASE64_STANDARD.encode(issued.record()))
+        );
         let back: IssuedDecision = serde_json::from_value(json).expect("deserializes");
         assert_eq!(back, issued);
+    }
+
+    #[test]
+    fn the_decision_form_of_older_snapshots_is_read_as_the_same_record() {
+        let d = samples::schedule_decision();
+        let older = serde_json::to_value(&d).expect("serializes");
+        let read: IssuedDecision = serde_json::from_value(older).expect("deserializes");
+        assert_eq!(read, IssuedDecision::encode(&d).expect("encodes"));
+    }
+
+    #[test]
+    fn a_stored_record_that_is_not_a_decision_is_refused() {
+        for text in ["not base64!", "AAAA", ""] {
+            let read = serde_json::from_value::<IssuedDecision>(serde_json::json!(text));
+            assert!(read.is_err(), "{text:?} was read as a decision");
+        }
     }
 }

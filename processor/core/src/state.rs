@@ -34,10 +34,15 @@ use crate::policy::{PolicyError, PolicyMemory};
 use crate::validate::{validate, validate_override};
 
 /// Version of the encoding of [`PartitionState`] inside snapshots (gzip-compressed JSON
-/// since 3; since 4 the clock is moved by ticks alone). Bump it when the struct, its
-/// encoding or the meaning of a field changes: restore then ignores older snapshots and
-/// replays the journal, which always works.
-pub const STATE_FORMAT: i32 = 4;
+/// since 3; since 4 the clock is moved by ticks alone; since 5 a schedule's last decision
+/// is its record, base64). Bump it when the struct, its encoding or the meaning of a field
+/// changes: restore then ignores snapshots of formats it cannot read
+/// ([`STATE_FORMATS_READ`]) and replays the journal, which always works.
+pub const STATE_FORMAT: i32 = 5;
+
+/// Snapshot formats restore reads: format 4 differs from 5 only in how a decision is
+/// written, and both forms are read.
+pub const STATE_FORMATS_READ: [i32; 2] = [4, STATE_FORMAT];
 
 /// Length of a telemetry window, event-time ms. Windows are aligned to multiples of it.
 pub const TELEMETRY_WINDOW_MS: i64 = 5_000;
