@@ -86,7 +86,12 @@ impl Target {
             _ => authority.host().to_string(),
         };
         let host = HeaderValue::from_str(&host).map_err(|e| bad(&e))?;
-        let origin = format!("{scheme}://{authority}");
+        // Without any user:password@ of the URL: the origin names the upstream in errors
+        // and logs.
+        let origin = match authority.port() {
+            Some(port) => format!("{scheme}://{}:{port}", authority.host()),
+            None => format!("{scheme}://{}", authority.host()),
+        };
         let origin_uri = origin.parse().map_err(|e| bad(&e))?;
         Ok(Self {
             origin: origin.into(),
@@ -363,6 +368,8 @@ mod tests {
         assert_eq!(host("https://flavour-a:80"), "flavour-a:80");
         assert_eq!(host("http://[::1]:9000/"), "[::1]:9000");
         assert_eq!(host("http://user:pw@flavour-a/"), "flavour-a");
+        let with_credentials = Target::parse("http://user:pw@flavour-a:81/").expect("a valid URL");
+        assert_eq!(&*with_credentials.origin, "http://flavour-a:81");
         let target = Target::parse("http://flavour-a:8080/light/").expect("a valid URL");
         assert_eq!(&*target.origin, "http://flavour-a:8080");
         assert_eq!(
