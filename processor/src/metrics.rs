@@ -235,7 +235,7 @@ pub fn describe() {
     describe_histogram!(
         SNAPSHOT_PAUSE,
         Unit::Seconds,
-        "Time a partition's pipeline waited for one of its snapshots: pending writes drained, the journal read back, the state encoded and written."
+        "Time the pipeline waited for a snapshot, written or skipped: pending writes drained, the journal read back, the state encoded and written."
     );
     describe_histogram!(
         RESTORE_DURATION,
@@ -561,9 +561,13 @@ pub(crate) fn journal_written(entries: usize, bytes: usize) {
 }
 
 /// A snapshot of `bytes` bytes of state was written for `partition`.
-pub(crate) fn snapshot_written(partition: i32, bytes: usize, pause: Duration) {
+pub(crate) fn snapshot_written(partition: i32, bytes: usize) {
     gauge!(SNAPSHOT_BYTES, "partition" => partition.to_string()).set(bytes as f64);
     counter!(SNAPSHOTS).increment(1);
+}
+
+/// The pipeline waited `pause` for a snapshot, written or skipped.
+pub(crate) fn snapshot_paused(pause: Duration) {
     histogram!(SNAPSHOT_PAUSE).record(pause.as_secs_f64());
 }
 

@@ -1547,6 +1547,7 @@ impl Shell {
                 "snapshot skipped: the journal it would cover was not read back in time"
             );
             metrics::snapshot_skipped(SnapshotSkipped::NotReadBack);
+            metrics::snapshot_paused(started.elapsed());
             return Ok(());
         }
         let Some(o) = self.owned.get_mut(&p) else {
@@ -1578,6 +1579,7 @@ impl Shell {
             };
             tracing::warn!(partition = p, chunk, chunks = chunks.len(), error = %e, "snapshot could not be written; skipped");
             metrics::snapshot_skipped(reason);
+            metrics::snapshot_paused(started.elapsed());
             return Ok(());
         }
         if let Some(o) = self.owned.get_mut(&p) {
@@ -1594,7 +1596,8 @@ impl Shell {
             write_ms = (took - encoded).as_millis() as u64,
             "snapshot written"
         );
-        metrics::snapshot_written(p, size, took);
+        metrics::snapshot_written(p, size);
+        metrics::snapshot_paused(took);
         Ok(())
     }
 

@@ -98,26 +98,32 @@ impl Upstreams {
         Ok(self.respond(target, sender, response))
     }
 
-    /// Close the connections idle for longer than the idle timeout.
+    /// Close the connections idle for longer than the idle timeout, and forget the ones
+    /// the upstream closed.
     pub(crate) fn close_expired(&self) {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
         for connections in idle.values_mut() {
-            connections.retain(|c| now.duration_since(c.since) < self.idle_timeout);
+            connections.retain(|c| {
+                !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout
+            });
         }
         idle.retain(|_, connections| !connections.is_empty());
     }
 
-    /// The most recently used idle connection to `origin` (the likeliest still open).
+    /// The most recently used idle connection to `origin` that is ready for a request
+    /// (the likeliest still open). One that is not ready stays in the list: an upstream
+    /// that answered before the request's body ended makes its connection idle while that
+    /// body is still being sent, and a request handed to it would wait for the client's
+    /// upload to end.
     fn take_idle(&self, origin: &str) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = lock(&self.idle);
         let connections = idle.get_mut(origin)?;
-        while let Some(c) = connections.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
-                return Some(c.sender);
-            }
+        while connections.last().is_some_and(|c| c.sender.is_closed()) {
+            connections.pop();
         }
-        None
+        let ready = connections.iter().rposition(|c| c.sender.is_ready())?;
+        Some(connections.remove(ready).sender)
     }
 
     async fn connect(&self, target: &Target) -> Result<SendRequest<UpstreamBody>, SendError> {

@@ -21,6 +21,37 @@ const SCHEDULE: &str = "shop/checkout";
 /// A sample backend: `/{flavour}/...` answers 200 with the flavour's name;
 /// `/broken/...` answers 503 with a body of its own; `/headers/...` lists the request
 /// headers it received.
+/// An upstream that answers each request from its head alone and then keeps reading
+/// what its connection sends (as a server draining a body it did not need does), one
+/// request per connection: a second request written on a connection is never answered.
+async fn start_early_answering_backend() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 14\r\n\r\nanswered early";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
 async fn start_backend() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -922,9 +953,13 @@ async fn bodies_no_fallback_can_resend_are_streamed_within_the_limit() {
 async fn a_streamed_body_reaches_the_upstream_before_the_client_has_sent_it_all() {
     // Given an upstream that answers from the request's head, and a router that would
     // wait 60 s for a body it buffers
-    let mut t = Routing::start_with("early", &["--body-read-timeout-ms", "60000"]).await;
+    let mut t = Routing::start_with(
+        "early",
+        &["--body-read-timeout-ms", "60000", "--worker-threads", "1"],
+    )
+    .await;
     let mut d = t.decision([100.0, 0.0, 0.0]);
-    d.flavours[0].upstream_url = format!("{}/early", t.backend);
+    d.flavours[0].upstream_url = format!("{}/early", start_early_answering_backend().await);
     t.publish(d).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = t.router.proxy.trim_start_matches("http://").to_string();
@@ -945,4 +980,15 @@ async fn a_streamed_body_reaches_the_upstream_before_the_client_has_sent_it_all(
         .expect("read");
     let reply = String::from_utf8_lossy(&reply[..n]);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // And the upstream connection still carrying that body is not handed to the next
+    // request (on the same worker): it is answered at once, not after the upload ends.
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        get_text(&format!("{}/api/y", t.url), &[]),
+    )
+    .await
+    .map(|(status, body, _)| (status, body))
+    .expect("the next request answered while the first one's body is still open");
+    assert_eq!((status, body.as_str()), (200, "answered early"));
+    drop(conn);
 }
