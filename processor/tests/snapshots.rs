@@ -52,3 +52,63 @@ async fn a_partition_too_large_for_one_record_snapshots_in_chunks_and_restores_e
     );
     assert_eq!(restored.state, state);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_the_previous_format_is_restored_to_the_same_state() {
+    use carbonflow_core::state::STATE_FORMATS_READ;
+    use flate2::Compression;
+    use flate2::read::GzDecoder;
+    use flate2::write::GzEncoder;
+    use std::io::{Read, Write};
+
+    let args = fresh_layout("oldsnap", 1).await;
+    let mut state = PartitionState::new(0);
+    for i in 0..20 {
+        let mut c = samples::schedule_config();
+        c.schedule = format!("old/s{i}");
+        let pos = InputPosition {
+            topic: "synthetic".into(),
+            partition: 0,
+            offset: i,
+        };
+        state.apply(&Input::Config(ConfigCommand::Config(Box::new(c))), &pos);
+    }
+    // Given the state as format 4 wrote it: each last decision as the decision's JSON
+    // rather than its record.
+    let mut chunks = snapshot_of(&state, 0, 0).expect("encodes");
+    assert_eq!(chunks.len(), 1, "a small state is one chunk");
+    let mut json = Vec::new();
+    GzDecoder::new(chunks[0].state.as_slice())
+        .read_to_end(&mut json)
+        .expect("gzip");
+    let mut doc: serde_json::Value = serde_json::from_slice(&json).expect("json");
+    for (id, s) in state.schedules.iter() {
+        let decision = s
+            .last_decision
+            .as_ref()
+            .expect("a config makes a first decision")
+            .decode()
+            .expect("decodes");
+        doc["schedules"][id]["last_decision"] = serde_json::to_value(&decision).expect("json");
+    }
+    let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+    gz.write_all(&serde_json::to_vec(&doc).expect("json"))
+        .expect("gzip");
+    chunks[0].state = gz.finish().expect("gzip");
+    chunks[0].state_format = 4;
+    assert!(STATE_FORMATS_READ.contains(&4));
+    let producer = RecordProducer::new(&args, "oldsnap-test").expect("producer");
+    let topic = args.layout().name(Topic::Snapshots);
+    producer
+        .send(&topic, &SnapshotSpace::A.key(0, 0), Some(0), &chunks[0])
+        .await
+        .expect("written");
+    // When the partition is restored, then it comes from that snapshot, the same state.
+    let a = args.clone();
+    let restored = tokio::task::spawn_blocking(move || restore(&a, 0, RestoreOptions::LATEST))
+        .await
+        .expect("join")
+        .expect("restores");
+    assert!(restored.from_snapshot, "the format-4 snapshot is used");
+    assert_eq!(restored.state, state);
+}
