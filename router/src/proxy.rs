@@ -129,7 +129,11 @@ impl Proxy {
 impl Proxy {
     /// Handle one request from `peer`: every path and method is proxied, so the listener
     /// calls this directly, with no router in between.
-    pub(crate) async fn serve(self: Arc<Self>, peer: &Peer, req: Request<Incoming>) -> Response {
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        peer: &Peer,
+        req: hyper::Request<Incoming>,
+    ) -> Response {
         handle(self, peer, req).await
     }
 }
@@ -150,9 +154,6 @@ impl Peer {
         Self { addr, ip }
     }
 }
-
-/// A request as the proxy receives it.
-type Request<B> = hyper::Request<B>;
 
 /// A response as the proxy sends it: the upstream's body passed through as it arrives,
 /// or the router's own JSON.
@@ -335,7 +336,7 @@ fn body_too_large_response(proxy: &Proxy) -> Response {
 }
 
 /// The handler of every proxied request.
-async fn handle(proxy: Arc<Proxy>, peer: &Peer, req: Request<Incoming>) -> Response {
+async fn handle(proxy: Arc<Proxy>, peer: &Peer, req: hyper::Request<Incoming>) -> Response {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let schedule = match parts
