@@ -1,24 +1,30 @@
-//! The proxy's listener: connections accepted up to a cap, each served over HTTP/1.1 with
-//! a deadline for request headers, and drained on shutdown. A client that opens
+//! The proxy's listener: one thread accepts connections up to a cap and hands each to the
+//! worker thread serving the fewest; a worker serves its connections over HTTP/1.1 with a
+//! deadline for request headers, and drains them on shutdown. A client that opens
 //! connections and never finishes a request (slowloris) holds a slot for at most the
 //! header-read timeout; beyond the cap, new connections are closed at once instead of
 //! queueing behind the ones in use.
 //!
-//! The proxy runs one thread per worker, each with a single-threaded runtime accepting on
-//! the one listening socket, and its own proxy and upstream connections: a request and its
-//! upstream call are served on one thread, with no wake-up crossing threads (what a
-//! multi-threaded runtime cost the proxy: a fifth of its CPU went to the scheduler).
+//! Each worker has a single-threaded runtime and its own proxy and upstream connections: a
+//! request and its upstream call are served on one thread, with no wake-up crossing
+//! threads (what a multi-threaded runtime cost the proxy: a fifth of its CPU went to the
+//! scheduler). Connections are dealt out by one acceptor because workers that each accept
+//! on the shared socket do not share: the first to wake drains the whole backlog, so a
+//! burst of connections (a client pool opening at once) lands on one thread while the
+//! others idle.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::proxy::{Peer, Proxy, UPSTREAM_IDLE_TIMEOUT};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Bounds of the proxy's listener.
@@ -31,15 +37,47 @@ pub struct ListenerLimits {
     pub header_read_timeout: Duration,
 }
 
-/// The proxy's worker threads, serving until the shutdown they were started with.
+/// The proxy's acceptor and worker threads, serving until the shutdown they were started
+/// with.
 pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// An accepted connection on its way to a worker, with its slot under the cap.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    counted: Counted,
+}
+
+/// A connection's place in its worker's count of open connections, given back when the
+/// connection (or its handoff, if it is never served) is dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A worker as the acceptor sees it: where to send it connections and how many it has.
+struct WorkerQueue {
+    connections: mpsc::UnboundedSender<Handoff>,
+    open: Arc<AtomicUsize>,
+}
+
 impl Workers {
-    /// Start `threads` workers accepting on `listener` (bound by the caller, so a port in
-    /// use fails there), each serving the proxy `make_proxy(worker index)` builds for it;
-    /// they share the connection cap of `limits`.
+    /// Start `threads` workers, each serving the proxy `make_proxy(worker index)` builds
+    /// for it, and one thread accepting on `listener` (bound by the caller, so a port in
+    /// use fails there) for them, within `limits`.
     pub fn start(
         listener: std::net::TcpListener,
         threads: usize,
@@ -48,32 +86,53 @@ impl Workers {
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
-        let make_proxy = Arc::new(make_proxy);
-        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-        // Workers stop with `shutdown`, or at once if a later one cannot be started.
+        // Every thread stops with `shutdown`, or at once if a later one cannot be started.
         let stop = shutdown.child_token();
         let mut workers = Self {
             threads: Vec::new(),
         };
+        let mut queues = Vec::new();
         for i in 0..threads.max(1) {
-            let started = listener.try_clone().and_then(|socket| {
-                let (make_proxy, slots, stop) = (make_proxy.clone(), slots.clone(), stop.clone());
-                std::thread::Builder::new()
-                    .name(format!("proxy-{i}"))
-                    .spawn(move || worker(socket, make_proxy(i), limits, slots, stop))
+            // Unbounded: what waits in it holds a slot, so the cap bounds it.
+            let (connections, received) = mpsc::unbounded_channel();
+            queues.push(WorkerQueue {
+                connections,
+                open: Arc::new(AtomicUsize::new(0)),
             });
-            match started {
-                Ok(thread) => workers.threads.push(thread),
-                Err(e) => {
-                    stop.cancel();
-                    for t in workers.threads {
-                        let _ = t.join();
-                    }
-                    return Err(e);
+            let (proxy, stop_worker) = (make_proxy(i), stop.clone());
+            let started = std::thread::Builder::new()
+                .name(format!("proxy-{i}"))
+                .spawn(move || worker(i, received, proxy, limits, stop_worker));
+            workers.add(started, &stop)?;
+        }
+        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let stop_acceptor = stop.clone();
+        let started = std::thread::Builder::new()
+            .name("proxy-accept".into())
+            .spawn(move || acceptor(listener, queues, slots, stop_acceptor));
+        workers.add(started, &stop)?;
+        Ok(workers)
+    }
+
+    /// Keep a started thread; if it could not be started, stop and join the others.
+    fn add(
+        &mut self,
+        started: std::io::Result<std::thread::JoinHandle<()>>,
+        stop: &CancellationToken,
+    ) -> std::io::Result<()> {
+        match started {
+            Ok(thread) => {
+                self.threads.push(thread);
+                Ok(())
+            }
+            Err(e) => {
+                stop.cancel();
+                for t in self.threads.drain(..) {
+                    let _ = t.join();
                 }
+                Err(e)
             }
         }
-        Ok(workers)
     }
 
     /// Wait until every worker has drained its connections and stopped.
@@ -84,47 +143,45 @@ impl Workers {
     }
 }
 
-/// One worker: a single-threaded runtime accepting on its handle of the shared socket.
-fn worker(
-    socket: std::net::TcpListener,
-    proxy: Arc<Proxy>,
-    limits: ListenerLimits,
-    slots: Arc<Semaphore>,
-    stop: CancellationToken,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// Run `task` on a single-threaded runtime of the calling thread, named `what` in the
+/// error if the runtime cannot be built.
+fn run_on_this_thread(what: &str, task: impl std::future::Future<Output = ()>) {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "a proxy worker could not start its runtime");
-            return;
-        }
-    };
-    runtime.block_on(async move {
+        Ok(runtime) => runtime.block_on(task),
+        Err(e) => tracing::error!(error = %e, "the proxy's {what} could not start its runtime"),
+    }
+}
+
+/// The acceptor thread: accept on `socket` and deal the connections out to `workers`.
+fn acceptor(
+    socket: std::net::TcpListener,
+    workers: Vec<WorkerQueue>,
+    slots: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    run_on_this_thread("acceptor", async move {
         match TcpListener::from_std(socket) {
-            Ok(listener) => serve(listener, proxy, limits, slots, stop).await,
+            Ok(listener) => accept(listener, workers, slots, stop).await,
             Err(e) => {
-                tracing::error!(error = %e, "a proxy worker could not use the listening socket")
+                tracing::error!(error = %e, "the proxy's acceptor could not use the listening socket")
             }
         }
     });
 }
 
-/// Serve `proxy` on `listener` within `limits` (connection slots shared with the other
-/// workers) until `shutdown`, then wait for the requests in flight to finish.
-async fn serve(
+/// Accept until `shutdown` (or until no worker is left), each connection within the cap
+/// of `slots` handed to the worker with the fewest open connections.
+async fn accept(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
-    limits: ListenerLimits,
+    mut workers: Vec<WorkerQueue>,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
-    let graceful = GracefulShutdown::new();
-    tokio::spawn(close_idle_upstreams(proxy.clone(), shutdown.clone()));
-    loop {
-        let (stream, peer_addr) = tokio::select! {
+    while !workers.is_empty() {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -136,10 +193,86 @@ async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
             crate::metrics::connection_refused();
             drop(stream);
             continue;
+        };
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(peer = %peer, error = %e, "an accepted connection could not be handed to a worker");
+                continue;
+            }
+        };
+        let (mut stream, mut peer, mut permit) = (stream, peer, permit);
+        // A worker that has stopped gives the connection back: try the next.
+        while let Some(i) = least_busy(&workers) {
+            let handoff = Handoff {
+                stream,
+                peer,
+                permit,
+                counted: Counted::new(&workers[i].open),
+            };
+            match workers[i].connections.send(handoff) {
+                Ok(()) => break,
+                Err(mpsc::error::SendError(back)) => {
+                    workers.swap_remove(i);
+                    (stream, peer, permit) = (back.stream, back.peer, back.permit);
+                }
+            }
+        }
+    }
+    // Dropping the listener here refuses new clients at once rather than queueing them.
+}
+
+/// Index of the worker with the fewest open connections (the first of equals).
+fn least_busy(workers: &[WorkerQueue]) -> Option<usize> {
+    (0..workers.len()).min_by_key(|&i| workers[i].open.load(Ordering::Relaxed))
+}
+
+/// One worker thread: serve the connections the acceptor hands it.
+fn worker(
+    index: usize,
+    connections: mpsc::UnboundedReceiver<Handoff>,
+    proxy: Arc<Proxy>,
+    limits: ListenerLimits,
+    stop: CancellationToken,
+) {
+    run_on_this_thread("worker", serve(index, connections, proxy, limits, stop));
+}
+
+/// Serve `proxy` on the `connections` handed to worker `index` until `shutdown`, then
+/// wait for the requests in flight to finish.
+async fn serve(
+    index: usize,
+    mut connections: mpsc::UnboundedReceiver<Handoff>,
+    proxy: Arc<Proxy>,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    let open = crate::metrics::worker_connections(index);
+    tokio::spawn(close_idle_upstreams(proxy.clone(), shutdown.clone()));
+    loop {
+        let Handoff {
+            stream,
+            peer: peer_addr,
+            permit,
+            counted,
+        } = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            handoff = connections.recv() => match handoff {
+                Some(h) => h,
+                None => break,
+            },
+        };
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(peer = %peer_addr, error = %e, "a proxy worker could not take a connection");
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
@@ -153,19 +286,18 @@ async fn serve(
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
-        crate::metrics::connection_opened();
+        crate::metrics::connection_opened(&open);
+        let open = open.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
             }
-            crate::metrics::connection_closed();
-            drop(slot);
+            crate::metrics::connection_closed(&open);
+            drop((permit, counted));
         });
     }
-    // Stop accepting before waiting: new clients are refused at once (by the other
-    // workers' handles while they still accept, then by the closed socket) rather than
-    // queued and reset later.
-    drop(listener);
+    // Connections handed over but not yet served are closed with the queue.
+    drop(connections);
     graceful.shutdown().await;
 }
 

@@ -113,7 +113,7 @@ pub fn describe() {
     describe_gauge!(
         CONNECTIONS_OPEN,
         Unit::Count,
-        "Client connections the proxy holds now, over all its workers (at most --max-connections)."
+        "Client connections the proxy holds now, by worker thread (summed over workers, at most --max-connections)."
     );
 }
 
@@ -242,14 +242,21 @@ pub(crate) fn connection_refused() {
     counter!(CONNECTIONS_REFUSED).increment(1);
 }
 
-/// A client connection took one of the proxy's slots.
-pub(crate) fn connection_opened() {
-    gauge!(CONNECTIONS_OPEN).increment(1.0);
+/// The open client connections of proxy worker `worker` (a label bounded by
+/// `--worker-threads`), to pass to [`connection_opened`] and [`connection_closed`].
+pub(crate) fn worker_connections(worker: usize) -> Gauge {
+    gauge!(CONNECTIONS_OPEN, "worker" => worker.to_string())
+}
+
+/// A client connection took one of the proxy's slots and is served by the worker whose
+/// gauge is `open`.
+pub(crate) fn connection_opened(open: &Gauge) {
+    open.increment(1.0);
 }
 
 /// A client connection ended and gave its slot back.
-pub(crate) fn connection_closed() {
-    gauge!(CONNECTIONS_OPEN).decrement(1.0);
+pub(crate) fn connection_closed(open: &Gauge) {
+    open.decrement(1.0);
 }
 
 /// An attempt to start following the decisions topic failed (it is retried).

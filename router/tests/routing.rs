@@ -277,6 +277,18 @@ impl RouterProcess {
             .and_then(|v| v.parse().ok())
     }
 
+    /// The sum of every series of metric `name`, whatever its labels.
+    async fn metric_sum(&self, name: &str) -> Option<f64> {
+        let text = get_text(&format!("{}/metrics", self.admin), &[]).await.1;
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .reduce(|a, b| a + b)
+    }
+
     async fn held_version(&self) -> Option<i64> {
         let (_, v) =
             carbonflow_schemas::testing::http("GET", &format!("{}/decisions", self.admin), None)
@@ -875,7 +887,7 @@ async fn slow_clients_and_connections_over_the_cap_are_cut_off() {
         "both idle connections held",
         Duration::from_secs(5),
         || async {
-            (r.metric("carbonflow_router_connections_open").await == Some(2.0)).then_some(())
+            (r.metric_sum("carbonflow_router_connections_open").await == Some(2.0)).then_some(())
         },
     )
     .await;
@@ -896,6 +908,55 @@ async fn slow_clients_and_connections_over_the_cap_are_cut_off() {
             .await
             .is_some_and(|v| v >= 1.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_is_spread_over_the_workers() {
+    // Given a router with 3 worker threads
+    let t = Routing::start_with("spread", &["--worker-threads", "3"]).await;
+    let r = &t.router;
+    let addr = r.proxy.trim_start_matches("http://").to_string();
+    // When 9 clients connect at once, as a client's connection pool does when it starts
+    let mut clients = Vec::new();
+    for _ in 0..9 {
+        clients.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Then each worker serves 3 of them, rather than the first to wake taking them all
+    eventually("all 9 connections held", Duration::from_secs(5), || async {
+        (r.metric_sum("carbonflow_router_connections_open").await == Some(9.0)).then_some(())
+    })
+    .await;
+    for worker in 0..3 {
+        let series = format!("carbonflow_router_connections_open{{worker=\"{worker}\"}}");
+        assert_eq!(r.metric(&series).await, Some(3.0), "{series}");
+    }
+    // And a connection that ends gives its place back: the next one goes to that worker
+    drop(clients.swap_remove(0));
+    eventually("8 connections held", Duration::from_secs(5), || async {
+        (r.metric_sum("carbonflow_router_connections_open").await == Some(8.0)).then_some(())
+    })
+    .await;
+    clients.push(
+        tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect"),
+    );
+    eventually(
+        "9 connections held again",
+        Duration::from_secs(5),
+        || async {
+            (r.metric_sum("carbonflow_router_connections_open").await == Some(9.0)).then_some(())
+        },
+    )
+    .await;
+    for worker in 0..3 {
+        let series = format!("carbonflow_router_connections_open{{worker=\"{worker}\"}}");
+        assert_eq!(r.metric(&series).await, Some(3.0), "{series}");
+    }
 }
 
 /// Send `POST /api/x` for `schedule` with a chunked body of `chunks` chunks of `size`
