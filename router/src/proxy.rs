@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use carbonflow_schemas::records::Outcome;
 use carbonflow_schemas::upstream::AllowList;
@@ -263,7 +264,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// What is sent upstream for one attempt.
 struct Outgoing {
     method: Method,
-    path_and_query: String,
+    path_and_query: PathAndQuery,
     headers: HeaderMap,
     body: UpstreamBody,
 }
@@ -468,8 +469,8 @@ async fn handle(proxy: Arc<Proxy>, peer: &Peer, req: hyper::Request<Incoming>) -
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     // The request is kept for a second attempt only when a fallback rule could make one
     // (its body was buffered for that).
     let (body, kept) = match body {
@@ -521,7 +522,8 @@ async fn handle(proxy: Arc<Proxy>, peer: &Peer, req: hyper::Request<Incoming>) -
         flavour,
         outcome,
         latency.as_secs_f64() * 1000.0,
-        crate::now_ms(),
+        // When it was answered, without asking the clock again.
+        now.saturating_add(latency.as_millis() as i64),
     );
     let response = match result {
         Ok(upstream) => {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::http::uri::Scheme;
+use axum::http::uri::{PathAndQuery, Scheme};
 use axum::http::{HeaderName, HeaderValue, Uri};
 use carbonflow_schemas::records::{DecisionFlavour, ExpiryBehaviour, ScheduleDecision};
 use carbonflow_schemas::upstream::AllowList;
@@ -103,10 +103,14 @@ impl Target {
 
     /// The upstream request's URI (origin-form: its path and query) for a request to
     /// `path_and_query`.
-    pub(crate) fn request_uri(&self, path_and_query: &str) -> Result<Uri, String> {
-        let mut path = String::with_capacity(self.prefix.len() + path_and_query.len());
+    pub(crate) fn request_uri(&self, path_and_query: &PathAndQuery) -> Result<Uri, String> {
+        if self.prefix.is_empty() {
+            // The request's own path, already parsed: shared, not copied or parsed again.
+            return Ok(Uri::from(path_and_query.clone()));
+        }
+        let mut path = String::with_capacity(self.prefix.len() + path_and_query.as_str().len());
         path.push_str(&self.prefix);
-        path.push_str(path_and_query);
+        path.push_str(path_and_query.as_str());
         Uri::try_from(path).map_err(|e| {
             format!(
                 "bad upstream path {}{path_and_query} for {}: {e}",
@@ -289,7 +293,7 @@ pub(crate) enum Applied {
 /// the admin endpoints and the expiry watcher.
 #[derive(Debug, Default)]
 pub struct DecisionTable {
-    routes: DashMap<String, Arc<Route>>,
+    routes: DashMap<String, Arc<Route>, foldhash::fast::RandomState>,
     /// Precedence held when a schedule was deleted, so older decisions stay ignored.
     deleted: DashMap<String, (i64, i64)>,
     /// Where upstreams may be (the router's `--allow-upstream`).
@@ -373,8 +377,17 @@ mod tests {
         let target = Target::parse("http://flavour-a:8080/light/").expect("a valid URL");
         assert_eq!(&*target.origin, "http://flavour-a:8080");
         assert_eq!(
-            target.request_uri("/v1/items?id=3").expect("a valid path"),
+            target
+                .request_uri(&PathAndQuery::from_static("/v1/items?id=3"))
+                .expect("a valid path"),
             "/light/v1/items?id=3"
+        );
+        let at_the_root = Target::parse("http://flavour-a:8080/").expect("a valid URL");
+        assert_eq!(
+            at_the_root
+                .request_uri(&PathAndQuery::from_static("/v1/items?id=3"))
+                .expect("a valid path"),
+            "/v1/items?id=3"
         );
     }
 

@@ -39,7 +39,7 @@ struct Pending {
 #[derive(Debug)]
 pub struct Telemetry {
     router_id: String,
-    pending: Mutex<HashMap<String, BTreeMap<i64, Pending>>>,
+    pending: Mutex<HashMap<String, BTreeMap<i64, Pending>, foldhash::fast::RandomState>>,
 }
 
 impl Telemetry {
@@ -47,7 +47,7 @@ impl Telemetry {
     pub fn new(router_id: impl Into<String>) -> Self {
         Self {
             router_id: router_id.into(),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::default(),
         }
     }
 

@@ -46,7 +46,7 @@ pub(crate) enum SendError {
 }
 
 /// Idle connections by origin.
-type IdleLists = HashMap<Arc<str>, Vec<Idle>>;
+type IdleLists = HashMap<Arc<str>, Vec<Idle>, foldhash::fast::RandomState>;
 
 struct Idle {
     sender: SendRequest<UpstreamBody>,
@@ -255,6 +255,7 @@ mod tests {
     use carbonflow_schemas::upstream::AllowList;
     use http_body_util::BodyExt;
     use hyper::header::HOST;
+    use hyper::http::uri::PathAndQuery;
     use hyper_util::rt::TokioIo;
 
     use super::*;
@@ -305,7 +306,9 @@ mod tests {
 
     fn request(target: &Target) -> Request<UpstreamBody> {
         let mut req = Request::new(Either::Left(Full::new(Bytes::new())));
-        *req.uri_mut() = target.request_uri("/item").expect("a valid path");
+        *req.uri_mut() = target
+            .request_uri(&PathAndQuery::from_static("/item"))
+            .expect("a valid path");
         req.headers_mut().insert(HOST, target.host.clone());
         req
     }
