@@ -14,6 +14,7 @@
 //! others idle.
 
 use std::convert::Infallible;
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +24,7 @@ use crate::proxy::{Peer, Proxy, UPSTREAM_IDLE_TIMEOUT};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use metrics::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -40,7 +42,7 @@ pub struct ListenerLimits {
 /// The proxy's acceptor and worker threads, serving until the shutdown they were started
 /// with.
 pub struct Workers {
-    threads: Vec<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 /// An accepted connection on its way to a worker, with its slot under the cap.
@@ -70,6 +72,7 @@ impl Drop for Counted {
 
 /// A worker as the acceptor sees it: where to send it connections and how many it has.
 struct WorkerQueue {
+    index: usize,
     connections: mpsc::UnboundedSender<Handoff>,
     open: Arc<AtomicUsize>,
 }
@@ -94,22 +97,24 @@ impl Workers {
         let mut queues = Vec::new();
         for i in 0..threads.max(1) {
             // Unbounded: what waits in it holds a slot, so the cap bounds it.
-            let (connections, received) = mpsc::unbounded_channel();
+            let (connections, handed) = mpsc::unbounded_channel();
             queues.push(WorkerQueue {
+                index: i,
                 connections,
                 open: Arc::new(AtomicUsize::new(0)),
             });
             let (proxy, stop_worker) = (make_proxy(i), stop.clone());
-            let started = std::thread::Builder::new()
-                .name(format!("proxy-{i}"))
-                .spawn(move || worker(i, received, proxy, limits, stop_worker));
+            let started = spawn(format!("proxy-{i}"), &stop, move || {
+                serve(i, handed, proxy, limits, stop_worker)
+            });
             workers.add(started, &stop)?;
         }
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
         let stop_acceptor = stop.clone();
-        let started = std::thread::Builder::new()
-            .name("proxy-accept".into())
-            .spawn(move || acceptor(listener, queues, slots, stop_acceptor));
+        let started = spawn("proxy-accept".into(), &stop, move || async move {
+            let listener = TcpListener::from_std(listener)?;
+            accept(listener, queues, slots, stop_acceptor).await
+        });
         workers.add(started, &stop)?;
         Ok(workers)
     }
@@ -117,7 +122,7 @@ impl Workers {
     /// Keep a started thread; if it could not be started, stop and join the others.
     fn add(
         &mut self,
-        started: std::io::Result<std::thread::JoinHandle<()>>,
+        started: std::io::Result<std::thread::JoinHandle<std::io::Result<()>>>,
         stop: &CancellationToken,
     ) -> std::io::Result<()> {
         match started {
@@ -135,56 +140,68 @@ impl Workers {
         }
     }
 
-    /// Wait until every worker has drained its connections and stopped.
-    pub async fn finished(self) {
+    /// Wait until the acceptor has stopped and every worker has drained its connections;
+    /// the first error a thread ended with (one that fails stops them all).
+    pub async fn finished(self) -> std::io::Result<()> {
+        let mut ended = Ok(());
         for t in self.threads {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
-    }
-}
-
-/// Run `task` on a single-threaded runtime of the calling thread, named `what` in the
-/// error if the runtime cannot be built.
-fn run_on_this_thread(what: &str, task: impl std::future::Future<Output = ()>) {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime.block_on(task),
-        Err(e) => tracing::error!(error = %e, "the proxy's {what} could not start its runtime"),
-    }
-}
-
-/// The acceptor thread: accept on `socket` and deal the connections out to `workers`.
-fn acceptor(
-    socket: std::net::TcpListener,
-    workers: Vec<WorkerQueue>,
-    slots: Arc<Semaphore>,
-    stop: CancellationToken,
-) {
-    run_on_this_thread("acceptor", async move {
-        match TcpListener::from_std(socket) {
-            Ok(listener) => accept(listener, workers, slots, stop).await,
-            Err(e) => {
-                tracing::error!(error = %e, "the proxy's acceptor could not use the listening socket")
+            let joined = tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|joined| {
+                    joined.unwrap_or_else(|_| Err(std::io::Error::other("a proxy thread panicked")))
+                });
+            if ended.is_ok() {
+                ended = joined;
             }
         }
-    });
+        ended
+    }
 }
 
-/// Accept until `shutdown` (or until no worker is left), each connection within the cap
-/// of `slots` handed to the worker with the fewest open connections.
+/// Start thread `name` running the future `task` makes on a single-threaded runtime of
+/// its own. If it fails, every proxy thread is stopped with `stop`: a proxy short of a
+/// thread fails as a whole rather than serve on at part of its capacity.
+fn spawn<F>(
+    name: String,
+    stop: &CancellationToken,
+    task: impl FnOnce() -> F + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>>
+where
+    F: std::future::Future<Output = std::io::Result<()>>,
+{
+    let stop = stop.clone();
+    std::thread::Builder::new().name(name.clone()).spawn(move || {
+        let ended = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .and_then(|runtime| runtime.block_on(task()));
+        if let Err(e) = &ended {
+            tracing::error!(thread = %name, error = %e, "a proxy thread failed; stopping the proxy");
+            stop.cancel();
+        }
+        ended
+    })
+}
+
+/// Accept until `shutdown`, each connection within the cap of `slots` handed to the
+/// worker with the fewest open connections. Fails if no worker is left to hand to.
 async fn accept(
     listener: TcpListener,
     mut workers: Vec<WorkerQueue>,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
-) {
+) -> std::io::Result<()> {
     while !workers.is_empty() {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
+                // The client gave up before it was accepted: nothing to wait for.
+                Err(e) if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+                ) => continue,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little, do not spin.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -217,13 +234,21 @@ async fn accept(
             match workers[i].connections.send(handoff) {
                 Ok(()) => break,
                 Err(mpsc::error::SendError(back)) => {
+                    tracing::warn!(
+                        worker = workers[i].index,
+                        "a proxy worker has stopped; the others take its share of connections"
+                    );
                     workers.swap_remove(i);
                     (stream, peer, permit) = (back.stream, back.peer, back.permit);
                 }
             }
         }
     }
-    // Dropping the listener here refuses new clients at once rather than queueing them.
+    // Dropping the listener on return refuses new clients at once rather than queueing
+    // them.
+    Err(std::io::Error::other(
+        "every proxy worker has stopped: no thread is left to serve connections",
+    ))
 }
 
 /// Index of the worker with the fewest open connections (the first of equals).
@@ -231,51 +256,69 @@ fn least_busy(workers: &[WorkerQueue]) -> Option<usize> {
     (0..workers.len()).min_by_key(|&i| workers[i].open.load(Ordering::Relaxed))
 }
 
-/// One worker thread: serve the connections the acceptor hands it.
-fn worker(
-    index: usize,
-    connections: mpsc::UnboundedReceiver<Handoff>,
-    proxy: Arc<Proxy>,
-    limits: ListenerLimits,
-    stop: CancellationToken,
-) {
-    run_on_this_thread("worker", serve(index, connections, proxy, limits, stop));
-}
-
-/// Serve `proxy` on the `connections` handed to worker `index` until `shutdown`, then
-/// wait for the requests in flight to finish.
+/// Serve `proxy` on the connections handed to worker `index` until `shutdown`, then wait
+/// for the requests in flight to finish.
 async fn serve(
     index: usize,
-    mut connections: mpsc::UnboundedReceiver<Handoff>,
+    mut handed: mpsc::UnboundedReceiver<Handoff>,
     proxy: Arc<Proxy>,
     limits: ListenerLimits,
     shutdown: CancellationToken,
-) {
-    let graceful = GracefulShutdown::new();
-    let open = crate::metrics::worker_connections(index);
+) -> std::io::Result<()> {
     tokio::spawn(close_idle_upstreams(proxy.clone(), shutdown.clone()));
+    let connections = WorkerConnections {
+        proxy,
+        limits,
+        graceful: GracefulShutdown::new(),
+        open: crate::metrics::worker_connections(index),
+    };
     loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            handoff = handed.recv() => match handoff {
+                Some(h) => connections.start(h),
+                None => break,
+            },
+        }
+    }
+    // The connections already handed over were accepted, and their clients may have
+    // sent a request: each is served its first one rather than reset. Closing the queue
+    // first makes the acceptor stop sending here.
+    handed.close();
+    while let Some(h) = handed.recv().await {
+        connections.start(h);
+    }
+    connections.graceful.shutdown().await;
+    Ok(())
+}
+
+/// The connections of one worker: each served by a task of its own, all drained together
+/// on shutdown.
+struct WorkerConnections {
+    proxy: Arc<Proxy>,
+    limits: ListenerLimits,
+    graceful: GracefulShutdown,
+    open: Gauge,
+}
+
+impl WorkerConnections {
+    /// Serve `handoff`'s connection over HTTP/1.1 until it ends or the worker drains.
+    fn start(&self, handoff: Handoff) {
         let Handoff {
             stream,
             peer: peer_addr,
             permit,
             counted,
-        } = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            handoff = connections.recv() => match handoff {
-                Some(h) => h,
-                None => break,
-            },
-        };
+        } = handoff;
         let stream = match TcpStream::from_std(stream) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(peer = %peer_addr, error = %e, "a proxy worker could not take a connection");
-                continue;
+                return;
             }
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
+        let proxy = self.proxy.clone();
         let peer = Arc::new(Peer::new(peer_addr));
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
             let (proxy, peer) = (proxy.clone(), peer.clone());
@@ -283,22 +326,21 @@ async fn serve(
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            .header_read_timeout(self.limits.header_read_timeout)
             .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        crate::metrics::connection_opened(&open);
-        let open = open.clone();
+        let connection = self.graceful.watch(connection);
+        crate::metrics::connection_opened(&self.open);
+        let open = self.open.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
             }
-            crate::metrics::connection_closed(&open);
+            // The slot and the count before the gauge: whoever sees the gauge fall may
+            // connect again at once.
             drop((permit, counted));
+            crate::metrics::connection_closed(&open);
         });
     }
-    // Connections handed over but not yet served are closed with the queue.
-    drop(connections);
-    graceful.shutdown().await;
 }
 
 /// Close `proxy`'s idle upstream connections once they are past the idle timeout,

@@ -297,7 +297,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the proxy's worker threads")?;
     tracing::info!(proxy = %local_addr, admin = %cli.admin_listen, %router_id, mode = ?cli.mode, workers = threads, schedules = ?cli.schedules.iter().map(ToString::to_string).collect::<Vec<_>>(), all_schedules = cli.all_schedules, started_ms = now_ms(), "router listening");
     carbonflow_schemas::service::cancel_on_signal(signal);
-    workers.finished().await;
+    // A proxy thread that fails stops the proxy: the router then stops and exits with
+    // that error.
+    let served = workers.finished().await;
     shutdown.cancel();
     tracing::info!("in-flight requests done; flushing telemetry");
     telemetry_stop.cancel();
@@ -307,5 +309,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .context("admin task")?
         .context("admin server")?;
+    served.context("serving the proxy")?;
     followed.context("following decisions")
 }

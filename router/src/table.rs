@@ -104,7 +104,7 @@ impl Target {
     /// The upstream request's URI (origin-form: its path and query) for a request to
     /// `path_and_query`.
     pub(crate) fn request_uri(&self, path_and_query: &PathAndQuery) -> Result<Uri, String> {
-        if self.prefix.is_empty() {
+        if self.prefix.is_empty() && path_and_query.as_str().starts_with('/') {
             // The request's own path, already parsed: shared, not copied or parsed again.
             return Ok(Uri::from(path_and_query.clone()));
         }

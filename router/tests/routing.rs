@@ -879,7 +879,7 @@ async fn slow_clients_and_connections_over_the_cap_are_cut_off() {
         matches!(read, Ok(0) | Err(_)),
         "closed without an answer: {read:?}"
     );
-    // Two idle connections take both slots (once the workers have accepted them); a
+    // Two idle connections take both slots (once the acceptor has accepted them); a
     // third is closed at once.
     let _a = tokio::net::TcpStream::connect(&addr).await.expect("a");
     let _b = tokio::net::TcpStream::connect(&addr).await.expect("b");
@@ -912,8 +912,12 @@ async fn slow_clients_and_connections_over_the_cap_are_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_connections_is_spread_over_the_workers() {
-    // Given a router with 3 worker threads
-    let t = Routing::start_with("spread", &["--worker-threads", "3"]).await;
+    // Given a router with 3 worker threads, whose idle connections stay open for the test
+    let t = Routing::start_with(
+        "spread",
+        &["--worker-threads", "3", "--header-read-timeout-ms", "60000"],
+    )
+    .await;
     let r = &t.router;
     let addr = r.proxy.trim_start_matches("http://").to_string();
     // When 9 clients connect at once, as a client's connection pool does when it starts
@@ -934,8 +938,9 @@ async fn a_burst_of_connections_is_spread_over_the_workers() {
         let series = format!("carbonflow_router_connections_open{{worker=\"{worker}\"}}");
         assert_eq!(r.metric(&series).await, Some(3.0), "{series}");
     }
-    // And a connection that ends gives its place back: the next one goes to that worker
-    drop(clients.swap_remove(0));
+    // And a connection that ends gives its place back: the next one goes to its worker
+    // (the third client's, worker 2; were the place not given back, worker 0 would get it)
+    drop(clients.swap_remove(2));
     eventually("8 connections held", Duration::from_secs(5), || async {
         (r.metric_sum("carbonflow_router_connections_open").await == Some(8.0)).then_some(())
     })
