@@ -1,18 +1,17 @@
-//! The proxy's listener: worker threads accept connections up to a cap and serve them
-//! over HTTP/1.1 with a deadline for request headers, and drain them on shutdown. A
-//! client that opens connections and never finishes a request (slowloris) holds a slot
-//! for at most the header-read timeout; beyond the cap, new connections are closed at
-//! once instead of queueing behind the ones in use.
+//! The proxy's listener: one thread accepts connections up to a cap and hands each to the
+//! worker thread serving the fewest; a worker serves its connections over HTTP/1.1 with a
+//! deadline for request headers, and drains them on shutdown. A client that opens
+//! connections and never finishes a request (slowloris) holds a slot for at most the
+//! header-read timeout; beyond the cap, new connections are closed at once instead of
+//! queueing behind the ones in use.
 //!
 //! Each worker has a single-threaded runtime and its own proxy and upstream connections: a
 //! request and its upstream call are served on one thread, with no wake-up crossing
 //! threads (what a multi-threaded runtime cost the proxy: a fifth of its CPU went to the
-//! scheduler). Every worker accepts on the shared socket, and keeps what it accepts
-//! unless another worker has fewer open connections, to which it hands the connection.
-//! Without that, the first worker to wake drains the whole backlog, so a burst of
-//! connections (a client pool opening at once) lands on one thread while the others
-//! idle; with a separate accepting thread instead, every connection would cost two
-//! thread wake-ups (9 % more CPU per request when each request opens a connection).
+//! scheduler). Connections are dealt out by one acceptor because workers that each accept
+//! on the shared socket do not share: the first to wake drains the whole backlog, so a
+//! burst of connections (a client pool opening at once) lands on one thread while the
+//! others idle.
 
 use std::convert::Infallible;
 use std::io::ErrorKind;
@@ -40,26 +39,22 @@ pub struct ListenerLimits {
     pub header_read_timeout: Duration,
 }
 
-/// The proxy's worker threads, serving until the shutdown they were started with.
+/// The proxy's acceptor and worker threads, serving until the shutdown they were started
+/// with.
 pub struct Workers {
     threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
-/// A connection accepted by one worker on its way to another, with its slot under the cap.
+/// An accepted connection on its way to a worker, with its slot under the cap.
 struct Handoff {
     stream: std::net::TcpStream,
     peer: SocketAddr,
-    claim: Claim,
+    permit: OwnedSemaphorePermit,
+    counted: Counted,
 }
 
-/// What an open connection holds: a slot under the cap and a place in its worker's
-/// count, both given back when it (or its handoff, if never served) is dropped.
-struct Claim {
-    _slot: OwnedSemaphorePermit,
-    _counted: Counted,
-}
-
-/// A place in a worker's count of open connections.
+/// A connection's place in its worker's count of open connections, given back when the
+/// connection (or its handoff, if it is never served) is dropped.
 struct Counted(Arc<AtomicUsize>);
 
 impl Counted {
@@ -75,34 +70,17 @@ impl Drop for Counted {
     }
 }
 
-/// What the workers know of each other: where to hand each one a connection, and how
-/// many it has open.
-struct Crew {
-    queues: Vec<mpsc::UnboundedSender<Handoff>>,
-    open: Vec<Arc<AtomicUsize>>,
-    /// Connections served at once, over all workers.
-    slots: Arc<Semaphore>,
-}
-
-impl Crew {
-    /// The worker that should serve a connection `me` accepted: the one with the fewest
-    /// open, `me` among equals.
-    fn least_busy(&self, me: usize) -> usize {
-        let mut best = (self.open[me].load(Ordering::Relaxed), me);
-        for (i, open) in self.open.iter().enumerate() {
-            let n = open.load(Ordering::Relaxed);
-            if n < best.0 {
-                best = (n, i);
-            }
-        }
-        best.1
-    }
+/// A worker as the acceptor sees it: where to send it connections and how many it has.
+struct WorkerQueue {
+    index: usize,
+    connections: mpsc::UnboundedSender<Handoff>,
+    open: Arc<AtomicUsize>,
 }
 
 impl Workers {
-    /// Start `threads` workers accepting on `listener` (bound by the caller, so a port in
-    /// use fails there), each serving the proxy `make_proxy(worker index)` builds for it;
-    /// they share the connection cap of `limits`.
+    /// Start `threads` workers, each serving the proxy `make_proxy(worker index)` builds
+    /// for it, and one thread accepting on `listener` (bound by the caller, so a port in
+    /// use fails there) for them, within `limits`.
     pub fn start(
         listener: std::net::TcpListener,
         threads: usize,
@@ -111,53 +89,59 @@ impl Workers {
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
-        let threads = threads.max(1);
-        // Unbounded queues: what waits in one holds a slot, so the cap bounds them.
-        let (queues, handed): (Vec<_>, Vec<_>) =
-            (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
-        let crew = Arc::new(Crew {
-            queues,
-            open: (0..threads).map(|_| Arc::default()).collect(),
-            slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
-        });
-        // Every worker stops with `shutdown`, or at once if another cannot be started.
+        // Every thread stops with `shutdown`, or at once if a later one cannot be started.
         let stop = shutdown.child_token();
         let mut workers = Self {
             threads: Vec::new(),
         };
-        for (i, handed) in handed.into_iter().enumerate() {
-            let started = listener.try_clone().and_then(|socket| {
-                let (proxy, crew, stop_worker) = (make_proxy(i), crew.clone(), stop.clone());
-                spawn(format!("proxy-{i}"), &stop, move || async move {
-                    let listener = TcpListener::from_std(socket)?;
-                    let worker = Worker {
-                        index: i,
-                        crew,
-                        connections: WorkerConnections {
-                            proxy,
-                            limits,
-                            graceful: GracefulShutdown::new(),
-                            open: crate::metrics::worker_connections(i),
-                        },
-                    };
-                    worker.serve(listener, handed, stop_worker).await;
-                    Ok(())
-                })
+        let mut queues = Vec::new();
+        for i in 0..threads.max(1) {
+            // Unbounded: what waits in it holds a slot, so the cap bounds it.
+            let (connections, handed) = mpsc::unbounded_channel();
+            queues.push(WorkerQueue {
+                index: i,
+                connections,
+                open: Arc::new(AtomicUsize::new(0)),
             });
-            if let Err(e) = started {
-                stop.cancel();
-                for t in workers.threads {
-                    let _ = t.join();
-                }
-                return Err(e);
-            }
-            workers.threads.extend(started.ok());
+            let (proxy, stop_worker) = (make_proxy(i), stop.clone());
+            let started = spawn(format!("proxy-{i}"), &stop, move || {
+                serve(i, handed, proxy, limits, stop_worker)
+            });
+            workers.add(started, &stop)?;
         }
+        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let stop_acceptor = stop.clone();
+        let started = spawn("proxy-accept".into(), &stop, move || async move {
+            let listener = TcpListener::from_std(listener)?;
+            accept(listener, queues, slots, stop_acceptor).await
+        });
+        workers.add(started, &stop)?;
         Ok(workers)
     }
 
-    /// Wait until every worker has drained its connections and stopped; the first error a
-    /// worker ended with (one that fails stops them all).
+    /// Keep a started thread; if it could not be started, stop and join the others.
+    fn add(
+        &mut self,
+        started: std::io::Result<std::thread::JoinHandle<std::io::Result<()>>>,
+        stop: &CancellationToken,
+    ) -> std::io::Result<()> {
+        match started {
+            Ok(thread) => {
+                self.threads.push(thread);
+                Ok(())
+            }
+            Err(e) => {
+                stop.cancel();
+                for t in self.threads.drain(..) {
+                    let _ = t.join();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Wait until the acceptor has stopped and every worker has drained its connections;
+    /// the first error a thread ended with (one that fails stops them all).
     pub async fn finished(self) -> std::io::Result<()> {
         let mut ended = Ok(());
         for t in self.threads {
@@ -165,7 +149,7 @@ impl Workers {
                 .await
                 .map_err(std::io::Error::other)
                 .and_then(|joined| {
-                    joined.unwrap_or_else(|_| Err(std::io::Error::other("a proxy worker panicked")))
+                    joined.unwrap_or_else(|_| Err(std::io::Error::other("a proxy thread panicked")))
                 });
             if ended.is_ok() {
                 ended = joined;
@@ -176,8 +160,8 @@ impl Workers {
 }
 
 /// Start thread `name` running the future `task` makes on a single-threaded runtime of
-/// its own. If it fails, every worker is stopped with `stop`: a proxy short of a worker
-/// fails as a whole rather than serve on at part of its capacity.
+/// its own. If it fails, every proxy thread is stopped with `stop`: a proxy short of a
+/// thread fails as a whole rather than serve on at part of its capacity.
 fn spawn<F>(
     name: String,
     stop: &CancellationToken,
@@ -193,113 +177,119 @@ where
             .build()
             .and_then(|runtime| runtime.block_on(task()));
         if let Err(e) = &ended {
-            tracing::error!(thread = %name, error = %e, "a proxy worker failed; stopping the proxy");
+            tracing::error!(thread = %name, error = %e, "a proxy thread failed; stopping the proxy");
             stop.cancel();
         }
         ended
     })
 }
 
-/// One worker thread: what it accepts and what the others hand it.
-struct Worker {
-    index: usize,
-    crew: Arc<Crew>,
-    connections: WorkerConnections,
-}
-
-impl Worker {
-    /// Accept on `listener` and serve, with the connections other workers hand over on
-    /// `handed`, until `shutdown`; then wait for the requests in flight to finish.
-    async fn serve(
-        self,
-        listener: TcpListener,
-        mut handed: mpsc::UnboundedReceiver<Handoff>,
-        shutdown: CancellationToken,
-    ) {
-        tokio::spawn(close_idle_upstreams(
-            self.connections.proxy.clone(),
-            shutdown.clone(),
-        ));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.place(stream, peer),
-                    // The client gave up before it was accepted: nothing to wait for.
-                    Err(e) if matches!(
-                        e.kind(),
-                        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
-                    ) => {}
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait a little, do not spin.
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                Some(handoff) = handed.recv() => self.take(handoff),
-            }
-        }
-        // Stop accepting before waiting: new clients are refused at once (by the other
-        // workers' handles while they still accept, then by the closed socket) rather
-        // than queued and reset later.
-        drop(listener);
-        // Connections already handed over were accepted, and their clients may have sent
-        // a request: each is served its first one rather than reset. Once the queue is
-        // closed, a worker with something to hand here serves it itself.
-        handed.close();
-        while let Some(handoff) = handed.recv().await {
-            self.take(handoff);
-        }
-        self.connections.graceful.shutdown().await;
-    }
-
-    /// Serve a connection this worker accepted, or hand it to a worker with fewer open.
-    fn place(&self, stream: TcpStream, peer: SocketAddr) {
-        let Ok(slot) = self.crew.slots.clone().try_acquire_owned() else {
+/// Accept until `shutdown`, each connection within the cap of `slots` handed to the
+/// worker with the fewest open connections. Fails if no worker is left to hand to.
+async fn accept(
+    listener: TcpListener,
+    mut workers: Vec<WorkerQueue>,
+    slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    while !workers.is_empty() {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // The client gave up before it was accepted: nothing to wait for.
+                Err(e) if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+                ) => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, do not spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
             crate::metrics::connection_refused();
-            return;
+            drop(stream);
+            continue;
         };
-        let to = self.crew.least_busy(self.index);
-        let claim = Claim {
-            _slot: slot,
-            _counted: Counted::new(&self.crew.open[to]),
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(peer = %peer, error = %e, "an accepted connection could not be handed to a worker");
+                continue;
+            }
         };
-        if to == self.index {
-            self.connections.start(stream, peer, claim);
-            return;
-        }
-        let handoff = match stream.into_std() {
-            Ok(stream) => Handoff {
+        let (mut stream, mut peer, mut permit) = (stream, peer, permit);
+        // A worker that has stopped gives the connection back: try the next.
+        while let Some(i) = least_busy(&workers) {
+            let handoff = Handoff {
                 stream,
                 peer,
-                claim,
-            },
-            Err(e) => {
-                tracing::warn!(peer = %peer, error = %e, "an accepted connection could not be handed to another worker");
-                return;
+                permit,
+                counted: Counted::new(&workers[i].open),
+            };
+            match workers[i].connections.send(handoff) {
+                Ok(()) => break,
+                Err(mpsc::error::SendError(back)) => {
+                    tracing::warn!(
+                        worker = workers[i].index,
+                        "a proxy worker has stopped; the others take its share of connections"
+                    );
+                    workers.swap_remove(i);
+                    (stream, peer, permit) = (back.stream, back.peer, back.permit);
+                }
             }
-        };
-        // A worker that is draining has closed its queue: serve the connection here.
-        if let Err(mpsc::error::SendError(back)) = self.crew.queues[to].send(handoff) {
-            self.take(Handoff {
-                claim: Claim {
-                    _slot: back.claim._slot,
-                    _counted: Counted::new(&self.crew.open[self.index]),
-                },
-                ..back
-            });
         }
     }
+    // Dropping the listener on return refuses new clients at once rather than queueing
+    // them.
+    Err(std::io::Error::other(
+        "every proxy worker has stopped: no thread is left to serve connections",
+    ))
+}
 
-    /// Serve a connection another worker handed over.
-    fn take(&self, handoff: Handoff) {
-        match TcpStream::from_std(handoff.stream) {
-            Ok(stream) => self.connections.start(stream, handoff.peer, handoff.claim),
-            Err(e) => {
-                tracing::warn!(peer = %handoff.peer, error = %e, "a proxy worker could not take a connection");
-            }
+/// Index of the worker with the fewest open connections (the first of equals).
+fn least_busy(workers: &[WorkerQueue]) -> Option<usize> {
+    (0..workers.len()).min_by_key(|&i| workers[i].open.load(Ordering::Relaxed))
+}
+
+/// Serve `proxy` on the connections handed to worker `index` until `shutdown`, then wait
+/// for the requests in flight to finish.
+async fn serve(
+    index: usize,
+    mut handed: mpsc::UnboundedReceiver<Handoff>,
+    proxy: Arc<Proxy>,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    tokio::spawn(close_idle_upstreams(proxy.clone(), shutdown.clone()));
+    let connections = WorkerConnections {
+        proxy,
+        limits,
+        graceful: GracefulShutdown::new(),
+        open: crate::metrics::worker_connections(index),
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            handoff = handed.recv() => match handoff {
+                Some(h) => connections.start(h),
+                None => break,
+            },
         }
     }
+    // The connections already handed over were accepted, and their clients may have
+    // sent a request: each is served its first one rather than reset. Closing the queue
+    // first makes the acceptor stop sending here.
+    handed.close();
+    while let Some(h) = handed.recv().await {
+        connections.start(h);
+    }
+    connections.graceful.shutdown().await;
+    Ok(())
 }
 
 /// The connections of one worker: each served by a task of its own, all drained together
@@ -312,9 +302,21 @@ struct WorkerConnections {
 }
 
 impl WorkerConnections {
-    /// Serve `stream` from `peer_addr` over HTTP/1.1 until it ends or the worker drains,
-    /// holding `claim` until then.
-    fn start(&self, stream: TcpStream, peer_addr: SocketAddr, claim: Claim) {
+    /// Serve `handoff`'s connection over HTTP/1.1 until it ends or the worker drains.
+    fn start(&self, handoff: Handoff) {
+        let Handoff {
+            stream,
+            peer: peer_addr,
+            permit,
+            counted,
+        } = handoff;
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(peer = %peer_addr, error = %e, "a proxy worker could not take a connection");
+                return;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let proxy = self.proxy.clone();
         let peer = Arc::new(Peer::new(peer_addr));
@@ -333,9 +335,9 @@ impl WorkerConnections {
             if let Err(e) = connection.await {
                 tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
             }
-            // The claim before the gauge: whoever sees the gauge fall may connect again
-            // at once.
-            drop(claim);
+            // The slot and the count before the gauge: whoever sees the gauge fall may
+            // connect again at once.
+            drop((permit, counted));
             crate::metrics::connection_closed(&open);
         });
     }
@@ -350,48 +352,5 @@ async fn close_idle_upstreams(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             _ = every.tick() => proxy.close_idle_upstreams(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn crew(open: &[usize]) -> Crew {
-        Crew {
-            queues: open.iter().map(|_| mpsc::unbounded_channel().0).collect(),
-            open: open
-                .iter()
-                .map(|n| Arc::new(AtomicUsize::new(*n)))
-                .collect(),
-            slots: Arc::new(Semaphore::new(1)),
-        }
-    }
-
-    #[test]
-    fn a_connection_goes_to_the_worker_with_the_fewest_open_and_stays_among_equals() {
-        assert_eq!(
-            crew(&[2, 2, 2]).least_busy(1),
-            1,
-            "equals: the accepting worker"
-        );
-        assert_eq!(crew(&[3, 1, 2]).least_busy(0), 1);
-        assert_eq!(
-            crew(&[3, 1, 1]).least_busy(2),
-            2,
-            "among the fewest: itself"
-        );
-        assert_eq!(crew(&[3, 1, 1]).least_busy(0), 1, "else the first of them");
-    }
-
-    #[test]
-    fn a_counted_place_is_given_back_when_dropped() {
-        let open = Arc::new(AtomicUsize::new(0));
-        let (a, b) = (Counted::new(&open), Counted::new(&open));
-        assert_eq!(open.load(Ordering::Relaxed), 2);
-        drop(a);
-        assert_eq!(open.load(Ordering::Relaxed), 1);
-        drop(b);
-        assert_eq!(open.load(Ordering::Relaxed), 0);
     }
 }
