@@ -98,9 +98,10 @@ pub async fn fresh_layout(test: &str, schedule_partitions: i32) -> KafkaArgs {
     args
 }
 
-/// Write `record` to `topic` with `key`, retried for up to ten seconds: a broker just
+/// Write `record` to `topic` with `key`, retried for up to thirty seconds: a broker just
 /// started or restarted (the local one especially) may refuse the first writes while it
-/// takes the lead of its partitions.
+/// takes the lead of its partitions, for longer than ten seconds when the machine is
+/// busy with the other tests.
 pub async fn send_retrying<T: AvroRecord>(
     producer: &RecordProducer,
     topic: &str,
@@ -110,7 +111,7 @@ pub async fn send_retrying<T: AvroRecord>(
     for attempt in 1.. {
         match producer.send(topic, key, None, record).await {
             Ok(_) => return,
-            Err(e) if attempt < 20 => {
+            Err(e) if attempt < 60 => {
                 eprintln!("producing to {topic} (attempt {attempt}): {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
