@@ -289,6 +289,29 @@ impl RouterProcess {
             .reduce(|a, b| a + b)
     }
 
+    /// Wait until the proxy holds `n` client connections over all its workers.
+    async fn holding(&self, n: f64) {
+        eventually(
+            &format!("{n} client connections held"),
+            Duration::from_secs(5),
+            || async {
+                (self.metric_sum("carbonflow_router_connections_open").await == Some(n))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// The client connections each of workers 0 to `workers - 1` holds.
+    async fn held_by_worker(&self, workers: usize) -> Vec<Option<f64>> {
+        let mut held = Vec::new();
+        for worker in 0..workers {
+            let series = format!("carbonflow_router_connections_open{{worker=\"{worker}\"}}");
+            held.push(self.metric(&series).await);
+        }
+        held
+    }
+
     async fn held_version(&self) -> Option<i64> {
         let (_, v) =
             carbonflow_schemas::testing::http("GET", &format!("{}/decisions", self.admin), None)
@@ -879,18 +902,11 @@ async fn slow_clients_and_connections_over_the_cap_are_cut_off() {
         matches!(read, Ok(0) | Err(_)),
         "closed without an answer: {read:?}"
     );
-    // Two idle connections take both slots (once the acceptor has accepted them); a
+    // Two idle connections take both slots (once the workers have been handed them); a
     // third is closed at once.
     let _a = tokio::net::TcpStream::connect(&addr).await.expect("a");
     let _b = tokio::net::TcpStream::connect(&addr).await.expect("b");
-    eventually(
-        "both idle connections held",
-        Duration::from_secs(5),
-        || async {
-            (r.metric_sum("carbonflow_router_connections_open").await == Some(2.0)).then_some(())
-        },
-    )
-    .await;
+    r.holding(2.0).await;
     let mut c = tokio::net::TcpStream::connect(&addr).await.expect("c");
     let _ = c.write_all(b"GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let n = tokio::time::timeout(Duration::from_millis(1500), c.read(&mut buf))
@@ -930,38 +946,19 @@ async fn a_burst_of_connections_is_spread_over_the_workers() {
         );
     }
     // Then each worker serves 3 of them, rather than the first to wake taking them all
-    eventually("all 9 connections held", Duration::from_secs(5), || async {
-        (r.metric_sum("carbonflow_router_connections_open").await == Some(9.0)).then_some(())
-    })
-    .await;
-    for worker in 0..3 {
-        let series = format!("carbonflow_router_connections_open{{worker=\"{worker}\"}}");
-        assert_eq!(r.metric(&series).await, Some(3.0), "{series}");
-    }
+    r.holding(9.0).await;
+    assert_eq!(r.held_by_worker(3).await, [Some(3.0); 3]);
     // And a connection that ends gives its place back: the next one goes to its worker
     // (the third client's, worker 2; were the place not given back, worker 0 would get it)
     drop(clients.swap_remove(2));
-    eventually("8 connections held", Duration::from_secs(5), || async {
-        (r.metric_sum("carbonflow_router_connections_open").await == Some(8.0)).then_some(())
-    })
-    .await;
+    r.holding(8.0).await;
     clients.push(
         tokio::net::TcpStream::connect(&addr)
             .await
             .expect("connect"),
     );
-    eventually(
-        "9 connections held again",
-        Duration::from_secs(5),
-        || async {
-            (r.metric_sum("carbonflow_router_connections_open").await == Some(9.0)).then_some(())
-        },
-    )
-    .await;
-    for worker in 0..3 {
-        let series = format!("carbonflow_router_connections_open{{worker=\"{worker}\"}}");
-        assert_eq!(r.metric(&series).await, Some(3.0), "{series}");
-    }
+    r.holding(9.0).await;
+    assert_eq!(r.held_by_worker(3).await, [Some(3.0); 3]);
 }
 
 /// Send `POST /api/x` for `schedule` with a chunked body of `chunks` chunks of `size`
