@@ -936,14 +936,15 @@ async fn a_burst_of_connections_is_spread_over_the_workers() {
     .await;
     let r = &t.router;
     let addr = r.proxy.trim_start_matches("http://").to_string();
+    let connect = || async {
+        tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect")
+    };
     // When 9 clients connect at once, as a client's connection pool does when it starts
     let mut clients = Vec::new();
     for _ in 0..9 {
-        clients.push(
-            tokio::net::TcpStream::connect(&addr)
-                .await
-                .expect("connect"),
-        );
+        clients.push(connect().await);
     }
     // Then each worker serves 3 of them, rather than the first to wake taking them all
     r.holding(9.0).await;
@@ -952,11 +953,7 @@ async fn a_burst_of_connections_is_spread_over_the_workers() {
     // (the third client's, worker 2; were the place not given back, worker 0 would get it)
     drop(clients.swap_remove(2));
     r.holding(8.0).await;
-    clients.push(
-        tokio::net::TcpStream::connect(&addr)
-            .await
-            .expect("connect"),
-    );
+    clients.push(connect().await);
     r.holding(9.0).await;
     assert_eq!(r.held_by_worker(3).await, [Some(3.0); 3]);
 }
