@@ -9,8 +9,10 @@
 //!   same weights.
 //!
 //! 1. Saturation: `wrk` (closed loop, `--connections`) for `--seconds`, nginx and router
-//!    alternating (the order flips every round): req/s, p50/p99/p99.9, and the CPU seconds
-//!    each proxy's processes spent per 100,000 requests (from `/proc`).
+//!    alternating (the order flips every round): req/s, p50/p99/p99.9, the CPU seconds
+//!    each proxy's processes spent per 100,000 requests (from `/proc`), and the share of
+//!    its workers' CPU the busiest worker spent (nginx's worker processes, the router's
+//!    `proxy-<n>` threads: 50 % for two workers sharing the load evenly).
 //! 2. Latency at half (and a quarter) of the slower proxy's saturation: the project's
 //!    open-loop client (one request every 1/rate s), alternating: p50/p99/p99.9 and CPU
 //!    per 100k.
@@ -103,6 +105,9 @@ struct Round {
     p999: f64,
     /// CPU seconds of the proxy's processes per 100,000 requests.
     cpu_per_100k: f64,
+    /// Share of its workers' CPU that the busiest worker spent (1 / workers when they
+    /// share the load evenly).
+    busiest_worker: f64,
 }
 
 /// wrk's own summary, printed by the Lua `done` hook below.
@@ -126,9 +131,9 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// User + system CPU seconds of `pid` and its children (nginx's workers).
-fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
-    let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+/// User + system CPU seconds in a `/proc/.../stat` file (of a process or of a thread).
+fn stat_cpu_seconds(stat: &str, ticks: f64) -> f64 {
+    std::fs::read_to_string(stat)
         .ok()
         .and_then(|s| {
             // Fields after the command name (which may hold spaces) close with ')'.
@@ -137,14 +142,48 @@ fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
             Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
         })
         .unwrap_or(0.0)
-        / ticks;
-    let children: f64 = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        / ticks
+}
+
+/// The child processes of `pid` (nginx's workers).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
         .split_whitespace()
-        .filter_map(|c| c.parse::<u32>().ok())
-        .map(|c| cpu_seconds(c, ticks))
-        .sum();
-    own + children
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
+/// User + system CPU seconds of `pid` and its children (nginx's workers).
+fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"), ticks)
+        + children(pid)
+            .into_iter()
+            .map(|c| cpu_seconds(c, ticks))
+            .sum::<f64>()
+}
+
+/// CPU seconds of each worker of proxy `pid`: nginx's worker processes, or the router's
+/// worker threads (named `proxy-<n>`), in a stable order.
+fn worker_cpu_seconds(pid: u32, ticks: f64) -> Vec<f64> {
+    let workers = children(pid);
+    if !workers.is_empty() {
+        return workers.into_iter().map(|c| cpu_seconds(c, ticks)).collect();
+    }
+    let mut threads: Vec<(String, f64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| {
+            let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            let name = name.trim();
+            name.strip_prefix("proxy-")?.parse::<usize>().ok()?;
+            let stat = task.path().join("stat");
+            Some((name.to_string(), stat_cpu_seconds(stat.to_str()?, ticks)))
+        })
+        .collect();
+    threads.sort_by(|a, b| a.0.cmp(&b.0));
+    threads.into_iter().map(|(_, cpu)| cpu).collect()
 }
 
 /// Run wrk against `url`; its rate and latencies.
@@ -394,6 +433,7 @@ async fn main() -> anyhow::Result<()> {
                 p99,
                 p999,
                 cpu_per_100k: 0.0,
+                busiest_worker: f64::NAN,
             },
         ))
     })?;
@@ -425,6 +465,7 @@ async fn main() -> anyhow::Result<()> {
                         p99: s.p99,
                         p999: s.p999,
                         cpu_per_100k: 0.0,
+                        busiest_worker: f64::NAN,
                     },
                 ))
             })
@@ -457,10 +498,20 @@ fn interleaved(
             [Proxy::Router, Proxy::Nginx]
         };
         for p in order {
-            let before = cpu_seconds(pid(p), ticks);
+            let (before, workers_before) = (
+                cpu_seconds(pid(p), ticks),
+                worker_cpu_seconds(pid(p), ticks),
+            );
             let (requests, mut round) = measure(p)?;
             let cpu = cpu_seconds(pid(p), ticks) - before;
             round.cpu_per_100k = cpu / requests.max(1.0) * 100_000.0;
+            let spent: Vec<f64> = worker_cpu_seconds(pid(p), ticks)
+                .iter()
+                .zip(&workers_before)
+                .map(|(after, before)| after - before)
+                .collect();
+            round.busiest_worker =
+                spent.iter().copied().fold(0.0, f64::max) / spent.iter().sum::<f64>();
             out.push((p, round));
         }
     }
@@ -477,8 +528,8 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 fn report(title: &str, rounds: &[(Proxy, Round)]) {
     println!("\n  {title}: medians of {} rounds", rounds.len() / 2);
     println!(
-        "    {:<8} {:>10} {:>9} {:>9} {:>10} {:>16}   rounds (req/s)",
-        "proxy", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU s / 100k req"
+        "    {:<8} {:>10} {:>9} {:>9} {:>10} {:>16} {:>15}   rounds (req/s)",
+        "proxy", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU s / 100k req", "busiest worker"
     );
     let m = |p: Proxy, f: fn(&Round) -> f64| {
         median(rounds.iter().filter(|(q, _)| *q == p).map(|(_, r)| f(r)))
@@ -490,13 +541,14 @@ fn report(title: &str, rounds: &[(Proxy, Round)]) {
             .map(|(_, r)| format!("{:.0}", r.rate))
             .collect();
         println!(
-            "    {:<8} {:>10.0} {:>9.2} {:>9.2} {:>10.2} {:>16.2}   {}",
+            "    {:<8} {:>10.0} {:>9.2} {:>9.2} {:>10.2} {:>16.2} {:>14.0}%   {}",
             p.name(),
             m(p, |r| r.rate),
             m(p, |r| r.p50),
             m(p, |r| r.p99),
             m(p, |r| r.p999),
             m(p, |r| r.cpu_per_100k),
+            m(p, |r| r.busiest_worker) * 100.0,
             all.join(" / ")
         );
     }
