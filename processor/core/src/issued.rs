@@ -5,8 +5,8 @@
 //! Why encoded: at 100,000 schedules the decoded decision (strings, vectors, diagnostics,
 //! provenance: about 1.5 KB) was the largest part of a schedule's memory, and its record
 //! is about a third of that. It is decoded only when asked for: the admin API, a restore
-//! checking a snapshot's records and rebuilding the read model. Snapshots hold the record. The same bytes are what the shell writes, so a
-//! decision is encoded once.
+//! checking a snapshot's records and rebuilding the read model. Snapshots hold the
+//! record. The same bytes are what the shell writes, so a decision is encoded once.
 
 use std::sync::Arc;
 
@@ -29,12 +29,17 @@ pub struct IssuedDecision {
 impl IssuedDecision {
     /// `decision` encoded as its record.
     pub fn encode(decision: &ScheduleDecision) -> Result<Self, CodecError> {
-        Ok(Self {
+        Ok(Self::of(decision, encode(decision)?.into()))
+    }
+
+    /// `decision` kept as `record`, its encoding.
+    fn of(decision: &ScheduleDecision, record: Arc<[u8]>) -> Self {
+        Self {
             version: decision.version,
             decided_at_ms: decision.decided_at_ms,
             valid_until_ms: decision.valid_until_ms,
-            record: encode(decision)?.into(),
-        })
+            record,
+        }
     }
 
     /// The decision, decoded from its record.
@@ -64,8 +69,7 @@ impl IssuedDecision {
 }
 
 /// Serialized as its record, base64: a snapshot holds each schedule's decision as the
-/// bytes the state keeps. (Serializing it as the decision meant decoding every record
-/// and writing about 2 KB of JSON per schedule: most of a snapshot's encoding time.)
+/// bytes the state keeps, with no decoding and no 2 KB of JSON per schedule.
 impl Serialize for IssuedDecision {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&BASE64_STANDARD.encode(&self.record))
@@ -94,12 +98,7 @@ impl<'de> Deserialize<'de> for IssuedDecision {
                 let decision: ScheduleDecision = decode(&record).map_err(|e| {
                     serde::de::Error::custom(format!("a decision record that does not decode: {e}"))
                 })?;
-                Ok(Self {
-                    version: decision.version,
-                    decided_at_ms: decision.decided_at_ms,
-                    valid_until_ms: decision.valid_until_ms,
-                    record: record.into(),
-                })
+                Ok(Self::of(&decision, record.into()))
             }
             Stored::Decision(decision) => Self::encode(&decision).map_err(serde::de::Error::custom),
         }
